@@ -1,0 +1,137 @@
+"""Run the numbered notebooks with papermill, and the one-line set-up every chapter starts with.
+
+    python -m dftnb.runner --profile smoke --out build          # what `make test` runs
+    python -m dftnb.runner --profile default --out outputs      # what `make run` runs
+    python -m dftnb.runner --profile default --out outputs --only 02
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+PROFILES = ("smoke", "default", "gpu")
+KERNEL = "dftnb"
+
+
+def resolve(path: str | Path) -> Path:
+    """A path relative to the repository root (notebooks run with any working directory)."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO / path
+
+
+def quiet() -> None:
+    """Keep progress bars and library warnings off stderr, so nbval compares only what a chapter prints."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        import datasets
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - both are dependencies
+        pass
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup_chapter(profile: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Validate ``profile``, silence stderr noise, seed every RNG, apply the plot theme; return the output folder."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}.")
+    quiet()
+    seed_everything(seed)
+    from . import plots
+
+    plots.setup()
+    out = resolve(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def notebooks(only: list[str] | None = None) -> list[Path]:
+    """The numbered chapters ``notebooks/NN_*.ipynb`` in order, optionally only those whose number is in ``only``."""
+    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        found = [nb for nb in found if nb.name[:2] in {o.zfill(2) for o in only}]
+        if not found:
+            raise SystemExit(f"no notebook numbered {only} in {NOTEBOOKS}")
+    return found
+
+
+def run_all(profile: str, out_dir: str | Path, only: list[str] | None = None, timeout: int | None = None) -> list[dict]:
+    """Execute each chapter with papermill into ``out_dir`` (profile injected), printing one progress line each.
+
+    Writes ``<out_dir>/timings-<profile>.csv``. Stops at the first failing notebook; its partly executed copy is
+    kept in ``out_dir`` so the failing cell can be read there.
+    """
+    import papermill as pm
+
+    out = resolve(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    chapters = notebooks(only)
+    for i, nb in enumerate(chapters, 1):
+        print(f"[{i}/{len(chapters)}] {nb.name} (profile {profile}) ...", flush=True)
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(
+                str(nb),
+                str(out / nb.name),
+                parameters={"profile": profile, "out_dir": str(out_dir)},
+                kernel_name=KERNEL,
+                progress_bar=False,
+                log_output=False,
+                cwd=str(NOTEBOOKS),
+                execution_timeout=timeout,
+            )
+        except Exception as err:  # papermill raises PapermillExecutionError with the failing cell
+            print(f"[{i}/{len(chapters)}] {nb.name} FAILED after {time.perf_counter() - start:.0f} s:\n{err}", flush=True)
+            raise SystemExit(1) from None
+        seconds = time.perf_counter() - start
+        rows.append({"notebook": nb.name, "profile": profile, "seconds": round(seconds, 1)})
+        print(f"[{i}/{len(chapters)}] {nb.name} done in {seconds:.0f} s -> {out / nb.name}", flush=True)
+    timings = out / f"timings-{profile}.csv"
+    with timings.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["notebook", "profile", "seconds"])
+        writer.writeheader()
+        writer.writerows(rows)
+    total = sum(r["seconds"] for r in rows)
+    print(f"all {len(rows)} notebooks done in {total:.0f} s; timings in {timings}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=PROFILES, default="default")
+    parser.add_argument("--out", default="outputs", help="folder for executed notebooks, figures and tables")
+    parser.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. --only 00 02")
+    parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    args = parser.parse_args(argv)
+    run_all(args.profile, args.out, args.only, args.timeout)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
