@@ -1,0 +1,433 @@
+"""Samplers that ``generate()`` lacks, as ``transformers.LogitsProcessor`` s (DESIGN.md §7).
+
+What generate already has is used as is (``temperature``, ``top_k``, ``top_p``, ``min_p``, ``typical_p``,
+``epsilon_cutoff``, ``eta_cutoff``). Added here:
+
+* :class:`DynamicTemperatureLogitsProcessor` -- llama.cpp "dynatemp": ``T = T_min + (T_max - T_min) (H / log N)^γ``.
+* :class:`EDTLogitsProcessor` -- entropy-based dynamic temperature (Zhang et al. 2024): ``T = T0 · N^(θ/H)``.
+* :class:`TopNSigmaLogitsProcessor` -- top-nσ (Tang et al. 2024): keep logits ``>= max - n·σ``.
+* :class:`MirostatV2LogitsProcessor` -- mirostat v2 (Basu et al. 2021): adaptive surprise cut-off ``μ``.
+* :class:`TargetEntropyLogitsProcessor` -- the "diversity" knob: per row, the temperature whose entropy is a target.
+
+Ordering caveat: ``generate()`` runs the processors passed in ``logits_processor=`` *before* its own warpers
+(temperature, top-k, top-p, min-p, ...). A processor that sets the temperature itself (dynatemp, EDT, mirostat,
+target entropy) must therefore be used with ``temperature=1.0`` and no other truncation, or generate would rescale
+or cut its output afterwards. :func:`sampler_kwargs` builds such ``generate()`` keyword arguments and refuses a
+temperature for those samplers.
+
+Entropies are in nats except mirostat, whose surprise is in bits as in the paper and llama.cpp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+LN2 = math.log(2.0)
+
+
+def _check_finite_scores(scores: torch.Tensor, who: str) -> None:
+    if torch.isnan(scores).any() or (scores == float("inf")).any():
+        raise ValueError(
+            f"{who}: logits contain NaN or +Inf; run the model in float32 (or bfloat16 on GPU, not float16) and check "
+            "the inputs, or add InfNanRemoveLogitsProcessor (generate(..., remove_invalid_values=True)) before it."
+        )
+
+
+def entropy_nats(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy ``H = -Σ_i p_i log p_i`` of ``p = softmax(logits)`` along the last axis, in nats.
+
+    ``-inf`` logits (tokens already filtered out) contribute 0.
+    """
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+
+
+def count_candidates(logits: torch.Tensor) -> torch.Tensor:
+    """``N``: the number of tokens with a finite logit (the candidates still in play), per row."""
+    return torch.isfinite(logits).sum(-1)
+
+
+class DynamicTemperatureLogitsProcessor(LogitsProcessor):
+    r"""Entropy-scaled temperature, as llama.cpp's ``dynatemp`` sampler.
+
+    .. math:: T = T_{min} + (T_{max} - T_{min}) \left(\frac{H}{\log N}\right)^{\gamma}
+
+    where ``H`` is the entropy of ``softmax(logits)`` (nats) and ``N`` the number of candidates with a finite
+    logit, so ``H / log N`` in [0, 1] is the normalised entropy. The logits are divided by ``T`` per row: a confident
+    step is sampled cold, an uncertain one hot. Rows with ``N <= 1`` use ``T_min`` (the distribution is a point
+    mass either way). Reference: llama.cpp ``llama_sampler_temp_ext`` (``--dynatemp-range``, ``--dynatemp-exp``),
+    where ``T_min = temp - range`` and ``T_max = temp + range``.
+
+    Use with ``generate(..., temperature=1.0)``: generate's own temperature runs after this processor.
+    The last temperatures used are kept in ``last_temperature`` (shape ``(batch,)``).
+    """
+
+    def __init__(self, min_temperature: float, max_temperature: float, exponent: float = 1.0):
+        if not min_temperature > 0:
+            raise ValueError(f"min_temperature must be > 0, got {min_temperature}; use e.g. 0.5.")
+        if min_temperature > max_temperature:
+            raise ValueError(
+                f"min_temperature={min_temperature} > max_temperature={max_temperature}; swap them "
+                "(T_min <= T_max; equal values give a fixed temperature)."
+            )
+        if not exponent > 0:
+            raise ValueError(f"exponent γ must be > 0, got {exponent}; γ = 1 is linear in the normalised entropy.")
+        self.min_temperature = float(min_temperature)
+        self.max_temperature = float(max_temperature)
+        self.exponent = float(exponent)
+        self.last_temperature: torch.Tensor | None = None
+
+    def temperature(self, scores: torch.Tensor) -> torch.Tensor:
+        """The per-row temperature ``T`` for ``scores`` of shape ``(batch, V)``."""
+        logits = scores.float()
+        n = count_candidates(logits)
+        h = entropy_nats(logits)
+        log_n = torch.log(n.clamp_min(2).float())
+        normalised = (h / log_n).clamp(0.0, 1.0)
+        t = self.min_temperature + (self.max_temperature - self.min_temperature) * normalised.pow(self.exponent)
+        return torch.where(n > 1, t, torch.full_like(t, self.min_temperature))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        _check_finite_scores(scores, type(self).__name__)
+        t = self.temperature(scores)
+        self.last_temperature = t
+        return (scores.float() / t.unsqueeze(-1)).to(scores.dtype)
+
+
+class EDTLogitsProcessor(LogitsProcessor):
+    r"""Entropy-based Dynamic Temperature (EDT; Zhang et al. 2024, "EDT: Improving Large Language Models' Generation
+    by Entropy-based Dynamic Temperature Sampling", arXiv:2403.14541).
+
+    .. math:: T = T_0 \cdot N^{\theta / H}
+
+    with ``H`` the entropy of ``softmax(logits)`` in nats, base ``N = 0.8`` (the paper's value), ``θ > 0``. Since
+    ``N < 1``, a low-entropy step gets ``T -> 0`` and a high-entropy step ``T -> T_0``. ``T`` is floored at
+    ``min_temperature`` so a zero-entropy row does not divide by zero (it is a point mass anyway).
+
+    Use with ``generate(..., temperature=1.0)``. The last temperatures are kept in ``last_temperature``.
+    """
+
+    def __init__(
+        self, temperature0: float = 1.0, theta: float = 1.0, base: float = 0.8, min_temperature: float = 1e-2
+    ):
+        if not temperature0 > 0:
+            raise ValueError(f"temperature0 (T0) must be > 0, got {temperature0}.")
+        if not theta > 0:
+            raise ValueError(f"theta must be > 0, got {theta}; it sets how fast T falls at low entropy.")
+        if not 0 < base < 1:
+            raise ValueError(f"base N must be in (0, 1) (the paper uses 0.8), got {base}.")
+        if not 0 < min_temperature <= temperature0:
+            raise ValueError(f"min_temperature must be in (0, T0={temperature0}], got {min_temperature}.")
+        self.temperature0 = float(temperature0)
+        self.theta = float(theta)
+        self.base = float(base)
+        self.min_temperature = float(min_temperature)
+        self.last_temperature: torch.Tensor | None = None
+
+    def temperature(self, scores: torch.Tensor) -> torch.Tensor:
+        """The per-row temperature ``T = max(T0 · N^(θ/H), min_temperature)``."""
+        h = entropy_nats(scores.float())
+        exponent = self.theta / h.clamp_min(1e-12)
+        t = self.temperature0 * torch.exp(exponent * math.log(self.base))
+        return t.clamp_min(self.min_temperature)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        _check_finite_scores(scores, type(self).__name__)
+        t = self.temperature(scores)
+        self.last_temperature = t
+        return (scores.float() / t.unsqueeze(-1)).to(scores.dtype)
+
+
+class TopNSigmaLogitsProcessor(LogitsProcessor):
+    r"""Top-nσ (Tang et al. 2024, "Top-nσ: Not All Logits Are You Need", arXiv:2411.07641).
+
+    Keeps the tokens whose logit is within ``n`` standard deviations of the maximum,
+
+    .. math:: \{ i : z_i \ge \max_j z_j - n \sigma(z) \},
+
+    with ``σ`` the (population) standard deviation of the finite logits of the row; the others become ``-inf``.
+    The kept set does not change with temperature (both sides scale by ``1/T``), so this processor may be
+    followed by generate's ``temperature``. ``n = 0`` keeps only the maximum (greedy).
+    """
+
+    def __init__(self, n: float = 1.0):
+        if not n >= 0:
+            raise ValueError(f"n must be >= 0 (the paper uses n = 1), got {n}.")
+        self.n = float(n)
+
+    def keep_mask(self, scores: torch.Tensor) -> torch.Tensor:
+        """Boolean ``(batch, V)`` mask of the tokens top-nσ keeps."""
+        logits = scores.float()
+        finite = torch.isfinite(logits)
+        count = finite.sum(-1, keepdim=True).clamp_min(1)
+        zero = torch.zeros_like(logits)
+        mean = torch.where(finite, logits, zero).sum(-1, keepdim=True) / count
+        var = torch.where(finite, (logits - mean) ** 2, zero).sum(-1, keepdim=True) / count
+        top = logits.max(-1, keepdim=True).values
+        return logits >= top - self.n * var.sqrt()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        _check_finite_scores(scores, type(self).__name__)
+        return scores.masked_fill(~self.keep_mask(scores), float("-inf"))
+
+
+class MirostatV2LogitsProcessor(LogitsProcessor):
+    r"""Mirostat v2 (Basu et al. 2021, "Mirostat: A Neural Text Decoding Algorithm that Directly Controls
+    Perplexity", ICLR; v2 as in llama.cpp). Stateful: one ``μ`` per sequence.
+
+    At each step: drop the tokens whose surprise ``-log2 p_i`` exceeds ``μ`` (the most likely token is always
+    kept), renormalise, sample ``x``; then ``μ <- μ - η (s(x) - τ)`` with ``s(x) = -log2 p'(x)`` the surprise of the
+    sampled token under the truncated, renormalised distribution ``p'``. ``μ`` starts at ``2τ``.
+
+    A LogitsProcessor sees the logits *before* sampling, so the update for the token chosen at step ``t`` happens
+    at the call for step ``t + 1``, whose ``input_ids`` end with that token: the processor keeps ``p'`` of the
+    previous call and reads the chosen token from ``input_ids[:, -1]``. A call whose ``input_ids`` do not extend the
+    previous call's by one token starts a new generation (``μ`` reset to ``2τ``); :meth:`reset` does it explicitly.
+    Rows whose chosen token had zero probability under ``p'`` (padding of finished sequences) are not updated.
+
+    ``τ`` (target surprise) and ``μ`` are in bits. Use with ``temperature=1.0`` and no other truncation after it,
+    otherwise the distribution actually sampled differs from ``p'``.
+    """
+
+    def __init__(self, tau: float = 5.0, eta: float = 0.1):
+        if not tau > 0:
+            raise ValueError(f"tau (target surprise, bits) must be > 0, got {tau}; llama.cpp's default is 5.0.")
+        if not eta > 0:
+            raise ValueError(f"eta (learning rate) must be > 0, got {eta}; llama.cpp's default is 0.1.")
+        self.tau = float(tau)
+        self.eta = float(eta)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all sequences: the next call starts with ``μ = 2τ``."""
+        self.mu: torch.Tensor | None = None
+        self.mu_history: list[torch.Tensor] = []
+        self.surprise_history: list[torch.Tensor] = []
+        self._prev_ids: torch.Tensor | None = None
+        self._prev_logprobs: torch.Tensor | None = None
+
+    def _continues_previous_call(self, input_ids: torch.Tensor) -> bool:
+        prev = self._prev_ids
+        return (
+            prev is not None
+            and input_ids.shape[0] == prev.shape[0]
+            and input_ids.shape[1] == prev.shape[1] + 1
+            and torch.equal(input_ids[:, :-1], prev)
+        )
+
+    def truncate(self, scores: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """Logits with every token of surprise ``-log2 p_i > μ`` set to ``-inf`` (the argmax is always kept)."""
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        keep = (-logp / LN2) <= mu.unsqueeze(-1)
+        keep.scatter_(-1, logp.argmax(-1, keepdim=True), True)
+        return scores.masked_fill(~keep, float("-inf"))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        _check_finite_scores(scores, type(self).__name__)
+        if self._continues_previous_call(input_ids):
+            chosen = input_ids[:, -1:].to(self._prev_logprobs.device)
+            surprise = -self._prev_logprobs.gather(-1, chosen).squeeze(-1) / LN2
+            update = torch.isfinite(surprise)
+            self.mu = torch.where(update, self.mu - self.eta * (surprise - self.tau), self.mu)
+            self.surprise_history.append(surprise)
+        else:
+            self.reset()
+            self.mu = torch.full((scores.shape[0],), 2.0 * self.tau, device=scores.device)
+        self.mu_history.append(self.mu.clone())
+        out = self.truncate(scores, self.mu)
+        self._prev_logprobs = torch.log_softmax(out.float(), dim=-1)
+        self._prev_ids = input_ids.clone()
+        return out
+
+
+class TargetEntropyLogitsProcessor(LogitsProcessor):
+    r"""The "diversity" knob: per row, the temperature ``T`` with ``H(softmax(z / T)) = H*`` (a target entropy).
+
+    ``H(T)`` is increasing in ``T`` (from the entropy of the argmax set at ``T -> 0`` to ``log N`` at ``T -> ∞``),
+    so ``T`` is found by bisection on ``u = log T`` over ``[log T_lo, log T_hi]``, accelerated by Newton steps
+    (``dH/du = Var_{p}(z/T)``) that are accepted only when they stay inside the current bracket. It stops when
+    ``|H - H*| <= tolerance`` (default 1e-3 nats).
+
+    Unreachable targets: when ``H* < H(T_lo)`` the row uses ``T_lo``, when ``H* > H(T_hi)`` (e.g. ``H* > log N``)
+    it uses ``T_hi``; ``last_reached`` records which rows met the target and ``unreachable_steps`` counts the others.
+    With ``on_unreachable="raise"`` such a row raises ``RuntimeError`` instead.
+
+    Use with ``generate(..., temperature=1.0)``. The solved temperatures are kept in ``last_temperature``.
+    """
+
+    def __init__(
+        self,
+        target_entropy: float,
+        min_temperature: float = 0.05,
+        max_temperature: float = 20.0,
+        tolerance: float = 1e-3,
+        max_iter: int = 100,
+        on_unreachable: str = "clamp",
+    ):
+        if not target_entropy >= 0:
+            raise ValueError(f"target_entropy (nats) must be >= 0, got {target_entropy}.")
+        if not 0 < min_temperature < max_temperature:
+            raise ValueError(
+                f"need 0 < min_temperature < max_temperature, got [{min_temperature}, {max_temperature}]."
+            )
+        if not tolerance > 0:
+            raise ValueError(f"tolerance (nats) must be > 0, got {tolerance}.")
+        if on_unreachable not in ("clamp", "raise"):
+            raise ValueError(f"on_unreachable must be 'clamp' or 'raise', got {on_unreachable!r}.")
+        self.target_entropy = float(target_entropy)
+        self.min_temperature = float(min_temperature)
+        self.max_temperature = float(max_temperature)
+        self.tolerance = float(tolerance)
+        self.max_iter = int(max_iter)
+        self.on_unreachable = on_unreachable
+        self.last_temperature: torch.Tensor | None = None
+        self.last_reached: torch.Tensor | None = None
+        self.unreachable_steps = 0
+
+    @staticmethod
+    def _entropy_and_slope(logits: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``H(softmax(z e^{-u}))`` and ``dH/du = Var_p(z e^{-u})`` per row."""
+        scaled = logits * torch.exp(-u).unsqueeze(-1)
+        logp = torch.log_softmax(scaled, dim=-1)
+        p = logp.exp()
+        finite = p > 0
+        zero = torch.zeros_like(p)
+        h = -torch.where(finite, p * logp, zero).sum(-1)
+        mean = torch.where(finite, p * scaled, zero).sum(-1, keepdim=True)
+        var = torch.where(finite, p * (scaled - mean) ** 2, zero).sum(-1)
+        return h, var
+
+    def solve_temperature(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row ``(T, reached)`` for ``scores`` of shape ``(batch, V)``."""
+        logits = scores.double()
+        target = self.target_entropy
+        lo = torch.full(logits.shape[:-1], math.log(self.min_temperature), dtype=logits.dtype, device=logits.device)
+        hi = torch.full_like(lo, math.log(self.max_temperature))
+        h_lo, _ = self._entropy_and_slope(logits, lo)
+        h_hi, _ = self._entropy_and_slope(logits, hi)
+        too_low = target < h_lo - self.tolerance  # even the coldest allowed T is too diverse
+        too_high = target > h_hi + self.tolerance  # even the hottest allowed T is not diverse enough
+        at_lo = ~too_low & ((h_lo - target).abs() <= self.tolerance)
+        at_hi = ~too_high & ~at_lo & ((h_hi - target).abs() <= self.tolerance)
+        start = torch.zeros_like(lo).clamp(math.log(self.min_temperature), math.log(self.max_temperature))
+        u = torch.where(too_low | at_lo, lo, torch.where(too_high | at_hi, hi, start))
+        done = too_low | too_high | at_lo | at_hi
+        for _ in range(self.max_iter):
+            if bool(done.all()):
+                break
+            h, slope = self._entropy_and_slope(logits, u)
+            err = h - target
+            done = done | (err.abs() <= self.tolerance)
+            lo = torch.where(~done & (err < 0), u, lo)
+            hi = torch.where(~done & (err > 0), u, hi)
+            newton = u - err / slope.clamp_min(1e-30)
+            inside = (newton > lo) & (newton < hi) & torch.isfinite(newton)
+            step = torch.where(inside, newton, 0.5 * (lo + hi))
+            u = torch.where(done, u, step)
+        reached = ~(too_low | too_high) & done
+        if self.on_unreachable == "raise" and not bool(reached.all()):
+            raise RuntimeError(
+                f"target entropy {target:.4f} nats is outside [H(T_lo), H(T_hi)] = "
+                f"[{float(h_lo.min()):.4f}, {float(h_hi.max()):.4f}] for some rows; widen "
+                "[min_temperature, max_temperature], lower the target (it cannot exceed log N), or use "
+                "on_unreachable='clamp'."
+            )
+        return torch.exp(u), reached
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        _check_finite_scores(scores, type(self).__name__)
+        t, reached = self.solve_temperature(scores)
+        self.last_temperature = t.float()
+        self.last_reached = reached
+        self.unreachable_steps += int((~reached).sum())
+        return (scores.double() / t.unsqueeze(-1)).to(scores.dtype)
+
+
+def _check_probability(name: str, value: float, low_open: bool = False) -> float:
+    value = float(value)
+    ok = (0 < value <= 1) if low_open else (0 <= value <= 1)
+    if not ok:
+        interval = "(0, 1]" if low_open else "[0, 1]"
+        raise ValueError(f"{name} must be in {interval}, got {value}.")
+    return value
+
+
+def _check_temperature(value: float) -> float:
+    value = float(value)
+    if not value > 0:
+        raise ValueError(f"temperature must be > 0, got {value}; for greedy decoding use do_sample=False.")
+    return value
+
+
+SAMPLERS = {
+    "temperature": ("temperature",),
+    "top_p": ("top_p", "temperature"),
+    "min_p": ("min_p", "temperature"),
+    "dynatemp": ("min_temperature", "max_temperature", "exponent"),
+    "edt": ("temperature0", "theta", "base", "min_temperature"),
+    "top_nsigma": ("n", "temperature"),
+    "mirostat": ("tau", "eta"),
+    "target_entropy": ("target_entropy", "min_temperature", "max_temperature", "tolerance", "on_unreachable"),
+}
+
+
+def sampler_kwargs(name: str, **params) -> dict:
+    """``generate()`` keyword arguments for sampler ``name``, so every sampler is called the same way::
+
+        model.generate(input_ids, max_new_tokens=32, **sampler_kwargs("dynatemp", min_temperature=0.5,
+                                                                       max_temperature=1.5))
+
+    Always sets ``do_sample=True`` and turns off generate's default truncations (``top_k=0``, ``top_p=1.0``) so that
+    only the named sampler shapes the distribution. ``temperature``/``top_p``/``min_p`` use generate's own warpers;
+    the others return ``logits_processor=LogitsProcessorList([processor])`` with ``temperature=1.0`` (top-nσ accepts
+    a temperature, applied after it). Parameters per name are listed in :data:`SAMPLERS`.
+    """
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}.")
+    unknown = set(params) - set(SAMPLERS[name])
+    if "temperature" in unknown and float(params["temperature"]) == 1.0:
+        unknown.discard("temperature")
+        params = {k: v for k, v in params.items() if k != "temperature"}
+    if unknown:
+        hint = (
+            " This sampler sets the temperature itself and runs before generate's temperature warper, so pass "
+            "temperature=1.0 (or omit it)."
+            if "temperature" in unknown
+            else ""
+        )
+        raise ValueError(
+            f"sampler {name!r} does not take {sorted(unknown)}; its parameters are {list(SAMPLERS[name])}.{hint}"
+        )
+    kwargs = {"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": 1.0}
+    if name == "temperature":
+        kwargs["temperature"] = _check_temperature(params.get("temperature", 1.0))
+    elif name == "top_p":
+        if "top_p" not in params:
+            raise ValueError("sampler 'top_p' needs top_p=..., a probability in (0, 1].")
+        kwargs["top_p"] = _check_probability("top_p", params["top_p"], low_open=True)
+        kwargs["temperature"] = _check_temperature(params.get("temperature", 1.0))
+    elif name == "min_p":
+        if "min_p" not in params:
+            raise ValueError("sampler 'min_p' needs min_p=..., a probability in [0, 1].")
+        kwargs["min_p"] = _check_probability("min_p", params["min_p"])
+        kwargs["temperature"] = _check_temperature(params.get("temperature", 1.0))
+    elif name == "top_nsigma":
+        kwargs["temperature"] = _check_temperature(params.pop("temperature", 1.0))
+        kwargs["logits_processor"] = LogitsProcessorList([TopNSigmaLogitsProcessor(**params)])
+    else:
+        processor_class = {
+            "dynatemp": DynamicTemperatureLogitsProcessor,
+            "edt": EDTLogitsProcessor,
+            "mirostat": MirostatV2LogitsProcessor,
+            "target_entropy": TargetEntropyLogitsProcessor,
+        }[name]
+        try:
+            processor = processor_class(**params)
+        except TypeError as err:
+            raise ValueError(f"sampler {name!r}: {err}; its parameters are {list(SAMPLERS[name])}.") from err
+        kwargs["logits_processor"] = LogitsProcessorList([processor])
+    return kwargs
