@@ -339,7 +339,8 @@ def sinkhorn_cost(
     ``T = diag(e^u) K diag(e^v)``, ``K = exp(−C/ε)``; each iteration sets ``v = log b − LSE_i(−C_ij/ε + u_i)``
     then ``u = log a − LSE_j(−C_ij/ε + v_j)`` from ``u = v = 0``: the same iterates and the same returned value as
     ``ot.sinkhorn2(a, b, C, ε, method="sinkhorn_log", numItermax=n_iters, stopThr=0)``. Zero masses
-    (``log = −inf``) are allowed. Differentiable by unrolling; each iteration is checkpointed so the backward pass
+    (``log = −inf``) are allowed and excluded from the first iteration on, so the result equals POT's on the
+    problem with those entries removed (POT itself starts them at ``u = 0``). Differentiable by unrolling; each iteration is checkpointed so the backward pass
     stores ``O(n_iters·K)`` potentials instead of ``O(n_iters·K²)`` kernels. Cuturi, "Sinkhorn Distances:
     Lightspeed Computation of Optimal Transport", NeurIPS 2013.
     """
@@ -352,7 +353,8 @@ def sinkhorn_cost(
             f"cost {tuple(cost.shape)} must be (..., len(a), len(b)) for a {tuple(log_a.shape)}, b {tuple(log_b.shape)}."
         )
     neg_cost_over_eps = -cost / epsilon
-    u = torch.zeros_like(log_a)
+    # zero-mass entries start (and stay) at -inf: the iterates are those of the problem without them
+    u = torch.zeros_like(log_a).masked_fill(log_a == float("-inf"), float("-inf"))
     v = torch.zeros_like(log_b)
     track = torch.is_grad_enabled() and any(x.requires_grad for x in (log_a, log_b, cost))
     for _ in range(n_iters):
