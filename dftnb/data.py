@@ -179,7 +179,7 @@ def corpus_stats(tokenizer=None) -> list[dict]:
     for name in CORPORA:
         dd = load_corpus(name)
         for split, ds in dd.items():
-            texts = ds["text"]
+            texts = list(ds["text"])
             row = {"corpus": name, "split": split, "documents": len(texts), "words": sum(len(t.split()) for t in texts)}
             if tokenizer is not None:
                 row["tokens"] = sum(len(ids) for ids in tokenizer(texts)["input_ids"])

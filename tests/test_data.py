@@ -18,8 +18,8 @@ def test_corpus_splits_nonempty_disjoint_deterministic(name):
     # rebuilding without the cache gives exactly the same splits
     fresh = data.load_corpus(name, cache=False)
     for split in dd:
-        assert fresh[split]["id"] == dd[split]["id"]
-        assert fresh[split]["text"] == dd[split]["text"]
+        assert list(fresh[split]["id"]) == list(dd[split]["id"])
+        assert list(fresh[split]["text"]) == list(dd[split]["text"])
 
 
 def test_split_of_is_a_pure_function_of_the_id():
