@@ -1,0 +1,492 @@
+"""dftnb.targets against float64 dense / brute-force references, on toy tensors and the tiny random model."""
+
+import copy
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from dftnb import targets as T
+from dftnb.models import tiny_model
+from dftnb.targets import SparseTarget
+
+V = 49152
+TEXTS = [
+    "Now, fair Hippolyta, our nuptial hour draws on apace.",
+    "To be, or not to be, that is the question.",
+    "Hi",  # one token: no next-token target, skipped
+    "The quality of mercy is not strained; it droppeth as the gentle rain.",
+]
+CORPUS = [
+    "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.",
+    "Rough winds do shake the darling buds of May, and summer's lease hath all too short a date.",
+    "Sometime too hot the eye of heaven shines, and often is his gold complexion dimm'd.",
+]
+
+
+def dense_ref(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """float64: exact top-k of softmax, the rest of the mass spread uniformly over the other V - k tokens."""
+    p = torch.softmax(logits.double(), -1)
+    n = p.shape[-1]
+    top, idx = p.topk(k, -1)
+    tail = (1 - top.sum(-1, keepdim=True)).clamp_min(T.TAIL_EPS) / (n - k) if k < n else torch.zeros_like(top[..., :1])
+    q = tail.expand_as(p).clone()
+    return q.scatter(-1, idx, top)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SparseTarget
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 7, 50])
+def test_from_logits_to_dense_matches_float64_reference(k):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 50, dtype=torch.float64) * 3
+    target = SparseTarget.from_logits(logits, k)
+    dense = target.to_dense()
+    p = torch.softmax(logits, -1)
+    top, idx = p.topk(k, -1)
+    assert torch.equal(target.ids, idx)
+    torch.testing.assert_close(dense.gather(-1, idx), top, rtol=1e-6, atol=1e-9)  # exact top-k (float32 logprobs)
+    torch.testing.assert_close(dense.sum(-1), torch.ones(3, 4, dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(dense, dense_ref(logits, k), rtol=1e-5, atol=1e-9)
+    if k < 50:  # off-support: uniform, equal to r / (V - k)
+        off = torch.ones_like(p, dtype=torch.bool).scatter(-1, idx, False)
+        tail = dense[off].reshape(3, 4, 50 - k)
+        assert torch.equal(tail, tail[..., :1].expand_as(tail))
+        torch.testing.assert_close(tail[..., 0], (1 - top.sum(-1)) / (50 - k), rtol=1e-5, atol=1e-9)
+    else:  # k = V: no tail at all
+        torch.testing.assert_close(dense, p, rtol=1e-6, atol=1e-9)
+        assert torch.isinf(target.tail_logprob()).all()
+
+
+def test_entropy_matches_dense():
+    torch.manual_seed(1)
+    logits = torch.randn(5, 40) * 2
+    for k in (3, 40):
+        target = SparseTarget.from_logits(logits, k)
+        q = target.to_dense()
+        torch.testing.assert_close(target.entropy(), -(q * q.log()).sum(-1), rtol=1e-9, atol=1e-9)
+
+
+def test_from_probs_sparse_and_full():
+    probs = torch.zeros(2, 30, dtype=torch.float64)
+    probs[0, [4, 9]] = torch.tensor([0.75, 0.25], dtype=torch.float64)
+    probs[1] = torch.softmax(torch.linspace(-2, 2, 30, dtype=torch.float64), -1)
+    target = SparseTarget.from_probs(probs, 5)
+    assert target.ids[0, :2].tolist() == [4, 9]
+    assert len(set(target.ids[0].tolist())) == 5  # zero-probability slots: distinct ids at the floor
+    assert torch.allclose(target.logprobs[0, 2:], torch.full((3,), T.pad_logprob(30, 5)))
+    torch.testing.assert_close(target.to_dense()[0], probs[0], rtol=0, atol=1e-7)  # float32 logprobs
+    torch.testing.assert_close(target.to_dense()[1], dense_ref(probs[1].log(), 5), rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="normalise"):
+        SparseTarget.from_probs(probs * 2, 5)
+    with pytest.raises(ValueError, match="not logits"):
+        SparseTarget.from_probs(-probs, 5)
+
+
+def test_point_mass_is_one_hot_with_distinct_ids():
+    tokens = torch.tensor([[0, 3], [7, 2]])
+    target = SparseTarget.point_mass(tokens, 4, 10)
+    assert target.ids[..., 0].tolist() == tokens.tolist()
+    assert target.ids[0, 0].tolist() == [0, 1, 2, 3] and target.ids[0, 1].tolist() == [3, 0, 1, 2]
+    torch.testing.assert_close(target.to_dense(), torch.nn.functional.one_hot(tokens, 10).double(), rtol=0, atol=1e-12)
+    assert SparseTarget.point_mass(torch.tensor(5), 1, 10).ids.tolist() == [5]
+
+
+@pytest.mark.parametrize(
+    "ids, logprobs, vocab, match",
+    [
+        ([[0, 1]], [[-1.0]], 10, "same shape"),
+        (torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0), 10, "k >= 1"),
+        ([[0, 1, 2]], [[-2.0, -2.0, -2.0]], 2, "exceeds vocab_size"),
+        ([[0, 12]], [[-1.0, -2.0]], 10, "different tokenizer"),
+        ([[0, -1]], [[-1.0, -2.0]], 10, "different tokenizer"),
+        ([[0, 1]], [[float("nan"), -1.0]], 10, "NaN"),
+        ([[0, 1]], [[float("inf"), -1.0]], 10, "NaN or \\+Inf"),
+        ([[0, 1]], [[0.5, -1.0]], 10, "not logits"),
+        ([[0, 1]], [[-0.1, -0.2]], 10, "not normalised"),
+        ([[3, 3]], [[-1.0, -2.0]], 10, "unique"),
+    ],
+)
+def test_validation_errors(ids, logprobs, vocab, match):
+    with pytest.raises(ValueError, match=match):
+        SparseTarget(torch.as_tensor(ids), torch.as_tensor(logprobs), vocab)
+
+
+def test_from_logits_and_truncation_kl_reject_bad_input():
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        SparseTarget.from_logits(torch.tensor([[0.0, float("nan")]]), 1)
+    with pytest.raises(ValueError, match="temperature"):
+        SparseTarget.from_logits(torch.zeros(1, 4), 2, temperature=0)
+    with pytest.raises(ValueError, match="k must be"):
+        SparseTarget.from_logits(torch.zeros(1, 4), 5)
+    with pytest.raises(ValueError, match="k must be"):
+        T.truncation_kl(torch.zeros(1, 4), 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Storage and truncation error
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_truncation_kl_matches_dense_kl_and_decreases_with_k():
+    torch.manual_seed(2)
+    logits = torch.randn(6, 200) * 2.5
+    p = torch.softmax(logits.double(), -1)
+    values = []
+    for k in (1, 5, 20, 100, 200):
+        q = dense_ref(logits, k)
+        ref = (p * (p.log() - q.log())).sum(-1)
+        got = T.truncation_kl(logits, k, chunk=4)
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12)
+        values.append(got)
+    assert (values[-1] == 0).all() and (values[0] > 0.1).all()
+    assert all((a >= b - 1e-12).all() for a, b in zip(values, values[1:]))
+
+
+def test_storage_bytes_arithmetic():
+    assert T.storage_bytes(64, 49152) == 64 * 2 + 64 * 2 == 256
+    assert T.storage_bytes(8, 65536) == 32
+    assert T.storage_bytes(64, 65537) == 64 * 4 + 64 * 2  # ids no longer fit uint16
+    assert T.dense_storage_bytes(49152) == 98304
+
+
+def test_storage_at_k64_measured_from_arrow_files(tiny, tmp_path):
+    """Bytes per extra token in the saved Arrow files: rows of 32 vs 16 tokens, same row count (the per-file and
+    per-row framing cancels), so this is the real on-disk cost of a target token."""
+    model, tok = tiny
+    short = T.pack_texts(tok, CORPUS * 3, 16, 6)
+    long = T.pack_texts(tok, CORPUS * 3, 32, 6)
+    sizes, totals = {}, {}
+    for name, blocks in (("short", short), ("long", long)):
+        ds = T.from_reference_model(model, tok, blocks, k=64, max_length=64)
+        ds.select_columns(["target_ids", "target_logprobs"]).save_to_disk(str(tmp_path / f"{name}-target"))
+        ds.save_to_disk(str(tmp_path / f"{name}-all"))
+        sizes[name] = T.arrow_bytes(tmp_path / f"{name}-target")
+        totals[name] = T.arrow_bytes(tmp_path / f"{name}-all")
+    extra_tokens = 6 * (32 - 16)
+    per_token_target = (sizes["long"] - sizes["short"]) / extra_tokens
+    per_token_row = (totals["long"] - totals["short"]) / extra_tokens
+    assert per_token_target <= 256
+    assert per_token_target == T.storage_bytes(64, V)  # fixed-size lists: no per-token offsets
+    assert per_token_row == 256 + 2 + 4  # + input_ids (uint16) + labels (int32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Source (a): reference model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_from_reference_model_equals_softmax_of_model_logits(tiny):
+    model, tok = tiny
+    k = 8
+    ds = T.from_reference_model(model, tok, TEXTS, k=k, max_length=12, batch_size=3)
+    info = T.target_info(ds)
+    assert (info["source"], info["k"], info["vocab_size"], info["skipped"]) == ("reference", k, V, 1)
+    kept = [t for t in TEXTS if len(tok(t)["input_ids"]) >= 2]
+    assert len(ds) == len(kept)
+    for row, text in zip(ds, kept):
+        ids = tok(text)["input_ids"][:12]
+        assert row["input_ids"] == ids and row["labels"] == ids
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        top, top_ids = logp.topk(k, -1)
+        assert np.array_equal(np.array(row["target_ids"]), top_ids.numpy())
+        np.testing.assert_allclose(np.array(row["target_logprobs"], dtype=np.float64), top.numpy(), atol=6e-3)
+
+
+def test_batch_size_does_not_change_targets(tiny):
+    model, tok = tiny
+    one = T.from_reference_model(model, tok, TEXTS, k=4, batch_size=1)
+    many = T.from_reference_model(model, tok, TEXTS, k=4, batch_size=4)
+    assert one["target_ids"] == many["target_ids"]
+    np.testing.assert_allclose(np.array(one[0]["target_logprobs"]), np.array(many[0]["target_logprobs"]), atol=4e-3)
+
+
+def test_prefix_targets_equal_logits_on_prefix_plus_text(tiny):
+    model, tok = tiny
+    prefix = "Thou art a boil, a plague sore.\nO villain, villain, smiling, damned villain!\n"
+    k = 8
+    ds = T.from_reference_model(model, tok, TEXTS[:2], k=k, prefix=prefix)
+    plain = T.from_reference_model(model, tok, TEXTS[:2], k=k)
+    p_ids = tok(prefix)["input_ids"]
+    for row, plain_row, text in zip(ds, plain, TEXTS[:2]):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert row["input_ids"] == ids  # the prefix is not part of the row
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([p_ids + ids])).logits[0, len(p_ids) :].double(), -1)
+        top, top_ids = logp.topk(k, -1)
+        assert np.array_equal(np.array(row["target_ids"]), top_ids.numpy())
+        np.testing.assert_allclose(np.array(row["target_logprobs"], dtype=np.float64), top.numpy(), atol=6e-3)
+        assert row["target_ids"] != plain_row["target_ids"]  # the prefix changes the targets
+
+
+def test_reference_model_input_errors(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="list of texts"):
+        T.from_reference_model(model, tok, "a single string")
+    with pytest.raises(ValueError, match="no texts"):
+        T.from_reference_model(model, tok, [])
+    with pytest.raises(ValueError, match="shorter than 2 tokens"):
+        T.from_reference_model(model, tok, ["Hi"])
+    with pytest.raises(ValueError, match="prefix"):
+        T.from_reference_model(model, tok, TEXTS, prefix="")
+
+
+def test_pack_texts_cuts_the_joined_tokenisation(tiny):
+    _, tok = tiny
+    blocks = T.pack_texts(tok, CORPUS, 10)
+    joined = []
+    for text in CORPUS:
+        joined += tok(text, add_special_tokens=False)["input_ids"] + tok("\n\n", add_special_tokens=False)["input_ids"]
+    assert all(len(b) == 10 for b in blocks) and len(blocks) == len(joined) // 10
+    assert sum(blocks, []) == joined[: 10 * len(blocks)]
+    assert len(T.pack_texts(tok, CORPUS, 10, max_blocks=2)) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Source (b): sampled completions and the prefix trie
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_prefix_trie_counts_hand_checked():
+    seqs = [[1, 2, 3], [1, 2, 4], [1, 5], [1, 2, 3, 6], [7]]
+    expected = {
+        (): Counter({1: 4, 7: 1}),
+        (1,): Counter({2: 3, 5: 1}),
+        (1, 2): Counter({3: 2, 4: 1}),
+        (1, 2, 3): Counter({6: 1}),
+    }
+    assert T.prefix_trie_counts(seqs) == expected
+
+
+def test_counts_to_target_hand_checked():
+    ids, lp = T.counts_to_target(Counter({5: 3, 2: 1}), k=4, vocab_size=10)
+    assert ids.tolist() == [5, 2, 0, 1]  # two observed tokens, then the smallest unused ids
+    np.testing.assert_allclose(lp[:2], [math.log(0.75), math.log(0.25)], rtol=1e-6)
+    assert np.allclose(lp[2:], math.log(1e-12 / 6))
+    ids, lp = T.counts_to_target(Counter({1: 4, 2: 3, 3: 2, 4: 1}), k=2, vocab_size=10)
+    assert ids.tolist() == [1, 2]
+    dense = SparseTarget.from_stored(ids, lp, 10).to_dense()
+    np.testing.assert_allclose(dense.numpy(), [0.3 / 8, 0.4, 0.3] + [0.3 / 8] * 7, rtol=1e-6)  # 0.3 tail over 8
+    assert T.counts_to_target(Counter({7: 1, 3: 1}), k=2, vocab_size=10)[0].tolist() == [3, 7]  # ties by id
+    with pytest.raises(ValueError, match="non-empty"):
+        T.counts_to_target(Counter(), 2, 10)
+
+
+@pytest.fixture(scope="module")
+def peaked(tiny):
+    """The tiny model with a 40x LM head: sampled completions share prefixes and branch (a trie worth testing)."""
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)
+    return model, tok
+
+
+def test_from_samples_targets_are_empirical_trie_distributions(peaked):
+    model, tok = peaked
+    prompts, n, k = ["Once upon", "The king"], 8, 4
+    ds = T.from_samples(model, tok, prompts, n=n, max_new_tokens=5, temperature=4.0, k=k, seed=0)
+    assert len(ds) == n * len(prompts)
+    branched = repeated = 0
+    for i, prompt in enumerate(prompts):
+        p_ids = tok(prompt)["input_ids"]
+        P = len(p_ids)
+        rows = ds.select(range(i * n, (i + 1) * n))
+        completions = [row["input_ids"][P:] for row in rows]
+        for row, comp in zip(rows, completions):
+            assert row["input_ids"][:P] == p_ids and row["labels"] == [-100] * P + comp
+            target = SparseTarget.from_stored(row["target_ids"], row["target_logprobs"], V).to_dense()
+            for j in range(len(comp)):
+                # brute force: among this prompt's completions with the same first j tokens, count the next one
+                nxt = Counter(c[j] for c in completions if len(c) > j and c[:j] == comp[:j])
+                total = sum(nxt.values())
+                kept = sorted(nxt.items(), key=lambda kv: (-kv[1], kv[0]))[:k]  # top-k, ties by id
+                dropped = 1 - sum(c for _, c in kept) / total
+                want = torch.full((V,), max(dropped, 1e-12) / (V - k), dtype=torch.float64)
+                for tok_id, c in kept:
+                    want[tok_id] = c / total
+                torch.testing.assert_close(target[P - 1 + j], want, rtol=2e-3, atol=1e-6)  # fp16 logprobs
+                branched += len(nxt) > 1
+                repeated += max(nxt.values()) > 1
+            # prompt positions and the last position: placeholders with all mass on the next token / EOS
+            for t in range(P - 1):
+                assert target[t, row["input_ids"][t + 1]] == 1.0
+            assert target[-1, tok.eos_token_id] == 1.0
+    assert branched and repeated  # the toy actually exercised shared prefixes and branching
+    again = T.from_samples(model, tok, prompts, n=n, max_new_tokens=5, temperature=4.0, k=k, seed=0)
+    assert again["input_ids"] == ds["input_ids"]  # seeded
+
+
+def test_from_samples_cuts_after_eos(peaked):
+    model, tok = peaked
+    model = copy.deepcopy(model)
+    model.generation_config.eos_token_id = 1980  # the token this peaked model samples first at temperature 2
+    ds = T.from_samples(model, tok, ["Once upon"], n=3, max_new_tokens=6, temperature=2.0, k=4)
+    P = len(tok("Once upon")["input_ids"])
+    assert [row["input_ids"][P:] for row in ds] == [[1980]] * 3  # stopped right after the first EOS
+    assert T._cut_at_eos([5, 6, 2, 2, 2], {2}) == [5, 6, 2] and T._cut_at_eos([5, 6], {2}) == [5, 6]
+    with pytest.raises(ValueError, match="empty prompt"):
+        T.from_samples(model, tok, [""], n=2, max_new_tokens=2)
+    with pytest.raises(ValueError, match="temperature"):
+        T.from_samples(model, tok, ["a b"], n=2, max_new_tokens=2, temperature=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Source (c): kNN-LM
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("distance", ["squared_l2", "l2"])
+def test_knn_neighbours_match_brute_force_loop(distance):
+    torch.manual_seed(3)
+    keys = torch.randn(60, 5)
+    values = torch.randint(0, 9, (60,))
+    store = T.KNNDatastore(keys, values)
+    queries = torch.cat([torch.randn(4, 5), keys[7:8]])  # the last query is a stored key
+    vals, weights = T.knn_neighbours(queries, store, k_neighbors=6, temperature=2.0, distance=distance, chunk=2)
+    for q, v_got, w_got in zip(queries.double(), vals, weights):
+        dists = []
+        for key, value in zip(keys.double(), values.tolist()):  # loop over every datastore entry
+            d = float(((key - q) ** 2).sum())
+            dists.append((d if distance == "squared_l2" else math.sqrt(d), value))
+        near = sorted(dists)[:6]
+        w = torch.tensor([math.exp(-d / 2.0) for d, _ in near], dtype=torch.float64)
+        assert v_got.tolist() == [v for _, v in near]
+        torch.testing.assert_close(w_got.double(), w / w.sum(), rtol=1e-5, atol=1e-7)
+    assert vals[-1, 0] == values[7] and weights[-1, 0] == weights[-1].max()
+    with pytest.raises(ValueError, match="k_neighbors"):
+        T.knn_neighbours(queries, store, 61, 1.0)
+    with pytest.raises(ValueError, match="knn_temperature"):
+        T.knn_neighbours(queries, store, 2, 0.0)
+
+
+def test_from_corpus_equals_brute_force_knn_lm(tiny):
+    model, tok = tiny
+    k, kn, lam, temp = 8, 5, 0.4, 5.0
+    query = ["Thou art more lovely than the summer rain.", "Rough winds do shake the darling buds."]
+    ds = T.from_corpus(model, tok, CORPUS, query, k_neighbors=kn, lam=lam, knn_temperature=temp, k=k,
+                       max_datastore_tokens=40, block_size=16)
+    assert T.target_info(ds)["datastore_tokens"] == 40
+    # brute force in float64: keys from a float64 copy of the model, one loop over datastore entries per query
+    m64 = copy.deepcopy(model).double()
+    blocks = T.pack_texts(tok, CORPUS, 16)
+    entries = []
+    for block in blocks:
+        with torch.no_grad():
+            hidden = m64(torch.tensor([block]), output_hidden_states=True).hidden_states[-1][0]
+        entries += [(hidden[t], block[t + 1]) for t in range(len(block) - 1)]
+    entries = entries[:40]
+    for row, text in zip(ds, query):
+        ids = tok(text)["input_ids"]
+        assert row["input_ids"] == ids
+        with torch.no_grad():
+            out = m64(torch.tensor([ids]), output_hidden_states=True)
+        got = SparseTarget.from_stored(row["target_ids"], row["target_logprobs"], V)
+        for t in range(len(ids)):
+            h = out.hidden_states[-1][0, t]
+            near = sorted(((float(((key - h) ** 2).sum()), v) for key, v in entries), key=lambda x: x[0])[:kn]
+            w = torch.tensor([math.exp(-d / temp) for d, _ in near], dtype=torch.float64)
+            q = (1 - lam) * torch.softmax(out.logits[0, t], -1)
+            for (_, v), wi in zip(near, w / w.sum()):
+                q[v] += lam * wi
+            stored_ids = got.ids[t]
+            np.testing.assert_allclose(got.logprobs[t].double().numpy(), q[stored_ids].log().numpy(), atol=6e-3)
+            # the stored ids are a top-k of q (up to float32 ties among near-equal reference probabilities)
+            assert q[stored_ids].min() >= q.topk(k).values[-1] * (1 - 1e-4)
+            assert q[stored_ids].sum() > lam  # the kNN mass is on the support
+
+
+def test_knn_lm_mixture_sums_to_one_and_checks_lam():
+    logits = torch.randn(3, 12)
+    vals = torch.tensor([[1, 1, 4], [0, 2, 2], [5, 6, 7]])
+    w = torch.softmax(torch.randn(3, 3), -1)
+    q = T.knn_lm_mixture(logits, vals, w, 0.3)
+    torch.testing.assert_close(q.sum(-1), torch.ones(3))
+    torch.testing.assert_close(q[0, 1], 0.7 * torch.softmax(logits[0], -1)[1] + 0.3 * (w[0, 0] + w[0, 1]))
+    with pytest.raises(ValueError, match="lam"):
+        T.knn_lm_mixture(logits, vals, w, 1.5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cache
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_cache_hit_mismatch_and_foreign_folder(tiny, tmp_path):
+    model, tok = tiny
+    calls = []
+
+    def builder(k):
+        def build():
+            calls.append(k)
+            return T.from_reference_model(model, tok, TEXTS[:2], k=k)
+
+        return build
+
+    meta4 = T.target_metadata(model, tok, source="reference", corpus="toy", k=4, texts=2)
+    path = tmp_path / "toy-targets"
+    first = T.build_or_load(path, meta4, builder(4))
+    again = T.build_or_load(path, meta4, builder(4))
+    assert calls == [4] and again["target_ids"] == first["target_ids"]
+    side = json.loads((path / T.SIDECAR).read_text())
+    assert side["metadata"]["k"] == 4 and side["metadata"]["tokenizer_hash"] == T.tokenizer_hash(tok)
+
+    meta8 = {**meta4, "k": 8}
+    with pytest.raises(T.StaleTargetCacheError, match=r"stale \(k: cached 4 != wanted 8\).*rebuild='auto'"):
+        T.build_or_load(path, meta8, builder(8), rebuild="never")
+    assert calls == [4]  # refused, nothing rebuilt or lost
+    rebuilt = T.build_or_load(path, meta8, builder(8))
+    assert calls == [4, 8] and len(rebuilt[0]["target_ids"][0]) == 8
+
+    foreign_tok = {**meta8, "tokenizer_hash": "0" * 64}
+    with pytest.raises(T.StaleTargetCacheError, match="tokenizer_hash"):
+        T.build_or_load(path, foreign_tok, builder(8), rebuild="never")
+    T.build_or_load(path, foreign_tok, builder(8))
+    assert calls == [4, 8, 8]
+
+    other_model, _ = tiny_model(seed=1, tokenizer=tok)
+    assert T.target_metadata(other_model, tok, source="reference", corpus="toy", k=4, texts=2) != meta4
+
+    (tmp_path / "foreign").mkdir()
+    with pytest.raises(T.StaleTargetCacheError, match="not written by dftnb"):
+        T.build_or_load(tmp_path / "foreign", meta4, builder(4))
+    with pytest.raises(T.StaleTargetCacheError, match="no target cache"):
+        T.build_or_load(tmp_path / "missing", meta4, builder(4), rebuild="never")
+    with pytest.raises(ValueError, match="same k"):
+        T.build_or_load(tmp_path / "wrong-k", meta8, builder(4))
+    with pytest.raises(ValueError, match="lacks"):
+        T.build_or_load(tmp_path / "x", {"k": 4}, builder(4))
+    assert not (tmp_path / "wrong-k").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Collator
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_collator_pads_rows_and_yields_valid_sparse_target(tiny):
+    model, tok = tiny
+    ds = T.from_reference_model(model, tok, TEXTS, k=4)
+    rows = [ds[0], ds[1]]
+    collate = T.SparseTargetCollator(V, tok.pad_token_id, pad_to_multiple_of=8)
+    batch = collate(rows)
+    n0, n1 = len(rows[0]["input_ids"]), len(rows[1]["input_ids"])
+    Tmax = batch["input_ids"].shape[1]
+    assert Tmax % 8 == 0 and Tmax >= max(n0, n1)
+    assert batch["attention_mask"].sum(1).tolist() == [n0, n1]
+    assert (batch["labels"][1, n1:] == -100).all() and batch["labels"][1, :n1].tolist() == rows[1]["labels"]
+    target = T.batch_sparse_target(batch, V)
+    assert target.ids.shape == (2, Tmax, 4) and target.logprobs.dtype == torch.float32
+    assert target.ids[0, :n0].tolist() == rows[0]["target_ids"]
+    torch.testing.assert_close(target.logprobs[0, :n0], torch.tensor(rows[0]["target_logprobs"]))
+    pad = target[1, n1:].to_dense()
+    torch.testing.assert_close(pad[:, tok.pad_token_id], torch.ones(Tmax - n1, dtype=torch.float64))
+    torch_rows = list(ds.with_format("torch").select([0, 1]))
+    assert torch.equal(collate(torch_rows)["target_ids"], batch["target_ids"])
