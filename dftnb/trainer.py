@@ -420,6 +420,16 @@ def history_frame(log_history: list[dict], method: str | None = None, timer: Ste
     return df
 
 
+def recorded_vocab_size(dataset) -> int | None:
+    """The ``vocab_size`` a :mod:`dftnb.targets` builder recorded in the dataset's info, or ``None`` if absent."""
+    from .targets import target_info
+
+    try:
+        return int(target_info(dataset)["vocab_size"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def default_training_args(output_dir: str | Path, **overrides) -> TrainingArguments:
     """Quiet, reproducible ``TrainingArguments`` for the notebooks: log every step, no reports, no progress bar."""
     args = dict(
@@ -463,6 +473,8 @@ def train_method(
     """
     divergence = METHODS.get(method, method)
     config = DFTConfig(**{**asdict(dft_config or DFTConfig()), "divergence": divergence})
+    if config.target_vocab_size is None and config.needs_target:
+        config.target_vocab_size = recorded_vocab_size(dataset)
     args = default_training_args(output_dir, **training_args)
     timer = StepTimer()
     trainer = DFTTrainer(

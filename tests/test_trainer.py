@@ -285,3 +285,46 @@ def test_train_method_saves_model_and_history(tmp_path):
     assert list(history["method"]) == ["sft", "sft"] and history["seconds"].is_monotonic_increasing
     reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "models" / "sft")
     assert reloaded.config.vocab_size == VOCAB
+
+
+# -- CLI config ------------------------------------------------------------------------------------------------------
+def test_example_configs_validate():
+    from pathlib import Path
+
+    from dftnb.train import load_config, training_arguments
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert configs, "configs/ holds the example YAML files"
+    for path in configs:
+        config = load_config(path)
+        assert config["training"]["output_dir"]
+        if config.get("dtype", "float32") == "float32":  # bf16 configs need a GPU to build TrainingArguments
+            training_arguments(config["training"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("epochs=3", r"unknown key\(s\) \['epochs'\] in the top level"),
+        ("dft.temprature=2", r"unknown key\(s\) \['temprature'\] in dft"),
+        ("data.targets.kk=3", r"unknown key\(s\) \['kk'\] in data.targets"),
+        ("method=kl", "unknown divergence 'kl'"),
+        ("dft.divergence_kwargs={beta: 0.5}", r"reverse_kl does not take \['beta'\]"),
+        ("data.targets.source=samples", "build other sources"),
+    ],
+)
+def test_cli_config_errors_name_the_key(tmp_path, override, message):
+    from pathlib import Path
+
+    from dftnb.train import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "dft_reverse_kl.yaml"
+    with pytest.raises(ValueError, match=message):
+        load_config(path, [override])
+
+
+def test_cli_unknown_training_argument(tmp_path):
+    from dftnb.train import training_arguments
+
+    with pytest.raises(ValueError, match="learning_rat.*TrainingArguments fields"):
+        training_arguments({"output_dir": str(tmp_path), "learning_rat": 1e-3})
