@@ -67,16 +67,20 @@ def test_perplexity_sliding_equals_brute_force(tiny, window, stride):
     model, tok = tiny
     ids = _token_ids(tok, TEXT)[0]
     n = ids.numel()
-    total = 0.0
+    total, count = 0.0, 0
     with torch.no_grad():
-        for j in range(1, n):  # each token scored by the first window that reaches it and holds its predecessor
+        for j in range(1, n):  # token j is scored by the first window that reaches it, if it holds its predecessor
             k = 0
-            while min(k * stride + window, n) <= j or k * stride > j - 1:
+            while min(k * stride + window, n) <= j:
                 k += 1
+            if k * stride == j:  # only when stride == window: the token opens a window and has no context there
+                continue
             ctx = ids[k * stride : j + 1]
             logp = torch.log_softmax(model(ctx[None]).logits[0, -2].double(), -1)
             total -= float(logp[ids[j]])
-    expected = math.exp(total / (n - 1))
+            count += 1
+    assert count == (n - 1 if stride < window else n - 1 - (n - 1) // window)
+    expected = math.exp(total / count)
     got = metrics.perplexity(model, tok, [TEXT], window=window, stride=stride, batch_size=2)
     assert got == pytest.approx(expected, rel=1e-5)
 
