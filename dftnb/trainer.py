@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from .losses import BASELINES, LOSSES, dft_loss, loss_function
 from .targets import SparseTarget
@@ -393,6 +393,55 @@ class DFTTrainer(Trainer):
         super().log(logs, start_time)
 
 
+@torch.no_grad()
+def evaluate_objective(
+    model: torch.nn.Module, dataset, dft_config: DFTConfig, pad_token_id: int, batch_size: int = 8
+) -> float:
+    """Token mean of the training objective ``λ · CE + (1 − λ) · D(p_τ, q)`` of ``model`` over ``dataset``, no update.
+
+    Same shift and masking as :meth:`DFTTrainer.compute_loss` (predicted positions ``labels[:, 1:] != -100``).
+    """
+    collate = SparseTargetCollator(pad_token_id)
+    weight = model.get_output_embeddings().weight
+    device = weight.device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(dataset), batch_size):
+            rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = {key: value.to(device) for key, value in collate(rows).items()}
+            hidden, _ = final_hidden_states(model, batch)
+            labels = batch["labels"][:, 1:]
+            n = int((labels != IGNORE_INDEX).sum())
+            if n == 0:
+                continue
+            target = None
+            if dft_config.needs_target:
+                target = SparseTarget(batch["target_ids"][:, :-1], batch["target_logprobs"][:, :-1], weight.shape[0])
+            extra = dict(dft_config.divergence_kwargs)
+            if dft_config.divergence == "sinkhorn":
+                extra["embeddings"] = model.get_input_embeddings().weight
+            loss = dft_loss(
+                hidden[:, :-1],
+                target,
+                dft_config.divergence,
+                lm_head_weight=weight,
+                labels=labels,
+                temperature=dft_config.temperature,
+                ce_weight=dft_config.ce_weight,
+                chunk_size=dft_config.chunk_size,
+                **extra,
+            )
+            total += float(loss) * n
+            count += n
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("the dataset has no predicted position (every label is -100); nothing to evaluate.")
+    return total / count
+
+
 class StepTimer(TrainerCallback):
     """Record the wall-clock seconds since the start of training at each optimiser step (``seconds`` in the history)."""
 
@@ -461,6 +510,7 @@ def train_method(
     *,
     dft_config: DFTConfig | None = None,
     save_dir: str | Path | None = None,
+    verbose: bool = False,
     **training_args,
 ) -> tuple[torch.nn.Module, pd.DataFrame]:
     """Fine-tune ``model`` on ``dataset`` with ``method`` and return ``(model, history)``.
@@ -485,6 +535,8 @@ def train_method(
         dft_config=config,
         callbacks=[timer],
     )
+    if not verbose:
+        trainer.remove_callback(PrinterCallback)  # the history frame carries the same numbers
     trainer.train()
     model.eval()
     if save_dir is not None:

@@ -17,6 +17,7 @@ from dftnb.trainer import (
     DFTTrainer,
     SparseTargetCollator,
     default_training_args,
+    evaluate_objective,
     history_frame,
     train_method,
 )
@@ -147,6 +148,15 @@ def test_compute_loss_matches_dense_reference(tmp_path, divergence, temperature,
     n = int((batch["labels"][:, 1:] != -100).sum())
     loss_sum = trainer.compute_loss(model, batch, num_items_in_batch=torch.tensor(2 * n))
     assert math.isclose(float(loss_sum.detach()), expected / 2, rel_tol=1e-5, abs_tol=1e-6)
+
+
+def test_evaluate_objective_is_the_token_mean_over_the_dataset():
+    model = small_llama()
+    rows = target_rows([7, 5, 6])
+    config = DFTConfig(divergence="forward_kl", ce_weight=0.2)
+    expected = dense_objective(model, SparseTargetCollator(PAD)(rows), "forward_kl", ce_weight=0.2)
+    got = evaluate_objective(model, Dataset.from_list(rows), config, PAD, batch_size=2)  # batches of 2 + 1 rows
+    assert math.isclose(got, expected, rel_tol=1e-5, abs_tol=1e-6)
 
 
 def test_sft_without_targets_equals_model_loss_and_gem_runs(tmp_path):
