@@ -6,9 +6,12 @@ different tokenizers and human text are measured on the same scale.
 
 from __future__ import annotations
 
+import gzip
 import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
 CORPORA = ("shakespeare", "dialogue", "techdocs")
@@ -59,6 +62,182 @@ def self_bleu(texts: Sequence[str], max_order: int = 4) -> float:
     bleu = BLEU(max_ngram_order=max_order, smooth_method="exp", effective_order=True)
     scores = [bleu.sentence_score(t, [r for j, r in enumerate(texts) if j != i]).score for i, t in enumerate(texts)]
     return float(sum(scores) / len(scores) / 100.0)
+
+
+# ----------------------------------------------------------------------------------------- Style Diversity Score
+def compression_diversity(texts: Sequence[str]) -> float:
+    """``c = 1 / CR`` clamped to ``[0, 1]``, with ``CR = raw bytes / gzip bytes`` of the texts joined by newlines.
+
+    The compression ratio of Shaib et al. (2024, "Standardizing the measurement of text diversity"): repetitive
+    text compresses well (large CR, small c). gzip runs at level 9 with ``mtime=0`` (deterministic bytes); its
+    ~20-byte header makes very short inputs "incompressible" (CR < 1), hence the clamp at 1.
+    """
+    raw = "\n".join(texts).encode("utf-8")
+    if not raw:
+        raise ValueError("compression_diversity got only empty texts.")
+    packed = gzip.compress(raw, compresslevel=9, mtime=0)
+    return min(1.0, len(packed) / len(raw))
+
+
+def vendi_score(embeddings) -> float:
+    """Vendi score (Friedman & Dieng, TMLR 2023) with the cosine kernel: ``exp(-sum_i l_i log l_i)``.
+
+    ``l_i`` are the eigenvalues of ``K / n``, ``K_ij = cos(e_i, e_j)`` (rows are L2-normalised here, so
+    ``K = E E^T``, positive semi-definite with unit diagonal, and the ``l_i`` sum to 1). It is the effective number
+    of distinct items: 1 when all embeddings are equal, ``n`` when they are orthogonal. Computed in float64;
+    eigenvalues below ``1e-12`` are treated as 0 (``0 log 0 = 0``).
+    """
+    e = torch.as_tensor(np.asarray(embeddings), dtype=torch.float64)
+    if e.ndim != 2 or e.shape[0] < 1:
+        raise ValueError(f"vendi_score expects an (n, d) embedding matrix, got shape {tuple(e.shape)}.")
+    e = torch.nn.functional.normalize(e, dim=-1)
+    lam = torch.linalg.eigvalsh(e @ e.T / e.shape[0]).clamp_min(0.0)
+    lam = lam[lam > 1e-12]
+    return float(torch.exp(-(lam * lam.log()).sum()))
+
+
+def truncate_words(text: str, length: int) -> str:
+    """The first ``length`` whitespace tokens of ``text``, re-joined with single spaces."""
+    return " ".join(_words(text)[:length])
+
+
+@dataclass
+class StyleDiversity:
+    """Result of :func:`style_diversity_score`: SDS and its components (each averaged over prompts)."""
+
+    score: float
+    distinct: float
+    self_bleu_diversity: float
+    compression: float
+    vendi: float
+    ci_low: float
+    ci_high: float
+    n_prompts: int
+    n_samples: int
+    L: int
+    per_prompt: list[dict] = field(default_factory=list, repr=False)
+
+    def as_row(self) -> dict:
+        """The scalar fields (no per-prompt detail), e.g. for one row of a results table."""
+        row = asdict(self)
+        row.pop("per_prompt")
+        return row
+
+
+def sds_components(samples: Sequence[str], embeddings) -> dict:
+    """The four SDS components of one prompt's (already truncated) samples, each in ``[0, 1]``.
+
+    ``d`` = mean of distinct-1..4; ``s`` = 1 - Self-BLEU-4; ``c`` = 1 / gzip compression ratio (clamped);
+    ``v`` = (Vendi - 1) / (n - 1); ``sds`` = 100 * mean(d, s, c, v).
+    """
+    n = len(samples)
+    d = float(np.mean([distinct_n(samples, k) for k in (1, 2, 3, 4)]))
+    s = 1.0 - self_bleu(samples, max_order=4)
+    c = compression_diversity(samples)
+    v = (vendi_score(embeddings) - 1.0) / (n - 1)
+    v = min(1.0, max(0.0, v))  # exact maths keeps it in [0, 1]; the clip only absorbs eigen-solver round-off
+    return {"d": d, "s": s, "c": c, "v": v, "sds": 100.0 * (d + s + c + v) / 4.0}
+
+
+def style_diversity_score(
+    samples_per_prompt: Sequence[Sequence[str]],
+    embedder,
+    length: int | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> StyleDiversity:
+    """Style Diversity Score (SDS, 0-100) of ``samples_per_prompt[prompt][sample]`` (DESIGN.md §8).
+
+    Choices, in order:
+
+    * **Samples**: every prompt needs ``n >= 4`` samples (Vendi and Self-BLEU need several; 4 is the floor).
+    * **Length**: samples are cut to the same ``L`` *whitespace tokens* (``text.split()``), not model tokens, so
+      models with different tokenizers and human text are cut alike. ``length=None`` takes ``L`` = the shortest
+      sample; a given ``length`` must not exceed it. ``L >= 4`` (distinct-4 needs a 4-gram). Truncated samples
+      are re-joined with single spaces, so all four components see the same normalised text.
+    * **d** = mean of distinct-1, 2, 3, 4 over the prompt's samples (:func:`distinct_n`, n-grams pooled).
+    * **s** = 1 - Self-BLEU-4 (:func:`self_bleu`: sacrebleu sentence BLEU of each sample against the others,
+      ``13a`` tokenizer, ``exp`` smoothing, divided by 100).
+    * **c** = 1 / gzip compression ratio of the samples joined by newlines, clamped to 1
+      (:func:`compression_diversity`).
+    * **v** = (Vendi - 1) / (n - 1), Vendi score of the cosine kernel of ``embedder.encode(samples)`` (all-MiniLM
+      in the notebooks; :func:`vendi_score`), so 0 for identical and 1 for mutually orthogonal samples.
+    * **SDS** = 100 * mean(d, s, c, v) per prompt, then the mean over prompts. ``ci_low``/``ci_high`` are the
+      2.5/97.5 percentiles of that mean over ``n_boot`` bootstrap resamples of the prompts (seeded), so they
+      show prompt-to-prompt variation only; with one prompt the interval collapses to the score.
+
+    ``embedder`` is any object with ``encode(list[str]) -> (n, dim)`` (tensor or array).
+    """
+    groups = [list(g) for g in samples_per_prompt]
+    if not groups:
+        raise ValueError("style_diversity_score needs at least one prompt's samples.")
+    for i, g in enumerate(groups):
+        if len(g) < 4:
+            raise ValueError(f"prompt {i} has {len(g)} samples; the SDS needs n >= 4 samples per prompt.")
+        if any(not isinstance(t, str) or not t.strip() for t in g):
+            raise ValueError(f"prompt {i} has an empty (or non-string) sample; generate non-empty samples.")
+    shortest = min(len(_words(t)) for g in groups for t in g)
+    L = shortest if length is None else int(length)
+    if L > shortest:
+        raise ValueError(
+            f"length={L} whitespace tokens but the shortest sample has {shortest}; generate longer samples "
+            f"(more max_new_tokens) or pass length <= {shortest}."
+        )
+    if L < 4:
+        raise ValueError(f"L={L} whitespace tokens is too short for distinct-4; generate samples of >= 4 words.")
+    groups = [[truncate_words(t, L) for t in g] for g in groups]
+    flat = [t for g in groups for t in g]
+    emb = embedder.encode(flat)
+    emb = emb.detach().cpu().numpy() if isinstance(emb, torch.Tensor) else np.asarray(emb)
+    per_prompt, start = [], 0
+    for g in groups:
+        per_prompt.append(sds_components(g, emb[start : start + len(g)]))
+        start += len(g)
+    scores = np.array([p["sds"] for p in per_prompt])
+    rng = np.random.default_rng(seed)
+    boot = scores[rng.integers(0, len(scores), size=(n_boot, len(scores)))].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    mean = {k: float(np.mean([p[k] for p in per_prompt])) for k in ("d", "s", "c", "v")}
+    return StyleDiversity(
+        score=float(scores.mean()),
+        distinct=mean["d"],
+        self_bleu_diversity=mean["s"],
+        compression=mean["c"],
+        vendi=mean["v"],
+        ci_low=float(lo),
+        ci_high=float(hi),
+        n_prompts=len(groups),
+        n_samples=min(len(g) for g in groups),
+        L=L,
+        per_prompt=per_prompt,
+    )
+
+
+def human_reference_samples(
+    texts: Sequence[str], n: int, length: int, n_prompts: int = 16, seed: int = 0
+) -> list[list[str]]:
+    """Human text cut like model samples, for the SDS reference row: ``n_prompts`` groups of ``n`` passages.
+
+    The texts are concatenated into one whitespace-token stream (in order) and cut into blocks of ``n * length``
+    words; ``n_prompts`` blocks are drawn without replacement (seeded) and each block gives ``n`` consecutive
+    passages of ``length`` words. Consecutive passages of the same document play the role of several
+    continuations of one prompt (same topic and voice, different words).
+    """
+    if n < 4 or length < 4 or n_prompts < 1:
+        raise ValueError(f"need n >= 4, length >= 4 and n_prompts >= 1, got n={n}, length={length}, n_prompts={n_prompts}.")
+    words = [w for t in texts for w in _words(t)]
+    block = n * length
+    n_blocks = len(words) // block
+    if n_blocks < n_prompts:
+        raise ValueError(
+            f"the corpus has {len(words)} words, enough for {n_blocks} groups of {n} x {length} words, not "
+            f"{n_prompts}; pass more texts or lower n_prompts / n / length."
+        )
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(n_blocks, size=n_prompts, replace=False).tolist())
+    return [
+        [" ".join(words[b * block + i * length : b * block + (i + 1) * length]) for i in range(n)] for b in chosen
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------- perplexity
@@ -159,3 +338,45 @@ def perplexity(
     """
     nll, count = sliding_window_nll(model, tokenizer, texts, window, stride, temperature, max_tokens, batch_size)
     return math.exp(nll / count)
+
+
+def perplexity_by_corpus(
+    model,
+    tokenizer,
+    corpora: Sequence[str] = CORPORA,
+    split: str = "test",
+    window: int = 512,
+    stride: int = 256,
+    max_tokens: int | None = None,
+    temperature: float = 1.0,
+    batch_size: int = 4,
+    texts_by_corpus: dict[str, Sequence[str]] | None = None,
+):
+    """Sliding-window perplexity per corpus split and their macro-average (unweighted mean over corpora).
+
+    Returns a ``pandas.DataFrame`` with one row per corpus plus a final ``"macro"`` row, columns ``corpus``,
+    ``perplexity``, ``tokens`` (scored tokens), ``window``, ``stride``. ``max_tokens`` caps each corpus's token
+    stream (its first tokens, in the split's deterministic order) to fit a CPU budget; the macro row's
+    perplexity is the mean of the per-corpus perplexities. ``texts_by_corpus`` overrides loading the splits.
+    """
+    import pandas as pd
+
+    from .data import load_corpus
+
+    rows = []
+    for name in corpora:
+        texts = list(texts_by_corpus[name]) if texts_by_corpus is not None else list(load_corpus(name)[split]["text"])
+        nll, count = sliding_window_nll(
+            model, tokenizer, texts, window, stride, temperature, max_tokens, batch_size
+        )
+        rows.append({"corpus": name, "perplexity": math.exp(nll / count), "tokens": count})
+    rows.append(
+        {
+            "corpus": "macro",
+            "perplexity": float(np.mean([r["perplexity"] for r in rows])),
+            "tokens": sum(r["tokens"] for r in rows),
+        }
+    )
+    df = pd.DataFrame(rows)
+    df["window"], df["stride"] = window, stride
+    return df

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import random
+import string
 
 import pytest
 import torch
@@ -97,3 +99,110 @@ def test_perplexity_temperature_and_bad_args(tiny):
         metrics.perplexity(model, tok, [TEXT], window=8, stride=9)
     with pytest.raises(ValueError, match="non-empty"):
         metrics.perplexity(model, tok, ["  "])
+
+
+# --------------------------------------------------------------------------------------------------------- SDS
+class BagOfWords:
+    """A hand-checkable embedder: word-count vectors over the words seen (orthogonal for disjoint vocabularies)."""
+
+    def encode(self, texts):
+        vocab = sorted({w for t in texts for w in t.split()})
+        index = {w: i for i, w in enumerate(vocab)}
+        out = torch.zeros(len(texts), len(vocab))
+        for r, t in enumerate(texts):
+            for w in t.split():
+                out[r, index[w]] += 1
+        return out
+
+
+def test_vendi_score_hand_values():
+    assert metrics.vendi_score(torch.ones(5, 3)) == pytest.approx(1.0)
+    assert metrics.vendi_score(torch.eye(4)) == pytest.approx(4.0)
+    cos = 0.6  # two unit vectors with cosine 0.6: eigenvalues of K/2 are (1 +- 0.6)/2
+    e = torch.tensor([[1.0, 0.0], [cos, math.sqrt(1 - cos**2)]], dtype=torch.float64)
+    lam = [(1 + cos) / 2, (1 - cos) / 2]
+    assert metrics.vendi_score(e) == pytest.approx(math.exp(-sum(x * math.log(x) for x in lam)), rel=1e-9)
+
+
+def test_compression_diversity_orders_repetition():
+    words = " ".join(f"w{i}" for i in range(60))
+    repeated = metrics.compression_diversity([words] * 8)
+    single = metrics.compression_diversity([words])
+    assert repeated < 0.25 < single <= 1.0
+    assert metrics.compression_diversity(["ab"]) == 1.0  # gzip's header makes tiny inputs grow: clamped
+
+
+def test_sds_identical_samples_at_minimum():
+    n, L = 5, 8
+    sample = " ".join(f"w{i}" for i in range(L))  # no repeated n-gram inside the sample
+    res = metrics.style_diversity_score([[sample] * n, [sample] * n], BagOfWords(), n_boot=200)
+    assert res.distinct == pytest.approx(1 / n)  # each n-gram appears once per copy
+    assert res.self_bleu_diversity == pytest.approx(0.0, abs=1e-9)
+    assert res.vendi == pytest.approx(0.0, abs=1e-9)
+    c = metrics.compression_diversity([sample] * n)
+    assert res.compression == pytest.approx(c) and c < 0.6
+    assert res.score == pytest.approx(100 * (1 / n + c) / 4)
+    assert res.ci_low == pytest.approx(res.score) and res.ci_high == pytest.approx(res.score)
+    assert (res.L, res.n_prompts, res.n_samples) == (L, 2, n)
+
+
+def test_sds_disjoint_vocabularies_near_maximum():
+    rng = random.Random(0)  # random 6-letter words: disjoint vocabularies that gzip cannot shrink much
+    words = iter({"".join(rng.choice(string.ascii_lowercase) for _ in range(6)) for _ in range(200)})
+    groups = [[" ".join(next(words) for _ in range(6)) for _ in range(4)] for _ in range(3)]
+    res = metrics.style_diversity_score(groups, BagOfWords(), n_boot=200)
+    assert res.distinct == pytest.approx(1.0)
+    assert res.self_bleu_diversity == pytest.approx(1.0)
+    assert res.vendi == pytest.approx(1.0)
+    assert res.compression > 0.5
+    assert res.score == pytest.approx(100 * (3 + res.compression) / 4) and res.score > 85
+
+
+def test_sds_truncation_bootstrap_and_errors():
+    base = ["a b c d e f g h i j", "a b c x y z q r s t", "k l m n o p", "a a a a b b b b"]
+    res = metrics.style_diversity_score([base, list(reversed(base)), [t.upper() for t in base]], BagOfWords())
+    assert res.L == 6  # the shortest sample
+    manual = metrics.sds_components([metrics.truncate_words(t, 6) for t in base], BagOfWords().encode(
+        [metrics.truncate_words(t, 6) for t in base]))
+    assert res.per_prompt[0]["sds"] == pytest.approx(manual["sds"])
+    lo = min(p["sds"] for p in res.per_prompt)
+    hi = max(p["sds"] for p in res.per_prompt)
+    assert lo - 1e-9 <= res.ci_low <= res.score <= res.ci_high <= hi + 1e-9
+    assert metrics.style_diversity_score([base], BagOfWords(), length=4).L == 4
+    with pytest.raises(ValueError, match="n >= 4"):
+        metrics.style_diversity_score([base[:3]], BagOfWords())
+    with pytest.raises(ValueError, match="longer samples"):
+        metrics.style_diversity_score([base], BagOfWords(), length=7)
+    with pytest.raises(ValueError, match="4 words"):
+        metrics.style_diversity_score([["a b", "c d", "e f", "g h"]], BagOfWords())
+
+
+def test_human_reference_samples_cut_consecutive_passages():
+    texts = [" ".join(f"t{d}w{i}" for i in range(50)) for d in range(4)]  # 200 words in order
+    groups = metrics.human_reference_samples(texts, n=4, length=5, n_prompts=3, seed=1)
+    stream = [w for t in texts for w in t.split()]
+    assert len(groups) == 3 and all(len(g) == 4 for g in groups)
+    for g in groups:
+        words = " ".join(g).split()
+        assert all(len(p.split()) == 5 for p in g)
+        start = stream.index(words[0])
+        assert start % 20 == 0 and words == stream[start : start + 20]
+    with pytest.raises(ValueError, match="lower n_prompts"):
+        metrics.human_reference_samples(texts, n=4, length=5, n_prompts=11)
+
+
+def test_sds_with_minilm_identical_vs_varied():
+    from dftnb.models import load_embedder
+
+    emb = load_embedder()
+    same = ["the ship sailed out of the harbour at dawn"] * 4
+    varied = [
+        "the ship sailed out of the harbour at dawn",
+        "def parse(x): return int(x) if x else None",
+        "hey, how are you doing today my friend?",
+        "thou art more lovely and more temperate, sweet",
+    ]
+    low = metrics.style_diversity_score([same], emb)
+    high = metrics.style_diversity_score([varied], emb)
+    assert low.vendi == pytest.approx(0.0, abs=1e-4)
+    assert 0.5 < high.vendi <= 1.0 and high.score > low.score + 40
