@@ -325,6 +325,34 @@ def sinkhorn_support(
     return log_a, log_b, cost, ids
 
 
+def ot_problems(
+    student_logits: torch.Tensor,
+    target: SparseTarget,
+    embeddings: torch.Tensor,
+    k: int = 64,
+    temperature: float = 1.0,
+    bucket_cost: float = 1.0,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per row, the reduced problem :func:`sinkhorn` solves, without its zero-mass slots: ``(a, b, cost, ids)``.
+
+    ``a``/``b`` are the masses of ``p``/``q`` (the bucket last, when it holds mass on either side), ``cost`` the
+    ground cost and ``ids`` the token ids of the non-bucket slots. These are plain inputs for any POT solver
+    (``ot.emd2``, ``ot.sinkhorn2`` …); ``a`` stays differentiable w.r.t. ``student_logits``.
+    """
+    _check_temperature(temperature)
+    _check_pair(student_logits, target)
+    logp = student_logprobs(student_logits, temperature)
+    log_a, log_b, cost, ids = sinkhorn_support(logp, target, embeddings, k=k, bucket_cost=bucket_cost)
+    problems = []
+    for row in range(logp.shape[0]):
+        keep = (log_a[row] > float("-inf")) | (log_b[row] > float("-inf"))
+        slots = keep.nonzero().squeeze(-1)
+        token_slots = slots[slots < ids.shape[-1]]
+        a, b = log_a[row, slots].exp(), log_b[row, slots].exp()
+        problems.append((a, b, cost[row][slots][:, slots], ids[row, token_slots]))
+    return problems
+
+
 def _sinkhorn_step(u, v, neg_cost_over_eps, log_a, log_b):
     v = log_b - torch.logsumexp(neg_cost_over_eps + u.unsqueeze(-1), dim=-2)
     u = log_a - torch.logsumexp(neg_cost_over_eps + v.unsqueeze(-2), dim=-1)
@@ -484,43 +512,51 @@ def _check_kwargs(divergence: str, kwargs: dict) -> None:
         )
 
 
-class _ChunkedRowLoss(torch.autograd.Function):
-    """``Σ_rows row_loss(rows[idx] (@ Wᵀ))`` with the gradients computed chunk by chunk during the forward pass.
+def _gather_rows(student: torch.Tensor, idx: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Rows ``idx`` (flat positions over the leading dims) of ``student`` without flattening (and copying) it whole."""
+    where = torch.unravel_index(idx, student.shape[:-1])
+    return where, student[where]
 
-    Each chunk's logits (and their autograd graph) exist only while that chunk is processed; the forward keeps the
-    gradient w.r.t. ``rows`` (``(N, H)`` for hidden states, ``(N, V)`` for logits) and ``W`` and the backward scales
-    them by the incoming gradient, so no ``(N, V)`` float32 logits are ever stored for a hidden-state input and no
-    chunk is recomputed. First-order only.
+
+class _ChunkedRowLoss(torch.autograd.Function):
+    """``Σ_rows row_loss(student[idx] (@ Wᵀ))`` with the gradients computed chunk by chunk during the forward pass.
+
+    Each chunk's rows, logits and autograd graph exist only while that chunk is processed; the forward keeps the
+    gradient w.r.t. ``student`` (hidden states ``(..., H)`` or logits ``(..., V)``) and ``W``, and the backward
+    scales them by the incoming gradient. So no ``(N, V)`` float32 logits are ever stored for a hidden-state input,
+    a logits input is never copied whole, and no chunk is recomputed. First-order only.
     """
 
     @staticmethod
-    def forward(ctx, rows, weight, index, chunk_size, row_loss):
-        grad_rows = torch.zeros_like(rows) if rows.requires_grad else None
+    def forward(ctx, student, weight, index, chunk_size, row_loss):
+        grad_student = torch.zeros_like(student) if student.requires_grad else None
         grad_weight = torch.zeros_like(weight) if weight is not None and weight.requires_grad else None
-        total = torch.zeros((), dtype=torch.float64 if rows.dtype == torch.float64 else torch.float32, device=rows.device)
+        dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
+        total = torch.zeros((), dtype=dtype, device=student.device)
         for start in range(0, index.numel(), chunk_size):
             idx = index[start : start + chunk_size]
-            x = rows.index_select(0, idx).detach().requires_grad_(grad_rows is not None)
+            where, x = _gather_rows(student.detach(), idx)
+            x.requires_grad_(grad_student is not None)
             w = None if weight is None else weight.detach().requires_grad_(grad_weight is not None)
             with torch.enable_grad():
                 logits = x if w is None else x @ w.T
                 chunk_sum = row_loss(logits, idx).sum()
             wrt = [tensor for tensor in (x, w) if tensor is not None and tensor.requires_grad]
             grads = list(torch.autograd.grad(chunk_sum, wrt)) if wrt else []
-            if grad_rows is not None:
-                grad_rows.index_copy_(0, idx, grads.pop(0))
+            if grad_student is not None:
+                grad_student[where] = grads.pop(0)
             if grad_weight is not None:
                 grad_weight += grads.pop(0)
             total = total + chunk_sum.detach()
-        ctx.save_for_backward(grad_rows, grad_weight)
+        ctx.save_for_backward(grad_student, grad_weight)
         return total
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_total):
-        grad_rows, grad_weight = ctx.saved_tensors
+        grad_student, grad_weight = ctx.saved_tensors
         scale = lambda g: None if g is None else g * grad_total.to(g.dtype)  # noqa: E731
-        return scale(grad_rows), scale(grad_weight), None, None, None
+        return scale(grad_student), scale(grad_weight), None, None, None
 
 
 def dft_loss(
@@ -564,8 +600,11 @@ def dft_loss(
         raise ValueError(f"ce_weight must be a number in [0, 1], got {ce_weight!r}.")
     if not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}.")
-    if not isinstance(student, torch.Tensor) or student.ndim < 1:
-        raise ValueError("student must be a tensor of logits (..., V) or hidden states (..., H).")
+    if not isinstance(student, torch.Tensor) or student.ndim < 2:
+        raise ValueError(
+            "student must be a tensor of logits (..., V) or hidden states (..., H) with at least one position dim; "
+            "for a single position pass student[None]."
+        )
 
     if lm_head_weight is not None:
         if lm_head_weight.ndim != 2 or lm_head_weight.shape[1] != student.shape[-1]:
@@ -600,10 +639,9 @@ def dft_loss(
     if labels is not None and labels.shape != lead:
         raise ValueError(f"labels shape {tuple(labels.shape)} does not match student positions {tuple(lead)}.")
 
-    rows = student.reshape(-1, student.shape[-1])
-    flat_labels = None if labels is None else labels.reshape(-1).long().to(rows.device)
+    flat_labels = None if labels is None else labels.reshape(-1).long().to(student.device)
     if flat_labels is None:
-        index = torch.arange(rows.shape[0], device=rows.device)
+        index = torch.arange(math.prod(lead), device=student.device)
     else:
         index = (flat_labels != IGNORE_INDEX).nonzero().squeeze(-1)
     if num_items_in_batch is None:
@@ -634,11 +672,11 @@ def dft_loss(
         student.requires_grad or (lm_head_weight is not None and lm_head_weight.requires_grad)
     )
     if needs_grad:
-        total = _ChunkedRowLoss.apply(rows, lm_head_weight, index, chunk_size, row_loss)
+        total = _ChunkedRowLoss.apply(student, lm_head_weight, index, chunk_size, row_loss)
     else:
-        total = torch.zeros((), dtype=torch.float64 if rows.dtype == torch.float64 else torch.float32, device=rows.device)
+        total = torch.zeros((), dtype=torch.float64 if student.dtype == torch.float64 else torch.float32, device=student.device)
         for start in range(0, index.numel(), chunk_size):
             idx = index[start : start + chunk_size]
-            x = rows.index_select(0, idx)
+            x = _gather_rows(student, idx)[1]
             total = total + row_loss(x if lm_head_weight is None else x @ lm_head_weight.T, idx).sum()
     return total / denominator

@@ -303,6 +303,18 @@ def test_dft_loss_masked_rows_get_no_gradient_and_may_hold_garbage():
     assert (grad[labels != -100].abs().sum(-1) > 0).all()
 
 
+def test_dft_loss_on_shifted_non_contiguous_logits():
+    hidden, weight, target, labels, _ = make_batch(time=8)
+    logits = hidden @ weight.T
+    shifted, shifted_target, shifted_labels = logits[:, :-1], target[:, :-1], labels[:, 1:]
+    assert not shifted.is_contiguous()
+    mask = shifted_labels != -100
+    want = L.skew_kl(shifted[mask], shifted_target[mask], alpha=0.2).mean()
+    got = L.dft_loss(shifted, shifted_target, "skew_kl", labels=shifted_labels, alpha=0.2, chunk_size=4)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, hidden, retain_graph=True)[0], torch.autograd.grad(want, hidden)[0])
+
+
 def test_dft_loss_without_labels_averages_every_position():
     hidden, weight, target, _, _ = make_batch()
     logits = hidden @ weight.T
@@ -418,5 +430,7 @@ def test_bad_inputs_raise_with_a_fix():
         L.dft_loss(logits, target, "reverse_kl", num_items_in_batch=0)
     with pytest.raises(ValueError, match="drop masked positions"):
         L.ce(z, torch.full((N,), -100))
+    with pytest.raises(ValueError, match="position dim"):
+        L.dft_loss(z[0], flat_target[0], "reverse_kl")
     with pytest.raises(ValueError, match="gem h"):
         L.gem(z, torch.zeros(N, dtype=torch.long), h="tanh")

@@ -81,3 +81,17 @@ def test_sinkhorn_full_support_equals_dense_pot():
     torch.testing.assert_close(ours, pot, rtol=1e-10, atol=1e-12)
     exact = torch.stack([ot.emd2(p[i], q[i], cost) for i in range(2)])
     assert (ours >= exact - 1e-9).all()  # the entropic plan is feasible, so its cost is at least the exact OT cost
+
+
+def test_ot_problems_are_the_brute_force_problems():
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(3, V, generator=g, dtype=torch.float64)
+    target = SparseTarget.from_logits(torch.randn(3, V, generator=g, dtype=torch.float64), 5)
+    emb = torch.randn(V, 6, generator=g, dtype=torch.float64)
+    for row, (a, b, cost, ids) in enumerate(L.ot_problems(z, target, emb, k=4, bucket_cost=0.7)):
+        want_a, want_b, want_cost = brute_force_problem(z[row], target[row], emb, 4, 0.7)
+        order = torch.cat([torch.argsort(ids), torch.tensor([len(ids)])])  # brute force lists ids sorted, bucket last
+        torch.testing.assert_close(a[order], want_a)
+        torch.testing.assert_close(b[order], want_b)
+        torch.testing.assert_close(cost[order][:, order], want_cost)
+        assert float(ot.emd2(a, b, cost)) == pytest.approx(float(ot.emd2(want_a, want_b, want_cost)), rel=1e-12)
