@@ -240,34 +240,43 @@ def dense_storage_bytes(vocab_size: int, bytes_per_value: int = 2) -> int:
 
 
 @torch.no_grad()
-def truncation_kl(logits: torch.Tensor, k: int, temperature: float = 1.0, chunk: int = 256) -> torch.Tensor:
-    """``KL(p || q_k)`` per position, in nats: the information lost by storing ``p = softmax(logits / T)`` as its
-    top-k with a uniform tail (float64).
+def truncation_kl_curve(logits: torch.Tensor, ks: Sequence[int], temperature: float = 1.0, chunk: int = 256) -> torch.Tensor:
+    """``KL(p || q_k)`` for every ``k`` in ``ks``, in nats (float64): the information lost by storing
+    ``p = softmax(logits / T)`` as its top-k with a uniform tail. Returns shape ``(len(ks), *logits.shape[:-1])``.
 
-    On the support ``S`` (top-k) ``q = p``, so only the tail contributes:
-    ``KL = sum_{j not in S} p_j log p_j - r log(r' / (V - k))`` with ``r = sum_{j not in S} p_j`` and
-    ``r' = max(r, eps)`` the floored tail mass :class:`SparseTarget` uses. Zero when ``k == V``.
-    Returns shape ``logits.shape[:-1]``.
+    On the support ``S_k`` (top-k) ``q_k = p``, so only the tail contributes:
+    ``KL = sum_{j not in S_k} p_j log p_j - r log(r' / (V - k))`` with ``r = sum_{j not in S_k} p_j`` and
+    ``r' = max(r, eps)`` the floored tail mass :class:`SparseTarget` uses. Zero when ``k == V``. One sort per chunk
+    serves every ``k`` (cumulative sums over the sorted probabilities).
     """
     V = logits.shape[-1]
-    if k < 1 or k > V:
-        raise ValueError(f"k must be in [1, V={V}], got k={k}.")
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1 or max(ks) > V:
+        raise ValueError(f"every k must be in [1, V={V}], got {ks}.")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
     if not torch.isfinite(logits).all():
         raise ValueError("logits contain NaN or Inf; check the model's dtype (use float32) and inputs.")
     flat = logits.reshape(-1, V)
-    out = torch.empty(flat.shape[0], dtype=torch.float64)
+    out = torch.zeros(len(ks), flat.shape[0], dtype=torch.float64)
+    cols = torch.tensor(ks) - 1
     for i in range(0, flat.shape[0], chunk):
         logp = torch.log_softmax(flat[i : i + chunk].double() / temperature, dim=-1)
-        p = logp.exp()
-        top_lp = logp.topk(k, dim=-1).values
-        plogp_tail = (p * logp).sum(-1) - (top_lp.exp() * top_lp).sum(-1)
-        r = (1.0 - top_lp.exp().sum(-1)).clamp_min(0.0)
-        if k == V:
-            out[i : i + chunk] = 0.0
-            continue
-        tail_lq = torch.log(r.clamp_min(TAIL_EPS) / (V - k))
-        out[i : i + chunk] = (plogp_tail - r * tail_lq).clamp_min(0.0)
-    return out.reshape(logits.shape[:-1])
+        total = (logp.exp() * logp).sum(-1, keepdim=True)
+        top = logp.topk(max(ks), dim=-1).values
+        cum_p = top.exp().cumsum(-1)[:, cols]
+        cum_plogp = (top.exp() * top).cumsum(-1)[:, cols]
+        r = (1.0 - cum_p).clamp_min(0.0)
+        n_tail = (V - torch.tensor(ks, dtype=torch.float64)).clamp_min(1.0)
+        kl = (total - cum_plogp) - r * torch.log(r.clamp_min(TAIL_EPS) / n_tail)
+        kl[:, torch.tensor(ks) == V] = 0.0
+        out[:, i : i + chunk] = kl.clamp_min(0.0).T
+    return out.reshape(len(ks), *logits.shape[:-1])
+
+
+def truncation_kl(logits: torch.Tensor, k: int, temperature: float = 1.0, chunk: int = 256) -> torch.Tensor:
+    """``KL(p || q_k)`` per position for one ``k`` (see :func:`truncation_kl_curve`); shape ``logits.shape[:-1]``."""
+    return truncation_kl_curve(logits, [k], temperature, chunk)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -338,6 +347,23 @@ def target_info(dataset) -> dict:
             "this dataset carries no dftnb target info; build it with dftnb.targets.from_reference_model, "
             "from_samples or from_corpus (or load it with build_or_load)."
         ) from None
+
+
+def loss_positions(labels: Sequence[int]) -> np.ndarray:
+    """Positions ``t`` whose target is read by a loss: those with ``labels[t + 1] != -100`` (the causal shift)."""
+    labels = np.asarray(labels)
+    return np.flatnonzero(labels[1:] != IGNORE_INDEX)
+
+
+def target_entropies(dataset) -> np.ndarray:
+    """Entropy (nats, float64) of every target a loss reads (:func:`loss_positions`), over all rows of ``dataset``."""
+    V = target_info(dataset)["vocab_size"]
+    out = []
+    for row in dataset:
+        t = loss_positions(row["labels"])
+        target = SparseTarget.from_stored(np.asarray(row["target_ids"])[t], np.asarray(row["target_logprobs"])[t], V)
+        out.append(target.entropy().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def _row(input_ids, labels, target: SparseTarget) -> dict:
@@ -489,6 +515,19 @@ def _forward(model, input_ids, attention_mask, want_hidden: bool = False):
     return logits, (captured["h"].float() if want_hidden else None)
 
 
+@torch.no_grad()
+def reference_logits(model, tokenizer, texts_or_dataset, max_length: int = 128, batch_size: int = 4) -> list[torch.Tensor]:
+    """The model's float32 logits ``(T_i, V)`` on each text (truncated to ``max_length``): the full distributions
+    that :func:`truncation_kl` compares a stored top-k against."""
+    seqs = [s for s in (_encode(tokenizer, t, max_length) for t in _texts(texts_or_dataset)) if s]
+    out = []
+    for batch in _batches(seqs, batch_size):
+        ids, mask = _pad(batch, _pad_id(tokenizer), model.device)
+        logits, _ = _forward(model, ids, mask)
+        out += [logits[b, : len(s)].cpu() for b, s in enumerate(batch)]
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Source (a): reference model under teacher forcing, optionally with a style prefix
 # ----------------------------------------------------------------------------------------------------------------
@@ -593,13 +632,13 @@ def sample_completions(
 ) -> tuple[list[int], list[list[int]]]:
     """``(prompt_ids, completions)``: ``n`` completions sampled with ``generate(do_sample=True)`` from the full
     (``top_k=0``) tempered, nucleus-truncated distribution, each cut after its first EOS (kept: stopping is a token).
-    Seeded with ``seed`` without disturbing the caller's RNG state."""
+    ``prompt`` is a string or a list of token ids. Seeded with ``seed`` without disturbing the caller's RNG state."""
     if n < 1 or max_new_tokens < 1:
         raise ValueError(f"n and max_new_tokens must be >= 1, got n={n}, max_new_tokens={max_new_tokens}.")
     if temperature <= 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature > 0 and top_p in (0, 1], got {temperature}, {top_p}.")
     prompt_ids = _encode(tokenizer, prompt, None)
-    if not prompt or not prompt_ids:
+    if not prompt_ids:
         raise ValueError("empty prompt: every prompt needs at least one token.")
     ids = torch.tensor([prompt_ids], device=model.device)
     devices = [model.device.index or 0] if model.device.type == "cuda" else []
@@ -634,7 +673,7 @@ def from_samples(
     model's (tempered, top-p) distribution there; a node visited by ``c`` completions appears in ``c`` rows, so the
     loss weighs nodes by how often sampling reaches them. Prompt tokens have ``labels = -100``; their targets and
     the last position's are placeholders (:meth:`SparseTarget.point_mass` on the next token / EOS) that no loss
-    reads. Prompt ``i`` is sampled with seed ``seed + i``.
+    reads. Prompt ``i`` (a string or a list of token ids) is sampled with seed ``seed + i``.
     """
     prompts = _texts(prompts)
     V = model_vocab_size(model, tokenizer)

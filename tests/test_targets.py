@@ -147,6 +147,7 @@ def test_truncation_kl_matches_dense_kl_and_decreases_with_k():
         values.append(got)
     assert (values[-1] == 0).all() and (values[0] > 0.1).all()
     assert all((a >= b - 1e-12).all() for a, b in zip(values, values[1:]))
+    torch.testing.assert_close(T.truncation_kl_curve(logits, [1, 5, 20, 100, 200], chunk=5), torch.stack(values))
 
 
 def test_storage_bytes_arithmetic():
@@ -490,3 +491,43 @@ def test_collator_pads_rows_and_yields_valid_sparse_target(tiny):
     torch.testing.assert_close(pad[:, tok.pad_token_id], torch.ones(Tmax - n1, dtype=torch.float64))
     torch_rows = list(ds.with_format("torch").select([0, 1]))
     assert torch.equal(collate(torch_rows)["target_ids"], batch["target_ids"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers the chapters use
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_loss_positions_and_target_entropies():
+    assert T.loss_positions([-100, -100, 5, 6]).tolist() == [1, 2]
+    torch.manual_seed(4)
+    logits = torch.randn(4, 30) * 2
+    target = SparseTarget.from_logits(logits, 3)
+    row = {"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4],
+           "target_ids": target.ids.numpy(), "target_logprobs": target.logprobs.numpy()}
+    ds = T.rows_to_dataset([row], 3, 30)
+    stored = SparseTarget.from_stored(ds[0]["target_ids"], ds[0]["target_logprobs"], 30).to_dense()[[1, 2]]
+    np.testing.assert_allclose(T.target_entropies(ds), -(stored * stored.log()).sum(-1).numpy(), rtol=1e-9)
+
+
+def test_reference_logits_match_model_and_samples_accept_token_prompts(peaked):
+    model, tok = peaked
+    ids = tok(TEXTS[0])["input_ids"][:6]
+    (logits,) = T.reference_logits(model, tok, [ids])
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(torch.tensor([ids])).logits[0])
+    ds = T.from_samples(model, tok, [ids], n=4, max_new_tokens=2, temperature=4.0, k=4)
+    assert all(row["input_ids"][:6] == ids for row in ds)
+
+
+def test_shakespeare_targets_built_once_then_loaded(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    monkeypatch.setattr(T, "target_cache_path", lambda name: tmp_path / name)
+    ds = T.shakespeare_targets("smoke", model, tok)
+    n_seqs, seq_len = T.SHAKESPEARE_TARGET_SIZES["smoke"]
+    assert len(ds) == n_seqs and all(len(x) == seq_len for x in ds["input_ids"])
+    assert len(ds[0]["target_ids"][0]) == 64
+    stamp = (tmp_path / "shakespeare-train-reference-k64-smoke" / T.SIDECAR).stat().st_mtime_ns
+    again = T.shakespeare_targets("smoke", model, tok, rebuild="never")
+    assert again["target_ids"] == ds["target_ids"]
+    assert (tmp_path / "shakespeare-train-reference-k64-smoke" / T.SIDECAR).stat().st_mtime_ns == stamp
