@@ -224,7 +224,8 @@ def denoise_generate(
         hard_onehot_at_zero_noise: with ``noise_scale == 0`` feed ``E[argmax x_t]`` instead of ``softmax(x_t)·E``.
         seed: seeds a private generator for the noise and the sampling (same seed, same output).
         eos_token_id, pad_token_id: as in ``generate``; after a row's first EOS the rest is padding, and generation
-            stops after the block in which every row has finished.
+            stops after the block in which every row has finished. Defaults come from the model's generation
+            config (then the tokenizer); ``eos_token_id=[]`` disables stopping.
         return_trace: also return a :class:`DenoiseTrace`.
 
     Returns:
@@ -325,7 +326,9 @@ def _denoise_block(
         if projection == "argmax":
             tokens = truncated.argmax(-1)
         else:
-            tokens = torch.multinomial(torch.softmax(truncated, dim=-1), 1, generator=generator).squeeze(-1)
+            # Gumbel-max: argmax(z + G), G = -log(-log U), is an exact draw from softmax(z) (-inf stays out)
+            uniform = torch.rand(truncated.shape, generator=generator, device=device).clamp_(min=1e-20)
+            tokens = (truncated - torch.log(-torch.log(uniform))).argmax(-1)
         tokens = tokens.reshape(batch, length)
         if record:
             input_entropy = (
@@ -348,3 +351,32 @@ def _denoise_block(
         if noise_scale > 0 and a_next < 1:
             x = x + (noise_scale * math.sqrt(1 - a_next) * k) * gaussian()
     return tokens
+
+
+def denoise_samples(
+    model,
+    tokenizer,
+    prompts: list[str],
+    n_per_prompt: int = 4,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    fixed_length: bool = True,
+    **denoise_kwargs,
+) -> list[list[str]]:
+    """``n_per_prompt`` denoised continuations per prompt (decoded, prompt excluded), as ``[prompt][sample]``.
+
+    Each prompt is repeated ``n_per_prompt`` times in one batch (rows draw different noise from the same seeded
+    generator; prompt ``i`` uses seed ``seed + i``). ``fixed_length=True`` disables EOS so every sample has
+    ``max_new_tokens`` tokens, like :func:`dftnb.sampling.generate_samples`.
+    """
+    if not prompts or any(not p.strip() for p in prompts):
+        raise ValueError("denoise_samples needs a non-empty list of non-empty prompts.")
+    if fixed_length:
+        denoise_kwargs.setdefault("eos_token_id", [])
+    device = next(model.parameters()).device
+    samples = []
+    for i, prompt in enumerate(prompts):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device).repeat(n_per_prompt, 1)
+        out = denoise_generate(model, tokenizer, ids, max_new_tokens=max_new_tokens, seed=seed + i, **denoise_kwargs)
+        samples.append(tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True))
+    return samples

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -29,7 +30,8 @@ LN2 = math.log(2.0)
 
 
 def _check_finite_scores(scores: torch.Tensor, who: str) -> None:
-    if torch.isnan(scores).any() or (scores == float("inf")).any():
+    top = scores.max()  # one pass: NaN propagates through max, +Inf is the max
+    if not bool(top < float("inf")):
         raise ValueError(
             f"{who}: logits contain NaN or +Inf; run the model in float32 (or bfloat16 on GPU, not float16) and check "
             "the inputs, or add InfNanRemoveLogitsProcessor (generate(..., remove_invalid_values=True)) before it."
@@ -39,15 +41,19 @@ def _check_finite_scores(scores: torch.Tensor, who: str) -> None:
 def entropy_nats(logits: torch.Tensor) -> torch.Tensor:
     """Shannon entropy ``H = -Σ_i p_i log p_i`` of ``p = softmax(logits)`` along the last axis, in nats.
 
-    ``-inf`` logits (tokens already filtered out) contribute 0.
+    Computed as ``H = log Z - Σ_i e_i d_i / Z`` with ``d = logits - max``, ``e = exp(d)``, ``Z = Σ e``; ``-inf``
+    logits (tokens already filtered out) contribute 0.
     """
-    logp = torch.log_softmax(logits, dim=-1)
-    p = logp.exp()
-    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+    gap = logits - logits.max(-1, keepdim=True).values
+    e = torch.exp(gap)
+    z = e.sum(-1)
+    return torch.log(z) - torch.linalg.vecdot(e, torch.nan_to_num(gap, neginf=0.0)) / z
 
 
 def count_candidates(logits: torch.Tensor) -> torch.Tensor:
     """``N``: the number of tokens with a finite logit (the candidates still in play), per row."""
+    if bool(logits.min() > float("-inf")):  # nothing filtered: one cheap reduction instead of a count
+        return torch.full(logits.shape[:-1], logits.shape[-1], device=logits.device)
     return torch.isfinite(logits).sum(-1)
 
 
@@ -163,12 +169,15 @@ class TopNSigmaLogitsProcessor(LogitsProcessor):
         """Boolean ``(batch, V)`` mask of the tokens top-nσ keeps."""
         logits = scores.float()
         finite = torch.isfinite(logits)
-        count = finite.sum(-1, keepdim=True).clamp_min(1)
-        zero = torch.zeros_like(logits)
-        mean = torch.where(finite, logits, zero).sum(-1, keepdim=True) / count
-        var = torch.where(finite, (logits - mean) ** 2, zero).sum(-1, keepdim=True) / count
+        if bool(finite.all()):
+            sigma = logits.std(-1, correction=0, keepdim=True)
+        else:
+            count = finite.sum(-1, keepdim=True).clamp_min(1)
+            zero = torch.zeros_like(logits)
+            mean = torch.where(finite, logits, zero).sum(-1, keepdim=True) / count
+            sigma = (torch.where(finite, (logits - mean) ** 2, zero).sum(-1, keepdim=True) / count).sqrt()
         top = logits.max(-1, keepdim=True).values
-        return logits >= top - self.n * var.sqrt()
+        return logits >= top - self.n * sigma
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         _check_finite_scores(scores, type(self).__name__)
@@ -208,7 +217,7 @@ class MirostatV2LogitsProcessor(LogitsProcessor):
         self.mu_history: list[torch.Tensor] = []
         self.surprise_history: list[torch.Tensor] = []
         self._prev_ids: torch.Tensor | None = None
-        self._prev_logprobs: torch.Tensor | None = None
+        self._prev_logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _continues_previous_call(self, input_ids: torch.Tensor) -> bool:
         prev = self._prev_ids
@@ -219,18 +228,19 @@ class MirostatV2LogitsProcessor(LogitsProcessor):
             and torch.equal(input_ids[:, :-1], prev)
         )
 
-    def truncate(self, scores: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-        """Logits with every token of surprise ``-log2 p_i > μ`` set to ``-inf`` (the argmax is always kept)."""
-        logp = torch.log_softmax(scores.float(), dim=-1)
-        keep = (-logp / LN2) <= mu.unsqueeze(-1)
-        keep.scatter_(-1, logp.argmax(-1, keepdim=True), True)
-        return scores.masked_fill(~keep, float("-inf"))
+    def keep_mask(self, logp: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """Tokens of surprise ``-log2 p_i <= μ`` given log-probabilities ``logp``; the argmax is always kept."""
+        keep = logp >= -LN2 * mu.unsqueeze(-1)
+        return keep.scatter_(-1, logp.argmax(-1, keepdim=True), True)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         _check_finite_scores(scores, type(self).__name__)
         if self._continues_previous_call(input_ids):
-            chosen = input_ids[:, -1:].to(self._prev_logprobs.device)
-            surprise = -self._prev_logprobs.gather(-1, chosen).squeeze(-1) / LN2
+            logp, keep, log_mass = self._prev_logprobs
+            chosen = input_ids[:, -1:].to(logp.device)
+            # surprise under p' = p restricted to the kept set and renormalised: log p'(x) = log p(x) - log Σ_keep p
+            chosen_logp = torch.where(keep.gather(-1, chosen), logp.gather(-1, chosen), float("-inf")).squeeze(-1)
+            surprise = -(chosen_logp - log_mass) / LN2
             update = torch.isfinite(surprise)
             self.mu = torch.where(update, self.mu - self.eta * (surprise - self.tau), self.mu)
             self.surprise_history.append(surprise)
@@ -238,10 +248,12 @@ class MirostatV2LogitsProcessor(LogitsProcessor):
             self.reset()
             self.mu = torch.full((scores.shape[0],), 2.0 * self.tau, device=scores.device)
         self.mu_history.append(self.mu.clone())
-        out = self.truncate(scores, self.mu)
-        self._prev_logprobs = torch.log_softmax(out.float(), dim=-1)
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        keep = self.keep_mask(logp, self.mu)
+        log_mass = torch.logsumexp(logp.masked_fill(~keep, float("-inf")), dim=-1)
+        self._prev_logprobs = (logp, keep, log_mass)
         self._prev_ids = input_ids.clone()
-        return out
+        return scores.masked_fill(~keep, float("-inf"))
 
 
 class TargetEntropyLogitsProcessor(LogitsProcessor):
@@ -289,62 +301,77 @@ class TargetEntropyLogitsProcessor(LogitsProcessor):
         self.unreachable_steps = 0
 
     @staticmethod
-    def _entropy_and_slope(logits: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``H(softmax(z e^{-u}))`` and ``dH/du = Var_p(z e^{-u})`` per row."""
-        scaled = logits * torch.exp(-u).unsqueeze(-1)
-        logp = torch.log_softmax(scaled, dim=-1)
-        p = logp.exp()
-        finite = p > 0
-        zero = torch.zeros_like(p)
-        h = -torch.where(finite, p * logp, zero).sum(-1)
-        mean = torch.where(finite, p * scaled, zero).sum(-1, keepdim=True)
-        var = torch.where(finite, p * (scaled - mean) ** 2, zero).sum(-1)
-        return h, var
+    def _entropy_and_slope(gap: torch.Tensor, finite_gap: torch.Tensor, gap_sq: torch.Tensor, beta: torch.Tensor):
+        """``H`` and ``dH/du = Var_p(z/T)`` of ``p ∝ exp(β d)``, ``d = z - max z <= 0`` (``-inf`` for filtered
+        tokens, whose ``finite_gap``/``gap_sq`` entries are 0), ``β = 1/T``: ``H = log Z - β E[d]``,
+        ``Var = β² (E[d²] - E[d]²)``."""
+        e = torch.exp(gap * beta.unsqueeze(-1))
+        z = e.sum(-1)
+        mean = torch.linalg.vecdot(e, finite_gap) / z
+        mean_sq = torch.linalg.vecdot(e, gap_sq) / z
+        h = torch.log(z) - beta * mean
+        return h, beta * beta * (mean_sq - mean * mean).clamp_min(0.0)
 
     def solve_temperature(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-row ``(T, reached)`` for ``scores`` of shape ``(batch, V)``."""
-        logits = scores.double()
-        target = self.target_entropy
-        lo = torch.full(logits.shape[:-1], math.log(self.min_temperature), dtype=logits.dtype, device=logits.device)
-        hi = torch.full_like(lo, math.log(self.max_temperature))
-        h_lo, _ = self._entropy_and_slope(logits, lo)
-        h_hi, _ = self._entropy_and_slope(logits, hi)
-        too_low = target < h_lo - self.tolerance  # even the coldest allowed T is too diverse
-        too_high = target > h_hi + self.tolerance  # even the hottest allowed T is not diverse enough
-        at_lo = ~too_low & ((h_lo - target).abs() <= self.tolerance)
-        at_hi = ~too_high & ~at_lo & ((h_hi - target).abs() <= self.tolerance)
-        start = torch.zeros_like(lo).clamp(math.log(self.min_temperature), math.log(self.max_temperature))
-        u = torch.where(too_low | at_lo, lo, torch.where(too_high | at_hi, hi, start))
-        done = too_low | too_high | at_lo | at_hi
+        """Per-row ``(T, reached)`` for ``scores`` of shape ``(batch, V)``.
+
+        Safeguarded Newton on ``u = log T``: the bracket ``[lo, hi]`` starts at ``[log T_lo, log T_hi]``; a Newton
+        step that leaves it is replaced by the bracket's midpoint, or by the bound itself while that bound has not
+        been evaluated yet (which is how an unreachable target is detected in one step).
+        """
+        logits = scores.float()
+        gap = logits - logits.max(-1, keepdim=True).values
+        finite_gap = torch.nan_to_num(gap, neginf=0.0)
+        gap_sq = finite_gap * finite_gap
+        target, tol = self.target_entropy, self.tolerance
+        tol_inner = 0.25 * tol  # float32 entropy is accurate to ~1e-5 nats; stop well inside the promise
+        # The bracket bookkeeping is on (batch,) numpy arrays: a handful of scalars per row, not worth kernels.
+        coldest, hottest = math.log(self.min_temperature), math.log(self.max_temperature)
+        rows = logits.shape[0] if logits.ndim > 1 else 1
+        lo, hi = np.full(rows, coldest), np.full(rows, hottest)
+        lo_seen, hi_seen = np.zeros(rows, dtype=bool), np.zeros(rows, dtype=bool)  # H evaluated at lo / hi
+        u = np.full(rows, min(max(0.0, coldest), hottest))  # start at T = 1
+        done, reached = np.zeros(rows, dtype=bool), np.zeros(rows, dtype=bool)
         for _ in range(self.max_iter):
-            if bool(done.all()):
+            beta = torch.from_numpy(np.exp(-u)).to(device=logits.device, dtype=logits.dtype)
+            h, slope = self._entropy_and_slope(gap, finite_gap, gap_sq, beta.reshape(logits.shape[:-1]))
+            err = h.double().cpu().numpy().reshape(rows) - target
+            slope = slope.double().cpu().numpy().reshape(rows)
+            hit = np.abs(err) <= tol_inner
+            stuck_hot = (u >= hottest) & (err < -tol_inner)  # hottest allowed T still below the target
+            stuck_cold = (u <= coldest) & (err > tol_inner)  # coldest allowed T still above the target
+            reached |= ~done & (hit | ((stuck_hot | stuck_cold) & (np.abs(err) <= tol)))
+            done |= hit | stuck_hot | stuck_cold
+            if done.all():
                 break
-            h, slope = self._entropy_and_slope(logits, u)
-            err = h - target
-            done = done | (err.abs() <= self.tolerance)
-            lo = torch.where(~done & (err < 0), u, lo)
-            hi = torch.where(~done & (err > 0), u, hi)
-            newton = u - err / slope.clamp_min(1e-30)
-            inside = (newton > lo) & (newton < hi) & torch.isfinite(newton)
-            step = torch.where(inside, newton, 0.5 * (lo + hi))
-            u = torch.where(done, u, step)
-        reached = ~(too_low | too_high) & done
-        if self.on_unreachable == "raise" and not bool(reached.all()):
+            need_hotter = err < 0
+            lo = np.where(need_hotter, u, lo)
+            hi = np.where(need_hotter, hi, u)
+            lo_seen |= need_hotter
+            hi_seen |= ~need_hotter
+            with np.errstate(divide="ignore", invalid="ignore"):
+                newton = u - err / slope
+            inside = (newton > lo) & (newton < hi) & np.isfinite(newton)
+            mid = 0.5 * (lo + hi)
+            to_bound = np.where(need_hotter, np.where(hi_seen, mid, hi), np.where(lo_seen, mid, lo))
+            u = np.where(done, u, np.where(inside, newton, to_bound))
+        temperature = torch.from_numpy(np.exp(u)).to(device=logits.device, dtype=logits.dtype)
+        reached_t = torch.from_numpy(reached).to(logits.device)
+        if self.on_unreachable == "raise" and not reached.all():
             raise RuntimeError(
-                f"target entropy {target:.4f} nats is outside [H(T_lo), H(T_hi)] = "
-                f"[{float(h_lo.min()):.4f}, {float(h_hi.max()):.4f}] for some rows; widen "
-                "[min_temperature, max_temperature], lower the target (it cannot exceed log N), or use "
-                "on_unreachable='clamp'."
+                f"target entropy {target:.4f} nats is not reachable with T in [{self.min_temperature}, "
+                f"{self.max_temperature}] for {int((~reached).sum())} row(s); widen [min_temperature, "
+                "max_temperature], lower the target (it cannot exceed log N), or use on_unreachable='clamp'."
             )
-        return torch.exp(u), reached
+        return temperature.reshape(logits.shape[:-1]), reached_t.reshape(logits.shape[:-1])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         _check_finite_scores(scores, type(self).__name__)
         t, reached = self.solve_temperature(scores)
-        self.last_temperature = t.float()
+        self.last_temperature = t
         self.last_reached = reached
         self.unreachable_steps += int((~reached).sum())
-        return (scores.double() / t.unsqueeze(-1)).to(scores.dtype)
+        return (scores.float() / t.unsqueeze(-1)).to(scores.dtype)
 
 
 def _check_probability(name: str, value: float, low_open: bool = False) -> float:
@@ -431,3 +458,164 @@ def sampler_kwargs(name: str, **params) -> dict:
             raise ValueError(f"sampler {name!r}: {err}; its parameters are {list(SAMPLERS[name])}.") from err
         kwargs["logits_processor"] = LogitsProcessorList([processor])
     return kwargs
+
+
+# ------------------------------------------------------------------------------------------ sampling many prompts
+@torch.no_grad()
+def generate_samples(
+    model,
+    tokenizer,
+    prompts: list[str],
+    n_per_prompt: int = 4,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    fixed_length: bool = True,
+    **generate_kwargs,
+) -> list[list[str]]:
+    """``n_per_prompt`` sampled continuations of each prompt (decoded, prompt excluded), as ``[prompt][sample]``.
+
+    All prompts go through one left-padded ``generate`` call with ``num_return_sequences=n_per_prompt``; the global
+    torch RNG is seeded with ``seed`` first, so every sampler compared at the same seed draws from the same random
+    stream. ``fixed_length=True`` sets ``min_new_tokens = max_new_tokens`` (no early EOS), so that all samples
+    have the same token length as the Style Diversity Score asks. ``generate_kwargs`` is typically
+    ``sampler_kwargs(name, **params)``.
+    """
+    if not prompts or any(not p.strip() for p in prompts):
+        raise ValueError("generate_samples needs a non-empty list of non-empty prompts.")
+    if n_per_prompt < 1 or max_new_tokens < 1:
+        raise ValueError(f"need n_per_prompt >= 1 and max_new_tokens >= 1, got {n_per_prompt}, {max_new_tokens}.")
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only generation continues from the last column
+    try:
+        batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = side
+    device = next(model.parameters()).device
+    batch = {key: value.to(device) for key, value in batch.items()}
+    if fixed_length:
+        generate_kwargs.setdefault("min_new_tokens", max_new_tokens)
+    torch.manual_seed(seed)
+    out = model.generate(
+        **batch, max_new_tokens=max_new_tokens, num_return_sequences=n_per_prompt,
+        pad_token_id=tokenizer.pad_token_id, **generate_kwargs,
+    )
+    texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [texts[i * n_per_prompt : (i + 1) * n_per_prompt] for i in range(len(prompts))]
+
+
+def diversity_quality(
+    samples_per_prompt: list[list[str]],
+    ppl_model=None,
+    tokenizer=None,
+    embedder=None,
+    sds_length: int | None = None,
+    window: int = 256,
+    stride: int = 128,
+) -> dict:
+    """Diversity and quality of sampled texts, the two axes of a sampler's frontier (DESIGN.md §8).
+
+    * ``distinct``: mean over prompts of ``mean_{n=1..4} distinct_n(samples of the prompt, n)``;
+    * ``self_bleu``: mean over prompts of Self-BLEU-4 among that prompt's samples (lower = more diverse);
+    * ``sds`` (0-100) with its 95% bootstrap interval, from :func:`dftnb.metrics.style_diversity_score` with
+      samples cut to ``sds_length`` words, when an ``embedder`` is given; a setting whose samples are too short
+      for it gets ``NaN`` and the reason in ``sds_note``;
+    * ``perplexity``: sliding-window perplexity of all samples under ``ppl_model`` (the base model), when given.
+
+    Samples that decode to whitespace only are dropped from the lexical measures and counted in ``empty``.
+    """
+    from . import metrics
+
+    groups = [[t for t in group if t.strip()] for group in samples_per_prompt]
+    row = {"empty": sum(len(g) for g in samples_per_prompt) - sum(len(g) for g in groups)}
+    scored = [g for g in groups if len(g) >= 2]
+    if not scored:
+        raise ValueError("every prompt has fewer than 2 non-empty samples; generate more or longer samples.")
+    row["distinct"] = float(np.mean([np.mean([metrics.distinct_n(g, n) for n in range(1, 5)]) for g in scored]))
+    row["self_bleu"] = float(np.mean([metrics.self_bleu(g) for g in scored]))
+    if embedder is not None:
+        try:
+            sds = metrics.style_diversity_score(samples_per_prompt, embedder, length=sds_length)
+            row.update(sds=sds.score, sds_ci_low=sds.ci_low, sds_ci_high=sds.ci_high, sds_note="")
+        except ValueError as err:  # e.g. a sample shorter than sds_length words: reported, not hidden
+            row.update(sds=float("nan"), sds_ci_low=float("nan"), sds_ci_high=float("nan"), sds_note=str(err))
+    if ppl_model is not None:
+        texts = [t for g in groups for t in g]
+        row["perplexity"] = metrics.perplexity(ppl_model, tokenizer, texts, window=window, stride=stride)
+    return row
+
+
+def temperature_grid(
+    temperatures: list[float],
+    target_entropies: list[float] | None = None,
+    top_p: float = 0.9,
+    min_p: float = 0.1,
+    nsigma: float = 1.0,
+    dynatemp_spread: float = 0.5,
+    samplers: tuple[str, ...] = ("temperature", "top_p", "min_p", "dynatemp", "top_nsigma", "target_entropy"),
+) -> list[dict]:
+    """Settings for a diversity-quality frontier: one dict per (sampler, knob value) with ``sampler``, ``knob``,
+    ``value``, ``level`` (index of the temperature, so that settings of different samplers can be lined up) and
+    ``params`` for :func:`sampler_kwargs`.
+
+    Temperature ``T`` drives: plain ``temperature=T``; top-p and min-p at ``T`` (generate applies temperature
+    before them); dynatemp over ``[T (1 - s), T (1 + s)]`` (llama.cpp's ``temp ± range`` with range ``s·T``);
+    top-nσ followed by ``T``. Target entropy has its own knob ``H*``: ``target_entropies[i]`` is paired with
+    ``temperatures[i]``.
+    """
+    if target_entropies is not None and len(target_entropies) != len(temperatures):
+        raise ValueError("target_entropies must pair one-to-one with temperatures (same length).")
+    if not 0 <= dynatemp_spread < 1:
+        raise ValueError(f"dynatemp_spread must be in [0, 1), got {dynatemp_spread}.")
+    grid = []
+    for level, t in enumerate(temperatures):
+        by_name = {
+            "temperature": ("T", t, dict(temperature=t)),
+            "top_p": ("T", t, dict(top_p=top_p, temperature=t)),
+            "min_p": ("T", t, dict(min_p=min_p, temperature=t)),
+            "dynatemp": ("T", t, dict(min_temperature=t * (1 - dynatemp_spread),
+                                      max_temperature=t * (1 + dynatemp_spread))),
+            "top_nsigma": ("T", t, dict(n=nsigma, temperature=t)),
+        }
+        if target_entropies is not None:
+            h = target_entropies[level]
+            by_name["target_entropy"] = ("H*", h, dict(target_entropy=h))
+        for name in samplers:
+            if name not in by_name:
+                raise ValueError(f"no grid rule for sampler {name!r} (target_entropy needs target_entropies).")
+            knob, value, params = by_name[name]
+            grid.append({"sampler": name, "knob": knob, "value": value, "level": level, "params": params})
+    return grid
+
+
+def sampler_frontier(
+    model,
+    tokenizer,
+    prompts: list[str],
+    grid: list[dict],
+    n_per_prompt: int = 4,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    ppl_model=None,
+    embedder=None,
+    sds_length: int | None = None,
+    label: str = "",
+):
+    """Sample every setting of ``grid`` (see :func:`temperature_grid`) and score it with :func:`diversity_quality`.
+
+    Returns ``(table, samples)``: a ``pandas.DataFrame`` with one row per setting (``model`` = ``label``) and a
+    dict ``(sampler, value) -> samples_per_prompt``. ``ppl_model`` defaults to ``model``; pass the base model to
+    score a fine-tuned model's samples under the base model.
+    """
+    import pandas as pd
+
+    rows, samples = [], {}
+    for setting in grid:
+        texts = generate_samples(
+            model, tokenizer, prompts, n_per_prompt, max_new_tokens, seed,
+            **sampler_kwargs(setting["sampler"], **setting["params"]),
+        )
+        samples[(setting["sampler"], setting["value"])] = texts
+        scores = diversity_quality(texts, ppl_model if ppl_model is not None else model, tokenizer, embedder,
+                                   sds_length)
+        rows.append({"model": label, **{k: setting[k] for k in ("sampler", "knob", "value", "level")}, **scores})
+    return pd.DataFrame(rows), samples

@@ -158,3 +158,13 @@ def test_embedded_model_zero_noise_is_greedy():
         model, tokenizer, ids, max_new_tokens=8, block_size=4, steps=4, noise_scale=0.0, projection="argmax",
     )
     assert torch.equal(out, greedy(model, ids, 8))
+
+
+def test_sampled_projection_respects_truncation(tiny):
+    """top_p so small that only the top token survives: sampling the truncated prediction is the argmax."""
+    model, tokenizer, ids = tiny
+    kwargs = dict(max_new_tokens=6, block_size=3, steps=3, noise_scale=0.0)
+    sampled = denoise_generate(model, tokenizer, ids, projection="sample", top_p=1e-9, seed=1, **kwargs)
+    assert torch.equal(sampled, denoise_generate(model, tokenizer, ids, projection="argmax", **kwargs))
+    free = denoise_generate(model, tokenizer, ids, projection="sample", seed=1, **kwargs)
+    assert not torch.equal(free, sampled)  # the untruncated random model's distribution is nearly flat

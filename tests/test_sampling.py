@@ -13,7 +13,10 @@ from dftnb.sampling import (
     MirostatV2LogitsProcessor,
     TargetEntropyLogitsProcessor,
     TopNSigmaLogitsProcessor,
+    diversity_quality,
+    generate_samples,
     sampler_kwargs,
+    temperature_grid,
 )
 
 
@@ -290,3 +293,38 @@ def test_top_nsigma_zero_is_greedy(tiny):
     model, ids = tiny
     greedy = model.generate(ids, max_new_tokens=6, do_sample=False, attention_mask=torch.ones_like(ids))
     assert torch.equal(_sample(model, ids, 3, **sampler_kwargs("top_nsigma", n=0.0)), greedy)
+
+
+def test_generate_samples_shape_and_seed(tiny):
+    model, _ = tiny
+    from dftnb.models import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    prompts = ["Hello there", "A much longer prompt than the first one"]
+    kw = sampler_kwargs("min_p", min_p=0.05, temperature=1.5)
+    a = generate_samples(model, tokenizer, prompts, n_per_prompt=3, max_new_tokens=5, seed=4, **kw)
+    b = generate_samples(model, tokenizer, prompts, n_per_prompt=3, max_new_tokens=5, seed=4, **kw)
+    assert a == b and len(a) == 2 and all(len(g) == 3 for g in a)
+    with pytest.raises(ValueError, match="non-empty"):
+        generate_samples(model, tokenizer, ["ok", "  "], **kw)
+
+
+def test_diversity_quality_hand_example():
+    # two identical 4-word texts: every distinct-n is (#unique / #total) = 1/2; Self-BLEU of copies is 1
+    row = diversity_quality([["a b c d", "a b c d", "   "], ["w x y z", "p q r s"]])
+    assert row["empty"] == 1
+    assert row["distinct"] == pytest.approx((0.5 + 1.0) / 2)
+    assert row["self_bleu"] == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_temperature_grid_lines_up_levels():
+    grid = temperature_grid([0.5, 2.0], target_entropies=[1.0, 4.0])
+    assert len(grid) == 12
+    dyn = [g for g in grid if g["sampler"] == "dynatemp" and g["level"] == 1][0]
+    assert dyn["params"] == {"min_temperature": 1.0, "max_temperature": 3.0}
+    ent = [g for g in grid if g["sampler"] == "target_entropy" and g["level"] == 1][0]
+    assert (ent["knob"], ent["value"]) == ("H*", 4.0)
+    for g in grid:
+        sampler_kwargs(g["sampler"], **g["params"])  # every setting is valid
+    with pytest.raises(ValueError, match="same length"):
+        temperature_grid([0.5, 2.0], target_entropies=[1.0])
