@@ -267,6 +267,49 @@ def _window_plan(n_tokens: int, window: int, stride: int) -> list[tuple[int, int
 
 
 @torch.no_grad()
+def _nll_at_temperatures(
+    model, tokenizer, texts, window, stride, temperatures, max_tokens, batch_size, separator="\n\n"
+) -> tuple[list[float], int]:
+    """Total NLL at each temperature (one forward pass per window serves them all) and the scored-token count."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not texts or not any(t.strip() for t in texts):
+        raise ValueError("perplexity needs at least one non-empty text; check the corpus split is not empty.")
+    if window < 2 or not 1 <= stride <= window:
+        raise ValueError(f"need window >= 2 and 1 <= stride <= window, got window={window}, stride={stride}.")
+    if not temperatures or any(t <= 0 for t in temperatures):
+        raise ValueError(f"temperatures must be > 0, got {list(temperatures)}.")
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos is not None and window > max_pos:
+        raise ValueError(f"window={window} exceeds the model's max_position_embeddings={max_pos}; lower the window.")
+    ids = tokenizer(separator.join(texts), add_special_tokens=False, return_tensors="pt").input_ids[0]
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if ids.numel() < 2:
+        raise ValueError("the texts tokenise to fewer than 2 tokens; nothing to score.")
+    device = _model_device(model)
+    plan = _window_plan(ids.numel(), window, stride)
+    nll, count = [0.0] * len(temperatures), 0
+    # Windows of equal length are batched; only the last one can be shorter.
+    groups: dict[int, list[tuple[int, int, int]]] = {}
+    for w in plan:
+        groups.setdefault(w[1] - w[0], []).append(w)
+    for _, windows in sorted(groups.items()):
+        for i in range(0, len(windows), batch_size):
+            chunk = windows[i : i + batch_size]
+            batch = torch.stack([ids[b:e] for b, e, _ in chunk]).to(device)
+            logits = model(input_ids=batch).logits[:, :-1].float()
+            for t_index, temperature in enumerate(temperatures):
+                logp = torch.log_softmax(logits / temperature, dim=-1)
+                token_logp = logp.gather(-1, batch[:, 1:, None]).squeeze(-1)  # log p(x_j | x_<j), j = 1..len-1
+                for row, (begin, _end, score_from) in enumerate(chunk):
+                    scored = token_logp[row, score_from - begin - 1 :]
+                    nll[t_index] -= float(scored.double().sum())
+                    if t_index == 0:
+                        count += scored.numel()
+    return nll, count
+
+
 def sliding_window_nll(
     model,
     tokenizer,
@@ -285,41 +328,10 @@ def sliding_window_nll(
     ``window`` tokens moved by ``stride`` (see :func:`_window_plan`). ``temperature`` scores
     ``softmax(logits / temperature)`` instead of the model's own distribution.
     """
-    if isinstance(texts, str):
-        texts = [texts]
-    if not texts or not any(t.strip() for t in texts):
-        raise ValueError("perplexity needs at least one non-empty text; check the corpus split is not empty.")
-    if window < 2 or not 1 <= stride <= window:
-        raise ValueError(f"need window >= 2 and 1 <= stride <= window, got window={window}, stride={stride}.")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos is not None and window > max_pos:
-        raise ValueError(f"window={window} exceeds the model's max_position_embeddings={max_pos}; lower the window.")
-    ids = tokenizer(separator.join(texts), add_special_tokens=False, return_tensors="pt").input_ids[0]
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
-    if ids.numel() < 2:
-        raise ValueError("the texts tokenise to fewer than 2 tokens; nothing to score.")
-    device = _model_device(model)
-    plan = _window_plan(ids.numel(), window, stride)
-    nll, count = 0.0, 0
-    # Windows of equal length are batched; only the last one can be shorter.
-    groups: dict[int, list[tuple[int, int, int]]] = {}
-    for w in plan:
-        groups.setdefault(w[1] - w[0], []).append(w)
-    for _, windows in sorted(groups.items()):
-        for i in range(0, len(windows), batch_size):
-            chunk = windows[i : i + batch_size]
-            batch = torch.stack([ids[b:e] for b, e, _ in chunk]).to(device)
-            logits = model(input_ids=batch).logits.float() / temperature
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            token_logp = logp.gather(-1, batch[:, 1:, None]).squeeze(-1)  # log p(x_j | x_<j), j = 1..len-1
-            for row, (begin, _end, score_from) in enumerate(chunk):
-                scored = token_logp[row, score_from - begin - 1 :]
-                nll -= float(scored.double().sum())
-                count += scored.numel()
-    return nll, count
+    nll, count = _nll_at_temperatures(
+        model, tokenizer, texts, window, stride, [temperature], max_tokens, batch_size, separator
+    )
+    return nll[0], count
 
 
 def perplexity(
@@ -350,35 +362,41 @@ def perplexity_by_corpus(
     window: int = 512,
     stride: int = 256,
     max_tokens: int | None = None,
-    temperature: float = 1.0,
+    temperatures: Sequence[float] = (1.0,),
     batch_size: int = 4,
     texts_by_corpus: dict[str, Sequence[str]] | None = None,
 ):
     """Sliding-window perplexity per corpus split and their macro-average (unweighted mean over corpora).
 
-    Returns a ``pandas.DataFrame`` with one row per corpus plus a final ``"macro"`` row, columns ``corpus``,
-    ``perplexity``, ``tokens`` (scored tokens), ``window``, ``stride``. ``max_tokens`` caps each corpus's token
-    stream (its first tokens, in the split's deterministic order) to fit a CPU budget; the macro row's
-    perplexity is the mean of the per-corpus perplexities. ``texts_by_corpus`` overrides loading the splits.
+    Returns a ``pandas.DataFrame`` with, per temperature, one row per corpus plus a ``"macro"`` row; columns
+    ``temperature``, ``corpus``, ``perplexity``, ``tokens`` (scored tokens), ``window``, ``stride``.
+    ``max_tokens`` caps each corpus's token stream (its first tokens, in the split's deterministic order) to fit a
+    CPU budget. Each window is run through the model once for all ``temperatures`` (perplexity of
+    ``softmax(logits / T)``). ``texts_by_corpus`` overrides loading the splits.
     """
     import pandas as pd
 
     from .data import load_corpus
 
+    temperatures = [float(t) for t in temperatures]
     rows = []
     for name in corpora:
         texts = list(texts_by_corpus[name]) if texts_by_corpus is not None else list(load_corpus(name)[split]["text"])
-        nll, count = sliding_window_nll(
-            model, tokenizer, texts, window, stride, temperature, max_tokens, batch_size
+        nll, count = _nll_at_temperatures(
+            model, tokenizer, texts, window, stride, temperatures, max_tokens, batch_size
         )
-        rows.append({"corpus": name, "perplexity": math.exp(nll / count), "tokens": count})
-    rows.append(
-        {
+        rows += [
+            {"temperature": t, "corpus": name, "perplexity": math.exp(v / count), "tokens": count}
+            for t, v in zip(temperatures, nll)
+        ]
+    for t in temperatures:
+        mine = [r for r in rows if r["temperature"] == t and r["corpus"] != "macro"]
+        rows.append({
+            "temperature": t,
             "corpus": "macro",
-            "perplexity": float(np.mean([r["perplexity"] for r in rows])),
-            "tokens": sum(r["tokens"] for r in rows),
-        }
-    )
+            "perplexity": float(np.mean([r["perplexity"] for r in mine])),
+            "tokens": sum(r["tokens"] for r in mine),
+        })
     df = pd.DataFrame(rows)
     df["window"], df["stride"] = window, stride
     return df

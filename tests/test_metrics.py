@@ -101,6 +101,20 @@ def test_perplexity_temperature_and_bad_args(tiny):
         metrics.perplexity(model, tok, ["  "])
 
 
+def test_perplexity_by_corpus_matches_per_corpus_calls(tiny):
+    model, tok = tiny
+    texts = {"a": [TEXT], "b": ["Hello there, how are you today?", "Fine, thanks."]}
+    df = metrics.perplexity_by_corpus(model, tok, ["a", "b"], window=8, stride=4, temperatures=(1.0, 1.5),
+                                      texts_by_corpus=texts)
+    for t in (1.0, 1.5):
+        rows = df[df.temperature == t].set_index("corpus")
+        for name in ("a", "b"):
+            ref = metrics.perplexity(model, tok, texts[name], window=8, stride=4, temperature=t)
+            assert rows.loc[name, "perplexity"] == pytest.approx(ref, rel=1e-6)
+        assert rows.loc["macro", "perplexity"] == pytest.approx((rows.loc["a", "perplexity"] + rows.loc["b", "perplexity"]) / 2)
+    assert set(df.window) == {8} and set(df.stride) == {4}
+
+
 # --------------------------------------------------------------------------------------------------------- SDS
 class BagOfWords:
     """A hand-checkable embedder: word-count vectors over the words seen (orthogonal for disjoint vocabularies)."""
