@@ -713,3 +713,289 @@ def mmlu(
         per_subject=per_subject,
         predictions=preds,
     )
+
+
+# ------------------------------------------------------------------------- chapter 06: the seed article's table
+# Table row label -> folder under <out>/models/ written by chapter 02 (None: the starting model itself).
+BENCHMARK_RUNS = {
+    "base": None,
+    "SFT": "sft",
+    "DFT (reverse KL)": "dft_reverse_kl",
+    "DFT (forward KL)": "dft_forward_kl",
+    "DFT (Wasserstein)": "dft_wasserstein",
+    "GEM": "gem",
+}
+
+
+def trained_model_dirs(out: str | Path, runs: dict[str, str | None] = BENCHMARK_RUNS) -> dict[str, Path | None]:
+    """``{label: <out>/models/<run>}`` for the fine-tuned models of chapter 02; a clear error if any is missing."""
+    out = Path(out)
+    dirs = {label: (None if run is None else out / "models" / run) for label, run in runs.items()}
+    missing = [str(p) for p in dirs.values() if p is not None and not (p / "config.json").exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"fine-tuned models missing: {missing}. Run notebook 02 first with the same profile and out_dir, e.g. "
+            f"`python -m dftnb.runner --profile <profile> --out {out} --only 02`."
+        )
+    return dirs
+
+
+def diversity_prompts(
+    corpora: Sequence[str] = CORPORA, per_corpus: int = 2, words: int = 12, split: str = "test"
+) -> list[str]:
+    """Open-ended prompts for the SDS: the first ``words`` words of the first ``per_corpus`` texts of each corpus
+    split (a creative, a conversational and a technical opening each)."""
+    from .data import corpus_texts
+
+    prompts = []
+    for name in corpora:
+        texts = corpus_texts(name, split, n=per_corpus, min_words=words + 8)
+        if len(texts) < per_corpus:
+            raise ValueError(f"corpus {name!r} split {split!r} has only {len(texts)} texts of > {words + 8} words.")
+        prompts += [" ".join(t.split()[:words]) for t in texts]
+    return prompts
+
+
+@dataclass
+class ModelEvaluation:
+    """Everything chapter 06 measures on one model before the SDS is scored at a common length."""
+
+    name: str
+    samples: dict  # temperature -> [prompt][sample] texts
+    perplexity: object  # DataFrame of perplexity_by_corpus
+    humaneval: HumanEvalResult | None
+    mmlu: MMLUResult | None
+    mmlu_note: str = ""
+
+
+def evaluate_model(
+    name: str,
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    temperatures: Sequence[float] = (0.7, 1.0, 1.3),
+    n_samples: int = 4,
+    max_new_tokens: int = 48,
+    humaneval_problems: int | None = 10,
+    humaneval_tokens: int = 96,
+    mmlu_path: str | Path = "data/mmlu",
+    mmlu_limit: int | None = None,
+    mmlu_shots: int = 5,
+    ppl_window: int = 256,
+    ppl_stride: int = 128,
+    ppl_max_tokens: int | None = 1024,
+    seed: int = 0,
+) -> ModelEvaluation:
+    """Samples at each temperature (plain temperature sampling, ``dftnb.sampling.generate_samples``), sliding-window
+    perplexity at the same temperatures, HumanEval pass@1 (greedy, first ``humaneval_problems``; ``0`` skips) and
+    MMLU (``None`` with the reason in ``mmlu_note`` when the data is not reachable)."""
+    from .sampling import generate_samples, sampler_kwargs
+
+    samples = {
+        float(t): generate_samples(
+            model, tokenizer, list(prompts), n_per_prompt=n_samples, max_new_tokens=max_new_tokens, seed=seed,
+            **sampler_kwargs("temperature", temperature=float(t)),
+        )
+        for t in temperatures
+    }
+    ppl = perplexity_by_corpus(
+        model, tokenizer, window=ppl_window, stride=ppl_stride, max_tokens=ppl_max_tokens, temperatures=temperatures
+    )
+    he = None
+    if humaneval_problems != 0:
+        he = humaneval(model, tokenizer, limit=humaneval_problems, max_new_tokens=humaneval_tokens, seed=seed)
+    try:
+        mm, note = mmlu(model, tokenizer, mmlu_path, shots=mmlu_shots, limit=mmlu_limit), ""
+    except NotAvailable as err:
+        mm, note = None, str(err)
+    return ModelEvaluation(name, samples, ppl, he, mm, note)
+
+
+def common_length(groups_list: Sequence[Sequence[Sequence[str]]], cap: int | None = None) -> int:
+    """The largest ``L`` every sample reaches (whitespace tokens), at most ``cap``: all rows are cut to it."""
+    shortest = min(len(t.split()) for groups in groups_list for g in groups for t in g)
+    return shortest if cap is None else min(shortest, cap)
+
+
+def benchmark_tables(
+    evaluations: Sequence[ModelEvaluation],
+    embedder,
+    L: int,
+    human: Sequence[Sequence[str]] | None = None,
+    table_temperature: float = 1.0,
+    n_boot: int = 1000,
+    seed: int = 0,
+):
+    """``(table, frontier)`` DataFrames.
+
+    ``table``: one row per model (plus ``"human text"``, SDS only): ``mmlu`` (accuracy %, NaN when not
+    available), ``humaneval_pass1`` (greedy, %), ``humaneval_n``, ``sds`` with ``sds_ci_low``/``sds_ci_high`` and
+    the components ``d, s, c, v`` at ``table_temperature``, ``perplexity`` (macro over corpora at temperature 1),
+    ``L``. ``frontier``: SDS and macro perplexity of every model at every sampled temperature.
+    """
+    import pandas as pd
+
+    rows, frontier = [], []
+    for ev in evaluations:
+        macro = ev.perplexity[ev.perplexity.corpus == "macro"].set_index("temperature")["perplexity"]
+        for t, groups in sorted(ev.samples.items()):
+            sds = style_diversity_score(groups, embedder, length=L, n_boot=n_boot, seed=seed)
+            frontier.append({"model": ev.name, "temperature": t, "sds": sds.score, "sds_ci_low": sds.ci_low,
+                             "sds_ci_high": sds.ci_high, "perplexity": float(macro.loc[t])})
+            if t == table_temperature:
+                table_sds = sds
+        if table_temperature not in ev.samples:
+            raise ValueError(f"{ev.name}: no samples at table_temperature={table_temperature}; add it to temperatures.")
+        ppl1 = float(macro.loc[1.0]) if 1.0 in macro.index else float("nan")
+        rows.append({
+            "model": ev.name,
+            "mmlu": 100 * ev.mmlu.accuracy if ev.mmlu is not None else float("nan"),
+            "humaneval_pass1": 100 * ev.humaneval.pass_at_1_greedy if ev.humaneval is not None else float("nan"),
+            "humaneval_n": ev.humaneval.n_problems if ev.humaneval is not None else 0,
+            "sds": table_sds.score, "sds_ci_low": table_sds.ci_low, "sds_ci_high": table_sds.ci_high,
+            "d": table_sds.distinct, "s": table_sds.self_bleu_diversity, "c": table_sds.compression,
+            "v": table_sds.vendi, "perplexity": ppl1, "L": L,
+        })
+    if human is not None:
+        sds = style_diversity_score(human, embedder, length=L, n_boot=n_boot, seed=seed)
+        rows.append({
+            "model": "human text", "mmlu": float("nan"), "humaneval_pass1": float("nan"), "humaneval_n": 0,
+            "sds": sds.score, "sds_ci_low": sds.ci_low, "sds_ci_high": sds.ci_high, "d": sds.distinct,
+            "s": sds.self_bleu_diversity, "c": sds.compression, "v": sds.vendi, "perplexity": float("nan"), "L": L,
+        })
+    return pd.DataFrame(rows), pd.DataFrame(frontier)
+
+
+def training_cost_ratio(*candidates: str | Path):
+    """DFT/SFT step-time ratios from the first ``step_time.csv`` found (written by ``benchmarks/step_time.py``),
+    or ``None`` when none exists (run ``make bench``)."""
+    import pandas as pd
+
+    for path in map(Path, candidates):
+        if path.exists():
+            df = pd.read_csv(path)
+            keep = [c for c in ("divergence", "median_step_s", "ratio_vs_sft", "machine") if c in df.columns]
+            return df[keep].assign(source=str(path))
+    return None
+
+
+def machine_description(device: str | torch.device = "cpu") -> str:
+    """CPU model, cores, torch version and accelerator, for table captions."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    where = "cpu"
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        where = f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"{cpu} | {os.cpu_count()} cores | torch {torch.__version__} | {where}"
+
+
+def display_table(table):
+    """The table as the seed article prints it: MMLU "n/a" when not available, SDS with its CI, rounded."""
+    import pandas as pd
+
+    def fmt(x, spec=".1f"):
+        return "n/a" if pd.isna(x) else format(x, spec)
+
+    out = pd.DataFrame({"model": table["model"]})
+    out["MMLU (acc %)"] = table["mmlu"].map(fmt)
+    out["HumanEval pass@1 (%)"] = [
+        "-" if n == 0 else f"{p:.1f} (first {n})" for p, n in zip(table["humaneval_pass1"], table["humaneval_n"])
+    ]
+    out["SDS [95% CI]"] = [f"{s:.1f} [{lo:.1f}, {hi:.1f}]" for s, lo, hi in
+                           zip(table["sds"], table["sds_ci_low"], table["sds_ci_high"])]
+    for col in ("d", "s", "c", "v"):
+        out[col] = table[col].map(lambda x: fmt(x, ".3f"))
+    out["perplexity (macro)"] = table["perplexity"].map(lambda x: "-" if pd.isna(x) else f"{x:.2f}")
+    return out
+
+
+def save_benchmark_table(table, out: str | Path, caption: str, name: str = "benchmark_table") -> Path:
+    """``<out>/tables/<name>.csv`` (numeric columns + date + machine) and ``.md`` (display table under a caption)."""
+    import datetime
+
+    base = Path(out) / "tables"
+    base.mkdir(parents=True, exist_ok=True)
+    date = datetime.date.today().isoformat()
+    machine = caption.split("machine: ", 1)[-1] if "machine: " in caption else ""
+    table.assign(date=date, machine=machine).to_csv(base / f"{name}.csv", index=False)
+    from .plots import markdown_table
+
+    md = f"{caption}\n\nDate: {date}\n\n" + markdown_table(display_table(table)) + "\n"
+    (base / f"{name}.md").write_text(md)
+    return base / f"{name}.csv"
+
+
+def claim_verdict(
+    table,
+    reference: str = "SFT",
+    min_gain: float = 20.0,
+    accuracy_tolerance: float = 1.0,
+    perplexity_tolerance: float = 0.02,
+) -> str:
+    """A plain-language verdict on the seed's claim, computed from ``table`` (of :func:`benchmark_tables`).
+
+    The claim: DFT raises the SDS a lot (the seed: +36 to +39 points over SFT) at almost no accuracy cost (-0.3 to
+    -0.5 points) and without worse perplexity. For each ``DFT ...`` row against ``reference``: SDS gain and whether
+    the 95% CIs are disjoint; accuracy change on MMLU and HumanEval where measured; relative perplexity change.
+    Verdict: *supported* if some DFT row gains >= ``min_gain`` SDS points with disjoint CIs, loses <=
+    ``accuracy_tolerance`` points on every measured benchmark and has perplexity no more than
+    ``perplexity_tolerance`` (relative) above the reference; *partly supported* if some DFT row has a CI-separated
+    SDS gain but misses another condition; *not supported* if no DFT row's SDS gain is CI-separated.
+    """
+    import pandas as pd
+
+    rows = table.set_index("model")
+    if reference not in rows.index:
+        raise ValueError(f"the table has no {reference!r} row to compare DFT against.")
+    ref = rows.loc[reference]
+    dft = [m for m in rows.index if str(m).startswith("DFT")]
+    if not dft:
+        raise ValueError("the table has no 'DFT ...' rows.")
+    lines, outcomes = [], []
+    for m in dft:
+        r = rows.loc[m]
+        gain = r["sds"] - ref["sds"]
+        separated = r["sds_ci_low"] > ref["sds_ci_high"]
+        acc = []
+        for col, label in (("mmlu", "MMLU"), ("humaneval_pass1", "HumanEval pass@1")):
+            if not (pd.isna(r[col]) or pd.isna(ref[col])):
+                acc.append((label, r[col] - ref[col], r[col], ref[col]))
+        ppl_change = r["perplexity"] / ref["perplexity"] - 1
+        acc_ok = all(delta >= -accuracy_tolerance for _, delta, _, _ in acc)
+        ppl_ok = ppl_change <= perplexity_tolerance
+        if separated and gain >= min_gain and acc_ok and ppl_ok:
+            outcomes.append("supported")
+        elif separated and gain > 0:
+            outcomes.append("partly supported")
+        else:
+            outcomes.append("not supported")
+        acc_text = "; ".join(f"{label} {a:.1f} vs {b:.1f} ({d:+.1f} points)" for label, d, a, b in acc) or \
+            "no accuracy benchmark measured"
+        lines.append(
+            f"- {m}: SDS {r['sds']:.1f} vs {ref['sds']:.1f} ({gain:+.1f} points, 95% CIs "
+            f"{'disjoint' if separated else 'overlap'}); {acc_text}; perplexity {r['perplexity']:.2f} vs "
+            f"{ref['perplexity']:.2f} ({100 * ppl_change:+.1f}%)."
+        )
+    overall = next((o for o in ("supported", "partly supported") if o in outcomes), "not supported")
+    notes = []
+    he = [rows.loc[m, "humaneval_pass1"] for m in [reference, *dft]]
+    if all(not pd.isna(x) and x == 0 for x in he):
+        notes.append("HumanEval pass@1 is 0 for SFT and every DFT model, so it cannot show an accuracy cost here.")
+    if all(pd.isna(rows.loc[m, "mmlu"]) for m in [reference, *dft]):
+        notes.append("MMLU data was not available, so accuracy rests on HumanEval alone.")
+    if "human text" in rows.index:
+        notes.append(f"Human text of the same length scores SDS {rows.loc['human text', 'sds']:.1f}.")
+    head = (
+        f"Verdict on the claim (DFT: much higher style diversity at almost no accuracy cost and no worse perplexity, "
+        f"vs {reference}): {overall.upper()}. Criteria: SDS gain >= {min_gain:g} points with disjoint 95% CIs, "
+        f"accuracy within {accuracy_tolerance:g} point(s), perplexity within {100 * perplexity_tolerance:g}%."
+    )
+    return "\n".join([head, *lines, *notes])

@@ -340,3 +340,61 @@ def test_mmlu_not_available(tiny, monkeypatch, tmp_path):
         metrics.mmlu(model, tok, str(tmp_path / "no_such_mmlu"))
     with pytest.raises(metrics.NotAvailable, match="lacks"):
         metrics.load_mmlu(FIXTURE, subjects=["virology"])
+
+
+# ------------------------------------------------------------------------------------------ chapter 06 helpers
+def _table(dft_sds, dft_ci, dft_he, dft_ppl):
+    import pandas as pd
+
+    return pd.DataFrame([
+        {"model": "SFT", "mmlu": float("nan"), "humaneval_pass1": 30.0, "sds": 22.0, "sds_ci_low": 20.0,
+         "sds_ci_high": 24.0, "perplexity": 8.0},
+        {"model": "DFT (reverse KL)", "mmlu": float("nan"), "humaneval_pass1": dft_he, "sds": dft_sds,
+         "sds_ci_low": dft_ci[0], "sds_ci_high": dft_ci[1], "perplexity": dft_ppl},
+    ])
+
+
+def test_claim_verdict_follows_the_numbers():
+    supported = metrics.claim_verdict(_table(61.0, (58.0, 64.0), 29.8, 7.4))
+    assert "SUPPORTED" in supported and "PARTLY" not in supported and "NOT" not in supported
+    assert "+39.0 points" in supported and "-0.2 points" in supported and "-7.5%" in supported
+    costly = metrics.claim_verdict(_table(61.0, (58.0, 64.0), 20.0, 7.4))  # big accuracy cost
+    assert "PARTLY SUPPORTED" in costly
+    overlap = metrics.claim_verdict(_table(25.0, (21.0, 29.0), 30.0, 8.0))  # CIs overlap
+    assert "NOT SUPPORTED" in overlap and "overlap" in overlap
+    assert "MMLU data was not available" in overlap
+    with pytest.raises(ValueError, match="SFT"):
+        metrics.claim_verdict(_table(1, (0, 2), 0, 1).replace({"SFT": "base"}))
+
+
+def test_benchmark_tables_and_display(tmp_path):
+    import pandas as pd
+
+    groups_a = [["a b c d e", "a b c d e", "a b c d e", "a b c d e"]] * 2
+    groups_b = [["a b c d e", "f g h i j", "k l m n o", "p q r s t"]] * 2
+    ppl = pd.DataFrame({"temperature": [1.0, 1.0, 0.5], "corpus": ["x", "macro", "macro"],
+                        "perplexity": [9.0, 9.0, 12.0]})
+    evs = [metrics.ModelEvaluation("SFT", {1.0: groups_a, 0.5: groups_a}, ppl, None, None, "n/a"),
+           metrics.ModelEvaluation("DFT (x)", {1.0: groups_b, 0.5: groups_a}, ppl, None, None, "n/a")]
+    L = metrics.common_length([groups_a, groups_b], cap=4)
+    table, frontier = metrics.benchmark_tables(evs, BagOfWords(), L, human=groups_b, n_boot=50)
+    assert L == 4 and list(table.model) == ["SFT", "DFT (x)", "human text"]
+    direct = metrics.style_diversity_score(groups_b, BagOfWords(), length=4, n_boot=50)
+    assert table.loc[1, "sds"] == pytest.approx(direct.score) and table.loc[2, "sds"] == pytest.approx(direct.score)
+    assert table.loc[0, "perplexity"] == 9.0 and math.isnan(table.loc[0, "mmlu"])
+    assert len(frontier) == 4 and set(frontier.perplexity) == {9.0, 12.0}
+    shown = metrics.display_table(table)
+    assert shown.loc[0, "MMLU (acc %)"] == "n/a" and shown.loc[2, "perplexity (macro)"] == "-"
+    path = metrics.save_benchmark_table(table, tmp_path, "Table. machine: test box")
+    saved = pd.read_csv(path)
+    assert set(saved.machine) == {"test box"} and (tmp_path / "tables" / "benchmark_table.md").read_text().count("|") > 10
+
+
+def test_trained_model_dirs_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="notebook 02"):
+        metrics.trained_model_dirs(tmp_path)
+    for run in ("sft", "gem"):
+        (tmp_path / "models" / run).mkdir(parents=True)
+        (tmp_path / "models" / run / "config.json").write_text("{}")
+    dirs = metrics.trained_model_dirs(tmp_path, {"base": None, "SFT": "sft", "GEM": "gem"})
+    assert dirs["base"] is None and dirs["GEM"] == tmp_path / "models" / "gem"
