@@ -353,8 +353,9 @@ def ot_problems(
     return problems
 
 
-def _sinkhorn_step(u, v, neg_cost_over_eps, log_a, log_b):
-    v = log_b - torch.logsumexp(neg_cost_over_eps + u.unsqueeze(-1), dim=-2)
+def _sinkhorn_step(u, v, neg_cost_over_eps, neg_cost_over_eps_t, log_a, log_b):
+    # both reductions run over the last, contiguous dim (the transposed kernel is stored once)
+    v = log_b - torch.logsumexp(neg_cost_over_eps_t + u.unsqueeze(-2), dim=-1)
     u = log_a - torch.logsumexp(neg_cost_over_eps + v.unsqueeze(-2), dim=-1)
     return u, v
 
@@ -381,15 +382,18 @@ def sinkhorn_cost(
             f"cost {tuple(cost.shape)} must be (..., len(a), len(b)) for a {tuple(log_a.shape)}, b {tuple(log_b.shape)}."
         )
     neg_cost_over_eps = -cost / epsilon
+    neg_cost_over_eps_t = neg_cost_over_eps.transpose(-1, -2).contiguous()
     # zero-mass entries start (and stay) at -inf: the iterates are those of the problem without them
     u = torch.zeros_like(log_a).masked_fill(log_a == float("-inf"), float("-inf"))
     v = torch.zeros_like(log_b)
     track = torch.is_grad_enabled() and any(x.requires_grad for x in (log_a, log_b, cost))
     for _ in range(n_iters):
         if track:
-            u, v = checkpoint(_sinkhorn_step, u, v, neg_cost_over_eps, log_a, log_b, use_reentrant=False)
+            u, v = checkpoint(
+                _sinkhorn_step, u, v, neg_cost_over_eps, neg_cost_over_eps_t, log_a, log_b, use_reentrant=False
+            )
         else:
-            u, v = _sinkhorn_step(u, v, neg_cost_over_eps, log_a, log_b)
+            u, v = _sinkhorn_step(u, v, neg_cost_over_eps, neg_cost_over_eps_t, log_a, log_b)
     plan = torch.exp(neg_cost_over_eps + u.unsqueeze(-1) + v.unsqueeze(-2))
     return (plan * cost).sum((-1, -2))
 
