@@ -514,7 +514,8 @@ def diversity_quality(
 ) -> dict:
     """Diversity and quality of sampled texts, the two axes of a sampler's frontier (DESIGN.md §8).
 
-    * ``distinct``: mean over prompts of ``mean_{n=1..4} distinct_n(samples of the prompt, n)``;
+    * ``distinct``: mean over prompts of ``mean_{n=1..4} distinct_n(samples of the prompt, n)``; orders longer
+      than a prompt's longest sample (in words) are left out and ``distinct_orders`` says how many were used;
     * ``self_bleu``: mean over prompts of Self-BLEU-4 among that prompt's samples (lower = more diverse);
     * ``sds`` (0-100) with its 95% bootstrap interval, from :func:`dftnb.metrics.style_diversity_score` with
       samples cut to ``sds_length`` words, when an ``embedder`` is given; a setting whose samples are too short
@@ -530,7 +531,14 @@ def diversity_quality(
     scored = [g for g in groups if len(g) >= 2]
     if not scored:
         raise ValueError("every prompt has fewer than 2 non-empty samples; generate more or longer samples.")
-    row["distinct"] = float(np.mean([np.mean([metrics.distinct_n(g, n) for n in range(1, 5)]) for g in scored]))
+    per_prompt, orders = [], []
+    for g in scored:
+        longest = max(len(t.split()) for t in g)  # distinct-n needs at least one n-word text
+        values = [metrics.distinct_n(g, n) for n in range(1, min(4, longest) + 1)]
+        per_prompt.append(np.mean(values))
+        orders.append(len(values))
+    row["distinct"] = float(np.mean(per_prompt))
+    row["distinct_orders"] = min(orders)  # < 4 when some prompt's samples are too short for distinct-4
     row["self_bleu"] = float(np.mean([metrics.self_bleu(g) for g in scored]))
     if embedder is not None:
         try:
