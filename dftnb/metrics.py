@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import StoppingCriteria
 
 CORPORA = ("shakespeare", "dialogue", "techdocs")
 
@@ -266,6 +267,21 @@ def _window_plan(n_tokens: int, window: int, stride: int) -> list[tuple[int, int
     return plan
 
 
+def _enough_texts(texts: Sequence[str], max_tokens: int) -> list[str]:
+    """The leading texts holding more than ``max_tokens`` words, plus one more text.
+
+    Every whitespace word is at least one token, so the first ``max_tokens`` tokens of this prefix are those of the
+    whole joined corpus (the extra text keeps the cut away from the prefix's last separator); tokenising a whole
+    split to keep its first few hundred tokens is what this avoids.
+    """
+    words = 0
+    for i, text in enumerate(texts):
+        words += len(text.split())
+        if words > max_tokens:
+            return list(texts[: i + 2])
+    return list(texts)
+
+
 @torch.no_grad()
 def _nll_at_temperatures(
     model, tokenizer, texts, window, stride, temperatures, max_tokens, batch_size, separator="\n\n"
@@ -282,6 +298,8 @@ def _nll_at_temperatures(
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos is not None and window > max_pos:
         raise ValueError(f"window={window} exceeds the model's max_position_embeddings={max_pos}; lower the window.")
+    if max_tokens is not None:
+        texts = _enough_texts(texts, max_tokens)
     ids = tokenizer(separator.join(texts), add_special_tokens=False, return_tensors="pt").input_ids[0]
     if max_tokens is not None:
         ids = ids[:max_tokens]
@@ -430,6 +448,21 @@ def humaneval_program(problem: dict, completion: str) -> str:
     return f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
 
 
+class StopOnSubstrings(StoppingCriteria):
+    """A ``transformers`` stopping criterion: a row is done once its decoded new text contains a stop sequence.
+
+    Decodes only the generated part of each row (cheap for code completions of a few hundred tokens), unlike
+    ``generate(stop_strings=...)``, whose set-up scans the whole vocabulary of every new tokenizer object.
+    """
+
+    def __init__(self, tokenizer, prompt_length: int, stop: Sequence[str] = HUMANEVAL_STOP):
+        self.tokenizer, self.prompt_length, self.stop = tokenizer, prompt_length, tuple(stop)
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
+
+
 @torch.no_grad()
 def generate_completions(
     model,
@@ -442,7 +475,9 @@ def generate_completions(
     seed: int = 0,
 ) -> list[list[str]]:
     """``n`` completions per prompt (``[prompt][sample]``), greedy when ``temperature`` is None, cut at
-    :data:`HUMANEVAL_STOP`. Left-padded batches through ``generate`` (with ``stop_strings``)."""
+    :data:`HUMANEVAL_STOP`. Left-padded batches through ``generate`` (stopping with :class:`StopOnSubstrings`)."""
+    from transformers import StoppingCriteriaList
+
     if temperature is None and n != 1:
         raise ValueError("greedy decoding gives one completion per prompt; pass a temperature for n > 1 samples.")
     device = _model_device(model)
@@ -462,8 +497,7 @@ def generate_completions(
                 max_new_tokens=max_new_tokens,
                 num_return_sequences=n,
                 pad_token_id=tokenizer.pad_token_id,
-                stop_strings=list(HUMANEVAL_STOP),
-                tokenizer=tokenizer,
+                stopping_criteria=StoppingCriteriaList([StopOnSubstrings(tokenizer, batch["input_ids"].shape[1])]),
                 **sampling,
             )
             texts = tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -398,3 +398,28 @@ def test_trained_model_dirs_names_the_fix(tmp_path):
         (tmp_path / "models" / run / "config.json").write_text("{}")
     dirs = metrics.trained_model_dirs(tmp_path, {"base": None, "SFT": "sft", "GEM": "gem"})
     assert dirs["base"] is None and dirs["GEM"] == tmp_path / "models" / "gem"
+
+
+def test_max_tokens_prefix_equals_cutting_the_whole_stream(tiny):
+    model, tok = tiny
+    texts = [TEXT, "Hello there, how are you today?", "Fine, thanks.", TEXT.upper(), "The end of it all."] * 3
+    ids = tok("\n\n".join(texts), add_special_tokens=False, return_tensors="pt").input_ids[0]
+    for max_tokens in (5, 23, 40, 200):
+        cut = ids[:max_tokens]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(cut[None]).logits[0, :-1].double(), -1)
+        expected = math.exp(float(-logp.gather(-1, cut[1:, None]).mean()))
+        got = metrics.perplexity(model, tok, texts, window=256, stride=256, max_tokens=max_tokens)
+        assert got == pytest.approx(expected, rel=1e-5), max_tokens
+
+
+def test_stop_on_substrings_marks_finished_rows(tiny):
+    _, tok = tiny
+    prompt = tok("def f():\n", add_special_tokens=False).input_ids
+    done = tok("    return 1\ndef g", add_special_tokens=False).input_ids
+    busy = tok("    return 1\n    ", add_special_tokens=False).input_ids
+    width = max(len(done), len(busy))
+    pad = tok.pad_token_id
+    rows = [prompt + done + [pad] * (width - len(done)), prompt + busy + [pad] * (width - len(busy))]
+    stop = metrics.StopOnSubstrings(tok, len(prompt))
+    assert stop(torch.tensor(rows), None).tolist() == [True, False]
