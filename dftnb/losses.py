@@ -636,8 +636,8 @@ def dft_loss(
                 f"target positions {tuple(target.ids.shape[:-1])} do not match student positions {tuple(lead)}; "
                 "shift targets like the logits (targets[:, :-1] with logits[:, :-1])."
             )
-        target_ids = target.ids.reshape(-1, target.k)
-        target_logprobs = target.logprobs.reshape(-1, target.k)
+        target_ids = target.ids.reshape(-1, target.k).to(student.device)
+        target_logprobs = target.logprobs.reshape(-1, target.k).to(student.device)
     if use_ce and labels is None:
         raise ValueError(f"{'ce_weight > 0' if divergence in DIVERGENCES else divergence!r} needs labels.")
     if labels is not None and labels.shape != lead:
