@@ -1,0 +1,122 @@
+"""Shared pieces of the benchmark scripts: machine description, reproduction command, timing and result tables.
+
+Every script prints the machine it ran on and the exact command that reproduces its numbers, and writes its table
+as CSV under ``outputs/tables/`` (notebook 06 reads them).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TABLES = REPO / "outputs" / "tables"
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: str | torch.device = "cpu") -> str:
+    """One line: CPU model, logical cores, torch threads, torch version, device (GPU name on CUDA)."""
+    device = torch.device(device)
+    where = "cpu"
+    if device.type == "cuda":
+        where = f"cuda ({torch.cuda.get_device_name(device)})"
+    return (
+        f"{cpu_model()} | {os.cpu_count()} cores, {torch.get_num_threads()} torch threads | "
+        f"torch {torch.__version__} | {where}"
+    )
+
+
+def command() -> str:
+    """The command line that reproduces this run, with the thread setting it ran under."""
+    prefix = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    script = os.path.relpath(sys.argv[0], REPO) if os.path.isabs(sys.argv[0]) else sys.argv[0]
+    return prefix + shlex.join(["python", script, *sys.argv[1:]])
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``"cuda"``/``"cpu"``/``"mps"`` as given; ``None`` picks cuda when present, else cpu."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
+    return device
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {name!r}.")
+    return DTYPES[name]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall-clock seconds of ``fn()``, with the device synchronised before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 1
+) -> dict[str, dict]:
+    """Median wall time of each callable, run round-robin so slow drift of the machine hits all of them alike.
+
+    ``warmup`` untimed rounds first; then ``repeats`` timed rounds, each running every callable once, in
+    alternating order (A B C, C B A, ...) so no method always runs right after the same neighbour.
+    Returns ``{name: {"median": s, "times": [...]}}``.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            times[name].append(timed(fns[name], device))
+    return {name: {"median": statistics.median(ts), "times": ts} for name, ts in times.items()}
+
+
+def report(df: pd.DataFrame, name: str, title: str, goal: str, device: str | torch.device = "cpu") -> Path:
+    """Print ``title``, the goal, the machine, the table and the command; write ``outputs/tables/<name>.csv``."""
+    TABLES.mkdir(parents=True, exist_ok=True)
+    path = TABLES / f"{name}.csv"
+    df.to_csv(path, index=False)
+    shown = df.drop(columns=[c for c in ("machine",) if c in df.columns])
+    print(f"\n== {title} ==")
+    print(f"goal:    {goal}")
+    print(f"machine: {machine(device)}")
+    print(shown.to_string(index=False))
+    print(f"command: {command()}")
+    print(f"csv:     {os.path.relpath(path, REPO)}")
+    return path
+
+
+def verdict(met: bool | None) -> str:
+    return "-" if met is None else ("PASS" if met else "MISS")

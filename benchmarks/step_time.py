@@ -1,0 +1,152 @@
+"""Training-step time of DFT against SFT, through the trainer's own loss path.
+
+    python benchmarks/step_time.py                               # embedded SmolLM2-135M, 4x128 tokens, CPU (~4 min)
+    python benchmarks/step_time.py --quick                       # tiny random model, 3 repeats (seconds)
+    python benchmarks/step_time.py --device cuda --dtype bf16    # GPU
+
+One step = ``DFTTrainer.training_step`` (forward, ``compute_loss`` -> chunked ``dft_loss`` on hidden states and the
+LM head weight, backward) + ``AdamW.step()`` + ``zero_grad()``, on the same batch for every method. SFT is the same
+trainer with ``divergence="ce"``; ``sft_hf`` (stock ``model(..., labels=...)`` loss on full logits) is shown for
+reference. The targets are top-k (k = 64) of the model's own logits, built under ``no_grad`` before timing and
+stored like the target cache (ids, float16 log-probabilities). Methods run round-robin (ABC, CBA, ...) after one
+warm-up round; the table holds each method's median step time and its ratio to SFT's median.
+
+Goals (arithmetic limit ~ +1%: the divergence is ~0.7% of a step's FLOPs for the embedded model):
+ratio <= 1.05 for the KL family, JSD and TVD; <= 1.15 for wasserstein_sorted; <= 1.5 for sinkhorn (k = 64).
+The seed article reports +20-30% for DFT over SFT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import pandas as pd
+import torch
+from common import interleaved_medians, machine, report, resolve_device, resolve_dtype, verdict
+
+from dftnb.models import load_model, tiny_model
+from dftnb.runner import quiet
+from dftnb.targets import SparseTarget, pack_texts
+from dftnb.trainer import DFTConfig, DFTTrainer, default_training_args
+
+IGNORE_INDEX = -100
+GOALS = {  # divergence -> (goal on the DFT/SFT ratio of median step time, divergence_kwargs)
+    "forward_kl": (1.05, {}),
+    "reverse_kl": (1.05, {}),
+    "jsd": (1.05, {}),
+    "tvd": (1.05, {}),
+    "wasserstein_sorted": (1.15, {}),
+    "sinkhorn": (1.5, {"k": 64}),
+}
+
+
+def make_batch(model, tokenizer, batch_size: int, seq_len: int, k: int, device: torch.device) -> dict:
+    """Shakespeare blocks of ``seq_len`` tokens and their top-k targets from the model itself (no grad).
+
+    The log-probabilities go through float16 as in the stored target cache, then back to float32 as the collator
+    returns them.
+    """
+    from dftnb.data import corpus_texts
+
+    blocks = pack_texts(tokenizer, corpus_texts("shakespeare", "train", n=400), seq_len, batch_size)
+    if len(blocks) < batch_size:
+        raise RuntimeError(f"only {len(blocks)} blocks of {seq_len} tokens in the corpus sample; lower --seq-len.")
+    input_ids = torch.tensor(blocks, dtype=torch.long, device=device)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids).logits.float()
+    target = SparseTarget.from_logits(logits, k)
+    del logits
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "labels": input_ids.clone(),
+        "target_ids": target.ids,
+        "target_logprobs": target.logprobs.half().float(),
+    }
+
+
+def step_functions(model, batch: dict, device: torch.device, dtype: torch.dtype, log_stats: bool, out_dir: str):
+    """One callable per method, each doing forward + backward + optimizer step on ``batch``."""
+    # lr = 0 keeps the weights (and so every method's inputs) identical across steps; AdamW does the same work.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
+    args = default_training_args(out_dir, use_cpu=device.type != "cuda", bf16=False)
+    n_items = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+    def trainer_step(divergence: str, kwargs: dict):
+        config = DFTConfig(divergence=divergence, divergence_kwargs=kwargs, log_stats=log_stats)
+        trainer = DFTTrainer(model=model, args=args, dft_config=config)
+
+        def step():
+            trainer.training_step(model, dict(batch), n_items)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step
+
+    def hf_step():
+        model.train()
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    fns = {"sft": trainer_step("ce", {})}
+    fns.update({name: trainer_step(name, kwargs) for name, (_, kwargs) in GOALS.items()})
+    fns["sft_hf"] = hf_step
+    return fns
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny random model, 3 repeats")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", default="fp32", help="fp32 or bf16 (model weights; bf16 for GPU)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per method (default 5, quick 3)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--k", type=int, default=64, help="target support size")
+    parser.add_argument("--log-stats", action="store_true",
+                        help="keep DFTConfig.log_stats on (an extra no-grad CE/entropy pass, same for every method)")
+    args = parser.parse_args()
+    quiet()
+    repeats = args.repeats or (3 if args.quick else 5)
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}.")
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    torch.manual_seed(0)
+    if args.quick:
+        model, tokenizer = tiny_model(seed=0)
+        model.to(device=device, dtype=dtype)
+        model_name = "tiny (hidden 64, 2 layers)"
+    else:
+        model, tokenizer = load_model("embedded", device=device, dtype=dtype)
+        model_name = "embedded SmolLM2-135M"
+    batch = make_batch(model, tokenizer, args.batch_size, args.seq_len, args.k, device)
+    with tempfile.TemporaryDirectory() as out_dir:
+        fns = step_functions(model, batch, device, dtype, args.log_stats, out_dir)
+        results = interleaved_medians(fns, repeats, device, warmup=1)
+
+    sft = results["sft"]["median"]
+    rows = []
+    for name, res in results.items():
+        goal = GOALS[name][0] if name in GOALS else None
+        ratio = res["median"] / sft
+        rows.append({
+            "divergence": name,
+            "median_step_s": round(res["median"], 4),
+            "ratio_vs_sft": round(ratio, 3),
+            "goal": "-" if goal is None else f"<= {goal}",
+            "met": verdict(None if goal is None else ratio <= goal),
+            "spread_s": f"{min(res['times']):.3f}-{max(res['times']):.3f}",
+            "machine": machine(device),
+        })
+    df = pd.DataFrame(rows)
+    tokens = args.batch_size * args.seq_len
+    title = (f"DFT vs SFT step time: {model_name}, {args.batch_size}x{args.seq_len} = {tokens} tokens, "
+             f"k={args.k}, {args.dtype}, median of {repeats} interleaved steps (sft = DFTTrainer with 'ce')")
+    report(df, "step_time", title, "DFT/SFT <= 1.05 KL/JSD/TVD, <= 1.15 wasserstein_sorted, <= 1.5 sinkhorn", device)
+
+
+if __name__ == "__main__":
+    main()
