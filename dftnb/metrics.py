@@ -1,4 +1,11 @@
-"""Evaluation metrics (DESIGN.md §8): lexical diversity, the Style Diversity Score, sliding-window perplexity.
+"""Evaluation metrics (DESIGN.md §8) and the benchmark table of chapter 06.
+
+* Lexical diversity: :func:`distinct_n`, :func:`self_bleu`, :func:`compression_diversity`; semantic diversity:
+  :func:`vendi_score`; together the Style Diversity Score :func:`style_diversity_score` (0-100, bootstrap CI).
+* Sliding-window perplexity: :func:`perplexity`, :func:`perplexity_by_corpus` (macro over the three corpora).
+* HumanEval: :func:`humaneval` (greedy pass@1, unbiased pass@k; code runs in :mod:`dftnb.sandbox`).
+* MMLU: :func:`mmlu` (k-shot log-likelihood accuracy; :class:`NotAvailable` when the data is not reachable).
+* Chapter 06: :func:`evaluate_model`, :func:`benchmark_tables`, :func:`claim_verdict`.
 
 Whitespace tokens are the unit of every lexical diversity measure here (``text.split()``), so models with
 different tokenizers and human text are measured on the same scale.
@@ -871,6 +878,8 @@ def benchmark_tables(
 
     rows, frontier = [], []
     for ev in evaluations:
+        if table_temperature not in ev.samples:
+            raise ValueError(f"{ev.name}: no samples at table_temperature={table_temperature}; add it to temperatures.")
         macro = ev.perplexity[ev.perplexity.corpus == "macro"].set_index("temperature")["perplexity"]
         for t, groups in sorted(ev.samples.items()):
             sds = style_diversity_score(groups, embedder, length=L, n_boot=n_boot, seed=seed)
@@ -878,8 +887,6 @@ def benchmark_tables(
                              "sds_ci_high": sds.ci_high, "perplexity": float(macro.loc[t])})
             if t == table_temperature:
                 table_sds = sds
-        if table_temperature not in ev.samples:
-            raise ValueError(f"{ev.name}: no samples at table_temperature={table_temperature}; add it to temperatures.")
         ppl1 = float(macro.loc[1.0]) if 1.0 in macro.index else float("nan")
         rows.append({
             "model": ev.name,

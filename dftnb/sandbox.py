@@ -12,7 +12,8 @@ no bytecode writes), never in a fork of the calling process. Layers, each coveri
   ``os.posix_spawn``, ``subprocess.Popen``), signals to other processes, sockets, ``ctypes`` and
   ``resource.setrlimit``; refuses importing ``_posixsubprocess``, ``ctypes``, ``multiprocessing`` and ``pty``;
   refuses opening a file for writing, and removing, renaming, linking, chmod-ing or creating anything, outside the
-  program's temporary working directory (paths resolved with ``realpath``, so symlinks do not escape it). A refused
+  program's temporary working directory (paths resolved with ``realpath``, so symlinks do not escape it), and
+  ``os.open`` of directories outside it (their descriptors would let ``dir_fd=`` calls escape). A refused
   operation raises ``PermissionError("sandbox: ...")`` inside the program.
 * **Process group**: the child starts its own session (``start_new_session=True``); on the wall-clock timeout the
   whole group is killed with SIGKILL.
@@ -42,7 +43,7 @@ from pathlib import Path
 _HARNESS = r'''
 import os, sys, traceback
 def _install_guard(root):
-    realpath, join, getcwd, fsdecode = os.path.realpath, os.path.join, os.getcwd, os.fsdecode
+    realpath, join, getcwd, fsdecode, isdir = os.path.realpath, os.path.join, os.getcwd, os.fsdecode, os.path.isdir
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
     blocked = frozenset((
         "os.fork", "os.forkpty", "os.system", "os.exec", "os.spawn", "os.posix_spawn", "subprocess.Popen",
@@ -71,6 +72,9 @@ def _install_guard(root):
                 isinstance(flags, int) and flags & write_flags)
             if writing and not isinstance(path, int) and not inside(path):
                 raise PermissionError(f"sandbox: writing {fsdecode(path)!r} outside the working directory is not allowed")
+            if mode is None and not isinstance(path, int) and not inside(path) and isdir(path):
+                # a descriptor of an outside directory would let dir_fd= calls write there (the event omits dir_fd)
+                raise PermissionError(f"sandbox: os.open of directory {fsdecode(path)!r} is not allowed")
         elif event in blocked:
             raise PermissionError(f"sandbox: {event} is not allowed")
         elif event == "import" and args[0] in blocked_modules:

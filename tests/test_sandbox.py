@@ -103,6 +103,8 @@ def test_writes_outside_the_working_directory_are_blocked(tmp_path):
         f"import os\nos.symlink({str(keep)!r}, 'link')\nopen('link', 'w').write('x')\n",
         f"import os\nfd = os.open({str(outside)!r}, os.O_WRONLY | os.O_CREAT)\n",
         f"import os\nos.chdir({str(tmp_path)!r})\nopen('escape.txt', 'w')\n",
+        f"import os\nd = os.open({str(tmp_path)!r}, os.O_RDONLY)\nos.open('escape.txt', os.O_WRONLY | os.O_CREAT, dir_fd=d)\n",
+        f"import os\nos.link({str(keep)!r}, 'hard')\n",
     ):
         res = run(code)
         assert not res.passed and "sandbox" in res.reason, code
