@@ -370,6 +370,9 @@ class DFTTrainer(Trainer):
             divergence_mean = loss.detach().double()
             if num_items_in_batch is not None:
                 divergence_mean = divergence_mean * torch.as_tensor(num_items_in_batch).double() / count.clamp_min(1)
+        elif target is None and cfg.divergence not in TARGET_FREE:
+            # λ = 1: pure CE, the divergence term is not part of the objective (and no target was read)
+            divergence_mean = torch.tensor(float("nan"), dtype=torch.float64, device=hidden.device)
         else:
             divergence_mean = dft_loss(
                 hidden, target, cfg.divergence, lm_head_weight=weight, labels=labels,
@@ -386,7 +389,8 @@ class DFTTrainer(Trainer):
                 sums = self.accelerator.reduce(sums, reduction="sum")
             div, ce, ent, count = sums.tolist()
             if count > 0:
-                logs["divergence"] = div / count
+                if math.isfinite(div):
+                    logs["divergence"] = div / count
                 logs["ce"] = ce / count
                 logs["entropy"] = ent / count
             self._stat_sums = None

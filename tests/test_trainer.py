@@ -191,6 +191,15 @@ def test_dft_steps_decrease_divergence_on_a_fixed_batch(tmp_path):
     assert (history["entropy"] <= math.log(VOCAB) + 1e-6).all()
 
 
+def test_pure_ce_weight_trains_without_targets(tmp_path):
+    dataset = Dataset.from_list(target_rows([8, 8], with_targets=False))
+    config = DFTConfig(divergence="reverse_kl", ce_weight=1.0)  # λ = 1: the divergence term has weight 0
+    trainer = make_trainer(small_llama(), tmp_path, dataset, config, max_steps=2, per_device_train_batch_size=2)
+    trainer.train()
+    logs = [r for r in trainer.state.log_history if "loss" in r]
+    assert all("divergence" not in r and math.isclose(r["loss"], r["ce"], rel_tol=1e-5) for r in logs)
+
+
 def _one_step(tmp_path, name, batch_size, accumulation):
     dataset = Dataset.from_list(target_rows([9, 5, 7, 3]))
     model = small_llama()
