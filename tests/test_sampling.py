@@ -312,7 +312,7 @@ def test_generate_samples_shape_and_seed(tiny):
 def test_diversity_quality_hand_example():
     # two identical 4-word texts: every distinct-n is (#unique / #total) = 1/2; Self-BLEU of copies is 1
     row = diversity_quality([["a b c d", "a b c d", "   "], ["w x y z", "p q r s"]])
-    assert row["empty"] == 1
+    assert row["empty"] == 1 and row["min_words"] == 4
     assert row["distinct"] == pytest.approx((0.5 + 1.0) / 2)
     assert row["self_bleu"] == pytest.approx((1.0 + 0.0) / 2)
 
