@@ -69,18 +69,47 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def load_trainable(name: str, device: torch.device, dtype: torch.dtype):
+    """``dftnb.models.load_model`` for training: refuses a quantized model, clears a stale GGUF marker.
+
+    A model de-quantised from GGUF holds plain float weights, but its cached config may still carry
+    ``quantization_config = {"quant_method": "gguf"}``; transformers then attaches a GGUF quantizer and ``Trainer``
+    refuses to fine-tune it. The marker is dropped here, with a note on stderr, only when every parameter is a
+    floating-point tensor; the lasting fix is to drop ``quantization_config`` when the cache is written.
+    """
+    from dftnb.models import load_model
+
+    model, tokenizer = load_model(name, device=device, dtype=dtype)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        method = str(getattr(quantizer.quantization_config, "quant_method", ""))
+        if "gguf" not in method.lower() or not all(p.is_floating_point() for p in model.parameters()):
+            raise RuntimeError(f"{name!r} loads as a quantized model ({method}); benchmark a float model instead.")
+        print(f"note: {name!r} carries a stale GGUF quantization_config although its weights are de-quantised "
+              "floats; cleared for training.", file=sys.stderr)
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model, tokenizer
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall-clock seconds of ``fn()``, with the device synchronised before and after."""
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds of ``fn()``, the device synchronised before and after.
+
+    ``cpu`` is this process's CPU time (all threads): on a machine shared with other work it moves much less
+    than the wall time, so its ratios are a cross-check of the wall-time ratios.
+    """
     synchronize(device)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def interleaved_medians(
@@ -90,7 +119,7 @@ def interleaved_medians(
 
     ``warmup`` untimed rounds first; then ``repeats`` timed rounds, each running every callable once, in
     alternating order (A B C, C B A, ...) so no method always runs right after the same neighbour.
-    Returns ``{name: {"median": s, "times": [...]}}``.
+    Returns ``{name: {"median": wall s, "median_cpu": cpu s, "times": [wall...]}}``.
     """
     names = list(fns)
     for _ in range(warmup):
@@ -100,7 +129,11 @@ def interleaved_medians(
     for r in range(repeats):
         for name in names if r % 2 == 0 else reversed(names):
             times[name].append(timed(fns[name], device))
-    return {name: {"median": statistics.median(ts), "times": ts} for name, ts in times.items()}
+    return {
+        name: {"median": statistics.median(w for w, _ in ts), "median_cpu": statistics.median(c for _, c in ts),
+               "times": [w for w, _ in ts]}
+        for name, ts in times.items()
+    }
 
 
 def report(df: pd.DataFrame, name: str, title: str, goal: str, device: str | torch.device = "cpu") -> Path:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from common import REPO, machine, report, resolve_device, resolve_dtype, verdict
+from common import REPO, load_trainable, machine, report, resolve_device, resolve_dtype, verdict
 
 LOSS_GOAL = 0.25
 STEP_GOAL = 1.05
@@ -106,7 +106,7 @@ def step_worker(spec: dict) -> dict:
     """One training step of ``spec['divergence']`` after a warm-up step (optimizer state allocated)."""
     from step_time import GOALS, make_batch
 
-    from dftnb.models import load_model, tiny_model
+    from dftnb.models import tiny_model
     from dftnb.runner import quiet
     from dftnb.trainer import DFTConfig, DFTTrainer, default_training_args
 
@@ -117,7 +117,7 @@ def step_worker(spec: dict) -> dict:
         model, tokenizer = tiny_model(seed=0)
         model.to(device=device, dtype=dtype)
     else:
-        model, tokenizer = load_model("embedded", device=device, dtype=dtype)
+        model, tokenizer = load_trainable("embedded", device, dtype)
     batch = make_batch(model, tokenizer, spec["batch_size"], spec["seq_len"], K, device)
     divergence = spec["divergence"]
     kwargs = GOALS[divergence][1] if divergence in GOALS else {}

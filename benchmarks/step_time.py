@@ -9,7 +9,8 @@ LM head weight, backward) + ``AdamW.step()`` + ``zero_grad()``, on the same batc
 trainer with ``divergence="ce"``; ``sft_hf`` (stock ``model(..., labels=...)`` loss on full logits) is shown for
 reference. The targets are top-k (k = 64) of the model's own logits, built under ``no_grad`` before timing and
 stored like the target cache (ids, float16 log-probabilities). Methods run round-robin (ABC, CBA, ...) after one
-warm-up round; the table holds each method's median step time and its ratio to SFT's median.
+warm-up round; the table holds each method's median step time and its ratio to SFT's median (``cpu_ratio``: the
+same ratio of median process CPU time, a cross-check that moves less when other work shares the machine).
 
 Goals (arithmetic limit ~ +1%: the divergence is ~0.7% of a step's FLOPs for the embedded model):
 ratio <= 1.05 for the KL family, JSD and TVD; <= 1.15 for wasserstein_sorted; <= 1.5 for sinkhorn (k = 64).
@@ -23,9 +24,17 @@ import tempfile
 
 import pandas as pd
 import torch
-from common import interleaved_medians, machine, report, resolve_device, resolve_dtype, verdict
+from common import (
+    interleaved_medians,
+    load_trainable,
+    machine,
+    report,
+    resolve_device,
+    resolve_dtype,
+    verdict,
+)
 
-from dftnb.models import load_model, tiny_model
+from dftnb.models import tiny_model
 from dftnb.runner import quiet
 from dftnb.targets import SparseTarget, pack_texts
 from dftnb.trainer import DFTConfig, DFTTrainer, default_training_args
@@ -120,7 +129,7 @@ def main() -> None:
         model.to(device=device, dtype=dtype)
         model_name = "tiny (hidden 64, 2 layers)"
     else:
-        model, tokenizer = load_model("embedded", device=device, dtype=dtype)
+        model, tokenizer = load_trainable("embedded", device, dtype)
         model_name = "embedded SmolLM2-135M"
     batch = make_batch(model, tokenizer, args.batch_size, args.seq_len, args.k, device)
     with tempfile.TemporaryDirectory() as out_dir:
@@ -139,6 +148,7 @@ def main() -> None:
             "goal": "-" if goal is None else f"<= {goal}",
             "met": verdict(None if goal is None else ratio <= goal),
             "spread_s": f"{min(res['times']):.3f}-{max(res['times']):.3f}",
+            "cpu_ratio": round(res["median_cpu"] / results["sft"]["median_cpu"], 3),
             "machine": machine(device),
         })
     df = pd.DataFrame(rows)
