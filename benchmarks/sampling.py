@@ -52,20 +52,25 @@ def generate_fn(model, ids, new_tokens, name, params):
 
 
 def processor_seconds(name, params, vocab_size, device, repeats=100) -> float:
-    """Median seconds of one call of the sampler's processor on a (1, V) logit row (0 for generate's own warpers)."""
+    """Median seconds of one call of the sampler's processor (0 for generate's own warpers), called as in a
+    generation: ``input_ids`` grows by one token per call and each step brings a new ``(1, V)`` logit row (Gaussian,
+    scale drawn in [2, 4], so the spread of the distribution changes from step to step)."""
     kwargs = sampler_kwargs(name, **params)
     if "logits_processor" not in kwargs:
         return 0.0
     processor = kwargs["logits_processor"]
-    logits = (torch.randn(1, vocab_size, generator=torch.Generator().manual_seed(0)) * 3.0).to(device)
+    gen = torch.Generator().manual_seed(0)
+    rows = [(torch.randn(1, vocab_size, generator=gen) * (2 + 2 * torch.rand(1, generator=gen))).to(device)
+            for _ in range(repeats)]
     ids = torch.zeros(1, 4, dtype=torch.long, device=device)
     times = []
-    for _ in range(repeats):
+    for logits in rows:
         synchronize(device)
         start = time.perf_counter()
         processor(ids, logits)
         synchronize(device)
         times.append(time.perf_counter() - start)
+        ids = torch.cat([ids, ids[:, -1:]], dim=1)
     return statistics.median(times)
 
 
@@ -73,10 +78,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny random model instead of the embedded one")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per sampler (default 5, quick 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per sampler (default 4, quick 3)")
     parser.add_argument("--new-tokens", type=int, default=None, help="tokens per generate() (default 32, quick 16)")
     args = parser.parse_args()
-    repeats = args.repeats or (3 if args.quick else 5)
+    repeats = args.repeats or (3 if args.quick else 4)
     new_tokens = args.new_tokens or (16 if args.quick else 32)
     device = resolve_device(args.device)
 

@@ -168,6 +168,17 @@ def test_target_entropy_hits_target(seed):
         assert int(proc.last_reached.sum()) >= 5
 
 
+def test_target_entropy_warm_start_within_a_generation():
+    gen = torch.Generator().manual_seed(5)
+    proc = TargetEntropyLogitsProcessor(2.0)
+    ids = torch.tensor([[1, 2, 3]])
+    for step in range(4):
+        logits = torch.randn(1, 500, generator=gen) * (2.0 + 0.1 * step)
+        out = proc(ids, logits.clone())
+        assert abs(np_entropy(out[0].double().numpy()) - 2.0) <= 1e-3
+        ids = torch.cat([ids, torch.tensor([[7]])], dim=1)
+
+
 def test_target_entropy_unreachable_clamps_or_raises():
     logits = torch.randn(2, 100, generator=torch.Generator().manual_seed(0)) * 3
     too_high = math.log(100) + 0.5  # no temperature reaches more than log N
