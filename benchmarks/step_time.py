@@ -6,8 +6,8 @@
 
 One step = ``DFTTrainer.training_step`` (forward, ``compute_loss`` -> chunked ``dft_loss`` on hidden states and the
 LM head weight, backward) + ``AdamW.step()`` + ``zero_grad()``, on the same batch for every method. SFT is the same
-trainer with ``divergence="ce"``; ``sft_hf`` (stock ``model(..., labels=...)`` loss on full logits) is shown for
-reference. The targets are top-k (k = 64) of the model's own logits, built under ``no_grad`` before timing and
+trainer with ``divergence="ce"``; ``--hf-baseline`` adds ``sft_hf`` (stock ``model(..., labels=...)`` loss on full
+logits) as a reference row. The targets are top-k (k = 64) of the model's own logits, built under ``no_grad`` before timing and
 stored like the target cache (ids, float16 log-probabilities). Methods run round-robin (ABC, CBA, ...) after one
 warm-up round; the table holds each method's median step time and its ratio to SFT's median (``cpu_ratio``: the
 same ratio of median process CPU time, a cross-check that moves less when other work shares the machine).
@@ -75,7 +75,8 @@ def make_batch(model, tokenizer, batch_size: int, seq_len: int, k: int, device: 
     }
 
 
-def step_functions(model, batch: dict, device: torch.device, dtype: torch.dtype, log_stats: bool, out_dir: str):
+def step_functions(model, batch: dict, device: torch.device, log_stats: bool, out_dir: str, divergences: list[str],
+                   hf_baseline: bool = False):
     """One callable per method, each doing forward + backward + optimizer step on ``batch``."""
     # lr = 0 keeps the weights (and so every method's inputs) identical across steps; AdamW does the same work.
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
@@ -101,8 +102,9 @@ def step_functions(model, batch: dict, device: torch.device, dtype: torch.dtype,
         optimizer.zero_grad(set_to_none=True)
 
     fns = {"sft": trainer_step("ce", {})}
-    fns.update({name: trainer_step(name, kwargs) for name, (_, kwargs) in GOALS.items()})
-    fns["sft_hf"] = hf_step
+    fns.update({name: trainer_step(name, GOALS[name][1]) for name in divergences})
+    if hf_baseline:
+        fns["sft_hf"] = hf_step
     return fns
 
 
@@ -115,6 +117,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--k", type=int, default=64, help="target support size")
+    parser.add_argument("--divergences", default=",".join(GOALS), help="comma-separated subset to time")
+    parser.add_argument("--hf-baseline", action="store_true",
+                        help="also time the stock HF loss on full logits (model(..., labels=...)) as a reference row")
     parser.add_argument("--log-stats", action="store_true",
                         help="keep DFTConfig.log_stats on (an extra no-grad CE/entropy pass, same for every method)")
     args = parser.parse_args()
@@ -123,6 +128,10 @@ def main() -> None:
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}.")
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    divergences = args.divergences.split(",")
+    unknown = sorted(set(divergences) - set(GOALS))
+    if unknown:
+        raise ValueError(f"--divergences: unknown {unknown}; choose from {','.join(GOALS)}.")
     torch.manual_seed(0)
     if args.quick:
         model, tokenizer = tiny_model(seed=0)
@@ -133,7 +142,7 @@ def main() -> None:
         model_name = "embedded SmolLM2-135M"
     batch = make_batch(model, tokenizer, args.batch_size, args.seq_len, args.k, device)
     with tempfile.TemporaryDirectory() as out_dir:
-        fns = step_functions(model, batch, device, dtype, args.log_stats, out_dir)
+        fns = step_functions(model, batch, device, args.log_stats, out_dir, divergences, args.hf_baseline)
         results = interleaved_medians(fns, repeats, device, warmup=1)
 
     sft = results["sft"]["median"]
