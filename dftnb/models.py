@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -55,7 +57,7 @@ def embedded_gguf_path() -> Path:
 
 
 def _embedded_cache() -> Path:
-    return cache_dir() / "models" / "smollm2-135m-instruct"
+    return cache_dir() / "models" / "smollm2-135m-instruct-v2"
 
 
 def _dequantise_embedded(target: Path) -> None:
@@ -66,19 +68,25 @@ def _dequantise_embedded(target: Path) -> None:
     gguf = embedded_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tmp = target.with_name(target.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))  # unique: concurrent builds are safe
     # save_pretrained refuses GGUF-loaded models, so write the pieces ourselves.
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     config = model.config.to_dict()
-    config.pop("gguf_file", None)
+    # the weights are now plain float32: drop the GGUF markers, or transformers would attach a GGUF quantizer on load
+    # and Trainer would refuse to fine-tune the model
+    for key in ("gguf_file", "quantization_config", "_name_or_path"):
+        config.pop(key, None)
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer.save_pretrained(tmp)
     (tmp / "SOURCE").write_text(f"de-quantised from {gguf}\n")
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first: its copy is identical, keep it
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_model(

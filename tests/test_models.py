@@ -39,6 +39,9 @@ def test_embedded_model_logits_finite_and_greedy_deterministic(embedded):
     model, tok = embedded
     assert model.config.vocab_size == 49152 and model.config.hidden_size == 576
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    # a de-quantised float model: no GGUF quantizer attached, so Trainer can fine-tune it
+    assert getattr(model, "hf_quantizer", None) is None and not getattr(model, "is_quantized", False)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
     ids = tok("To be, or not to be, that is", return_tensors="pt")
     with torch.no_grad():
         logits = model(**ids).logits
