@@ -70,27 +70,16 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def load_trainable(name: str, device: torch.device, dtype: torch.dtype):
-    """``dftnb.models.load_model`` for training: refuses a quantized model, clears a stale GGUF marker.
-
-    A model de-quantised from GGUF holds plain float weights, but its cached config may still carry
-    ``quantization_config = {"quant_method": "gguf"}``; transformers then attaches a GGUF quantizer and ``Trainer``
-    refuses to fine-tune it. The marker is dropped here, with a note on stderr, only when every parameter is a
-    floating-point tensor; the lasting fix is to drop ``quantization_config`` when the cache is written.
-    """
+    """``dftnb.models.load_model``, refusing a model that loads as quantized (``Trainer`` cannot fine-tune it)."""
     from dftnb.models import load_model
 
     model, tokenizer = load_model(name, device=device, dtype=dtype)
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        method = str(getattr(quantizer.quantization_config, "quant_method", ""))
-        if "gguf" not in method.lower() or not all(p.is_floating_point() for p in model.parameters()):
-            raise RuntimeError(f"{name!r} loads as a quantized model ({method}); benchmark a float model instead.")
-        print(f"note: {name!r} carries a stale GGUF quantization_config although its weights are de-quantised "
-              "floats; cleared for training.", file=sys.stderr)
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+    if getattr(model, "hf_quantizer", None) is not None:
+        raise RuntimeError(
+            f"{name!r} loads as a quantized model ({model.config.quantization_config}), which Trainer refuses to "
+            "fine-tune; for the embedded model delete .cache/models/ so it is de-quantised again without the "
+            "GGUF quantization_config, or benchmark a float model."
+        )
     return model, tokenizer
 
 
