@@ -36,6 +36,9 @@ TARGET_FREE = BASELINES
 DIVERGENCES = LOSSES
 # Arguments dft_loss fills itself; everything else in a divergence's signature is a divergence_kwargs option.
 _FIXED_ARGS = {"student_logits", "target", "labels", "temperature", "embeddings"}
+# Config fields of HF models whose logits are transformed after the LM head (Gemma 2/3 soft-capping, Cohere and
+# Granite scaling); a value of None (or 1 for the scales) means no transformation.
+LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 # Method names used by the notebooks and the CLI -> the divergence they train with.
 METHODS = {
     "sft": "ce",
@@ -248,6 +251,13 @@ class DFTTrainer(Trainer):
             raise ValueError(
                 "the LM head has a bias, which the chunked DFT loss (hidden @ Wᵀ) does not apply; use a model whose "
                 "LM head is a bias-free linear layer."
+            )
+        config = getattr(self.model, "config", None)
+        post = [key for key in LOGIT_POSTPROCESSING if getattr(config, key, None) not in (None, 1, 1.0)]
+        if post:
+            raise ValueError(
+                f"the model's config sets {post}: its logits are post-processed after the LM head, which the chunked "
+                "DFT loss (hidden @ Wᵀ) does not reproduce. Use a model whose logits are the plain LM-head output."
             )
         student_vocab = head.weight.shape[0]
         target_vocab = self.dft_config.target_vocab_size

@@ -278,6 +278,13 @@ def test_post_processed_logits_are_refused(tmp_path):
         trainer.compute_loss(model, SparseTargetCollator(PAD)(target_rows([5])))
 
 
+def test_soft_capping_config_is_refused(tmp_path):
+    model = small_llama()
+    model.config.final_logit_softcapping = 30.0  # as Gemma 2 sets it
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        make_trainer(model, tmp_path)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="unknown divergence"):
         DFTConfig(divergence="kl")
