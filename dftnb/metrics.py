@@ -111,6 +111,20 @@ def truncate_words(text: str, length: int) -> str:
     return " ".join(_words(text)[:length])
 
 
+def text_length(text: str, tokenizer=None) -> int:
+    """Length of ``text`` in whitespace tokens, or in ``tokenizer`` tokens (no special tokens) when given."""
+    return len(_words(text)) if tokenizer is None else len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def truncate_text(text: str, length: int, tokenizer=None) -> str:
+    """``text`` cut to ``length`` units: whitespace tokens (:func:`truncate_words`) or ``tokenizer`` tokens
+    (encode, keep the first ``length`` ids, decode)."""
+    if tokenizer is None:
+        return truncate_words(text, length)
+    ids = tokenizer(text, add_special_tokens=False).input_ids[:length]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
 @dataclass
 class StyleDiversity:
     """Result of :func:`style_diversity_score`: SDS and its components (each averaged over prompts)."""
@@ -125,6 +139,7 @@ class StyleDiversity:
     n_prompts: int
     n_samples: int
     L: int
+    unit: str
     per_prompt: list[dict] = field(default_factory=list, repr=False)
 
     def as_row(self) -> dict:
@@ -155,16 +170,19 @@ def style_diversity_score(
     length: int | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    tokenizer=None,
 ) -> StyleDiversity:
     """Style Diversity Score (SDS, 0-100) of ``samples_per_prompt[prompt][sample]`` (DESIGN.md §8).
 
     Choices, in order:
 
     * **Samples**: every prompt needs ``n >= 4`` samples (Vendi and Self-BLEU need several; 4 is the floor).
-    * **Length**: samples are cut to the same ``L`` *whitespace tokens* (``text.split()``), not model tokens, so
-      models with different tokenizers and human text are cut alike. ``length=None`` takes ``L`` = the shortest
-      sample; a given ``length`` must not exceed it. ``L >= 4`` (distinct-4 needs a 4-gram). Truncated samples
-      are re-joined with single spaces, so all four components see the same normalised text.
+    * **Length**: samples are cut to the same ``L``, in *whitespace tokens* (``text.split()``) by default, so
+      models with different tokenizers and human text are cut alike; truncated samples are re-joined with single
+      spaces. With ``tokenizer`` the unit is that tokenizer's tokens instead (what chapter 06 uses: samples are
+      generated with a fixed number of new tokens, and code-like output can hold 40 tokens in 4 "words"); compare
+      only rows cut with the same tokenizer. ``length=None`` takes ``L`` = the shortest sample; a given
+      ``length`` must not exceed it. ``L >= 4``. The n-gram components always count whitespace tokens.
     * **d** = mean of distinct-1, 2, 3, 4 over the prompt's samples (:func:`distinct_n`, n-grams pooled).
     * **s** = 1 - Self-BLEU-4 (:func:`self_bleu`: sacrebleu sentence BLEU of each sample against the others,
       ``13a`` tokenizer, ``exp`` smoothing, divided by 100).
@@ -186,16 +204,20 @@ def style_diversity_score(
             raise ValueError(f"prompt {i} has {len(g)} samples; the SDS needs n >= 4 samples per prompt.")
         if any(not isinstance(t, str) or not t.strip() for t in g):
             raise ValueError(f"prompt {i} has an empty (or non-string) sample; generate non-empty samples.")
-    shortest = min(len(_words(t)) for g in groups for t in g)
+    unit = "whitespace tokens" if tokenizer is None else "tokenizer tokens"
+    shortest = min(text_length(t, tokenizer) for g in groups for t in g)
     L = shortest if length is None else int(length)
     if L > shortest:
         raise ValueError(
-            f"length={L} whitespace tokens but the shortest sample has {shortest}; generate longer samples "
+            f"length={L} {unit} but the shortest sample has {shortest}; generate longer samples "
             f"(more max_new_tokens) or pass length <= {shortest}."
         )
     if L < 4:
-        raise ValueError(f"L={L} whitespace tokens is too short for distinct-4; generate samples of >= 4 words.")
-    groups = [[truncate_words(t, L) for t in g] for g in groups]
+        raise ValueError(f"L={L} {unit} is too short for distinct-4; generate samples of >= 4 words.")
+    groups = [[truncate_text(t, L, tokenizer) for t in g] for g in groups]
+    for i, g in enumerate(groups):
+        if not any(len(_words(t)) >= 4 for t in g):
+            raise ValueError(f"prompt {i}: no sample has 4 words after truncation to L={L} {unit}; raise L.")
     flat = [t for g in groups for t in g]
     emb = embedder.encode(flat)
     emb = emb.detach().cpu().numpy() if isinstance(emb, torch.Tensor) else np.asarray(emb)
@@ -219,19 +241,22 @@ def style_diversity_score(
         n_prompts=len(groups),
         n_samples=min(len(g) for g in groups),
         L=L,
+        unit=unit,
         per_prompt=per_prompt,
     )
 
 
 def human_reference_samples(
-    texts: Sequence[str], n: int, length: int, n_prompts: int = 16, seed: int = 0
+    texts: Sequence[str], n: int, length: int, n_prompts: int = 16, seed: int = 0, tokenizer=None
 ) -> list[list[str]]:
     """Human text cut like model samples, for the SDS reference row: ``n_prompts`` groups of ``n`` passages.
 
     The texts are concatenated into one whitespace-token stream (in order) and cut into blocks of ``n * length``
     words; ``n_prompts`` blocks are drawn without replacement (seeded) and each block gives ``n`` consecutive
     passages of ``length`` words. Consecutive passages of the same document play the role of several
-    continuations of one prompt (same topic and voice, different words).
+    continuations of one prompt (same topic and voice, different words). With ``tokenizer``, each passage is
+    then cut to ``length`` tokenizer tokens (a word is at least one token, so ``length`` words always hold
+    enough), to match samples scored with :func:`style_diversity_score`'s ``tokenizer``.
     """
     if n < 4 or length < 4 or n_prompts < 1:
         raise ValueError(f"need n >= 4, length >= 4 and n_prompts >= 1, got n={n}, length={length}, n_prompts={n_prompts}.")
@@ -246,7 +271,9 @@ def human_reference_samples(
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(n_blocks, size=n_prompts, replace=False).tolist())
     return [
-        [" ".join(words[b * block + i * length : b * block + (i + 1) * length]) for i in range(n)] for b in chosen
+        [truncate_text(" ".join(words[b * block + i * length : b * block + (i + 1) * length]), length, tokenizer)
+         for i in range(n)]
+        for b in chosen
     ]
 
 
@@ -852,9 +879,10 @@ def evaluate_model(
     return ModelEvaluation(name, samples, ppl, he, mm, note)
 
 
-def common_length(groups_list: Sequence[Sequence[Sequence[str]]], cap: int | None = None) -> int:
-    """The largest ``L`` every sample reaches (whitespace tokens), at most ``cap``: all rows are cut to it."""
-    shortest = min(len(t.split()) for groups in groups_list for g in groups for t in g)
+def common_length(groups_list: Sequence[Sequence[Sequence[str]]], cap: int | None = None, tokenizer=None) -> int:
+    """The largest ``L`` every sample reaches (whitespace or ``tokenizer`` tokens), at most ``cap``: all rows are
+    cut to it."""
+    shortest = min(text_length(t, tokenizer) for groups in groups_list for g in groups for t in g)
     return shortest if cap is None else min(shortest, cap)
 
 
@@ -866,8 +894,9 @@ def benchmark_tables(
     table_temperature: float = 1.0,
     n_boot: int = 1000,
     seed: int = 0,
+    tokenizer=None,
 ):
-    """``(table, frontier)`` DataFrames.
+    """``(table, frontier)`` DataFrames (SDS lengths in ``tokenizer`` tokens when given, else whitespace tokens).
 
     ``table``: one row per model (plus ``"human text"``, SDS only): ``mmlu`` (accuracy %, NaN when not
     available), ``humaneval_pass1`` (greedy, %), ``humaneval_n``, ``sds`` with ``sds_ci_low``/``sds_ci_high`` and
@@ -882,7 +911,7 @@ def benchmark_tables(
             raise ValueError(f"{ev.name}: no samples at table_temperature={table_temperature}; add it to temperatures.")
         macro = ev.perplexity[ev.perplexity.corpus == "macro"].set_index("temperature")["perplexity"]
         for t, groups in sorted(ev.samples.items()):
-            sds = style_diversity_score(groups, embedder, length=L, n_boot=n_boot, seed=seed)
+            sds = style_diversity_score(groups, embedder, length=L, n_boot=n_boot, seed=seed, tokenizer=tokenizer)
             frontier.append({"model": ev.name, "temperature": t, "sds": sds.score, "sds_ci_low": sds.ci_low,
                              "sds_ci_high": sds.ci_high, "perplexity": float(macro.loc[t])})
             if t == table_temperature:
@@ -898,7 +927,7 @@ def benchmark_tables(
             "v": table_sds.vendi, "perplexity": ppl1, "L": L,
         })
     if human is not None:
-        sds = style_diversity_score(human, embedder, length=L, n_boot=n_boot, seed=seed)
+        sds = style_diversity_score(human, embedder, length=L, n_boot=n_boot, seed=seed, tokenizer=tokenizer)
         rows.append({
             "model": "human text", "mmlu": float("nan"), "humaneval_pass1": float("nan"), "humaneval_n": 0,
             "sds": sds.score, "sds_ci_low": sds.ci_low, "sds_ci_high": sds.ci_high, "d": sds.distinct,

@@ -423,3 +423,22 @@ def test_stop_on_substrings_marks_finished_rows(tiny):
     rows = [prompt + done + [pad] * (width - len(done)), prompt + busy + [pad] * (width - len(busy))]
     stop = metrics.StopOnSubstrings(tok, len(prompt))
     assert stop(torch.tensor(rows), None).tolist() == [True, False]
+
+
+def test_sds_in_tokenizer_tokens(tiny):
+    _, tok = tiny
+    code = ["x=foo(bar)+baz[qux]*2; y=x**2 if x else None", "print('hello, world') # greet the user now",
+            "for i in range(10): total += i * i  # squares", "def f(a, b): return a + b if a else b - a"]
+    res = metrics.style_diversity_score([code], BagOfWords(), tokenizer=tok)
+    lengths = [len(tok(t, add_special_tokens=False).input_ids) for t in code]
+    assert res.L == min(lengths) and res.unit == "tokenizer tokens"
+    cut = [tok.decode(tok(t, add_special_tokens=False).input_ids[: res.L]) for t in code]
+    manual = metrics.sds_components(cut, BagOfWords().encode(cut))
+    assert res.score == pytest.approx(manual["sds"])
+    texts = [" ".join(f"word{i}" for i in range(200))]
+    groups = metrics.human_reference_samples(texts, n=4, length=6, n_prompts=2, tokenizer=tok)
+    words = texts[0].split()
+    first = groups[0][0].split()[0]
+    start = words.index(first)
+    expected = tok.decode(tok(" ".join(words[start : start + 6]), add_special_tokens=False).input_ids[:6])
+    assert groups[0][0] == expected and len(tok(expected, add_special_tokens=False).input_ids) == 6
