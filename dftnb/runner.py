@@ -81,6 +81,19 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
     return found
 
 
+def write_timings(path: Path, rows: list[dict]) -> None:
+    """Merge ``rows`` into the timings CSV at ``path``: a rerun notebook replaces its row, the others are kept."""
+    merged = {}
+    if path.exists():
+        with path.open(newline="") as fh:
+            merged = {r["notebook"]: r for r in csv.DictReader(fh)}
+    merged.update({r["notebook"]: r for r in rows})
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["notebook", "profile", "seconds"])
+        writer.writeheader()
+        writer.writerows(merged[name] for name in sorted(merged))
+
+
 def run_all(profile: str, out_dir: str | Path, only: list[str] | None = None, timeout: int | None = None) -> list[dict]:
     """Execute each chapter with papermill into ``out_dir`` (profile injected), printing one progress line each.
 
@@ -114,12 +127,9 @@ def run_all(profile: str, out_dir: str | Path, only: list[str] | None = None, ti
         rows.append({"notebook": nb.name, "profile": profile, "seconds": round(seconds, 1)})
         print(f"[{i}/{len(chapters)}] {nb.name} done in {seconds:.0f} s -> {out / nb.name}", flush=True)
     timings = out / f"timings-{profile}.csv"
-    with timings.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["notebook", "profile", "seconds"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_timings(timings, rows)
     total = sum(r["seconds"] for r in rows)
-    print(f"all {len(rows)} notebooks done in {total:.0f} s; timings in {timings}", flush=True)
+    print(f"{len(rows)} notebook(s) done in {total:.0f} s; timings in {timings}", flush=True)
     return rows
 
 
