@@ -1,6 +1,6 @@
 """Cost of the custom samplers inside generate(), and of the block denoiser, against plain sampling.
 
-    python benchmarks/sampling.py            # embedded SmolLM2-135M on CPU (2-3 minutes on 2 idle cores)
+    python benchmarks/sampling.py            # embedded SmolLM2-135M on CPU (about 3 minutes of CPU time)
     python benchmarks/sampling.py --quick    # tiny random model, a smoke check of the script, not a result
     python benchmarks/sampling.py --device cuda
 
@@ -78,11 +78,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny random model instead of the embedded one")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per sampler (default 4, quick 3)")
-    parser.add_argument("--new-tokens", type=int, default=None, help="tokens per generate() (default 32, quick 16)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per sampler (default 3)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="tokens per generate() (default 24, quick 16)")
     args = parser.parse_args()
-    repeats = args.repeats or (3 if args.quick else 4)
-    new_tokens = args.new_tokens or (16 if args.quick else 32)
+    repeats = args.repeats or 3
+    new_tokens = args.new_tokens or (16 if args.quick else 24)
     device = resolve_device(args.device)
 
     model, tokenizer = tiny_model() if args.quick else load_model("embedded", device=device)
