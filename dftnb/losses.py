@@ -50,7 +50,8 @@ def _check_logits(student_logits: torch.Tensor) -> None:
             f"student_logits must be (N, V) rows, got shape {tuple(student_logits.shape)}; flatten the leading "
             "dims with .reshape(-1, V) or call dft_loss, which flattens them."
         )
-    if not torch.isfinite(student_logits).all():
+    # one read-only reduction (min and max propagate NaN; ±Inf shows up in one of them), no (N, V) bool copy
+    if student_logits.numel() and not torch.isfinite(torch.stack(torch.aminmax(student_logits))).all():
         raise ValueError(
             "student logits contain NaN or Inf: check the model's dtype (train in float32/bfloat16, not float16 "
             "without loss scaling), the learning rate, and the inputs of the forward pass."
@@ -100,8 +101,14 @@ def _check_open_unit(name: str, value: float, closed_low: bool = False) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 def student_logprobs(student_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``log p = log_softmax(z / τ)`` in float32 (float64 when the logits are float64)."""
+    return torch.log_softmax(_scaled(student_logits, temperature), dim=-1)
+
+
+def _scaled(student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``z / τ`` in float32 (float64 for float64 logits); no copy when nothing changes (``τ = 1``, same dtype)."""
     dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-    return torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    z = student_logits.to(dtype)
+    return z if temperature == 1 else z / temperature
 
 
 def _target_parts(target: SparseTarget, dtype: torch.dtype):
@@ -473,8 +480,7 @@ def gem(
     if h not in GEM_WEIGHTS:
         raise ValueError(f"gem h must be one of {GEM_WEIGHTS}, got {h!r}.")
     labels = _check_labels(student_logits, labels)
-    dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-    z = student_logits.to(dtype) / temperature
+    z = _scaled(student_logits, temperature)
     logp = torch.log_softmax(z, dim=-1)
     logp_y = logp.gather(-1, labels.unsqueeze(-1))
     with torch.no_grad():

@@ -384,7 +384,7 @@ def test_bad_inputs_raise_with_a_fix():
         L.reverse_kl(z, wrong_vocab)
     with pytest.raises(ValueError, match="tokenizer mismatch"):
         L.dft_loss(torch.randn(2, 7, V + 1), target, "reverse_kl")
-    for bad in (float("nan"), float("inf")):
+    for bad in (float("nan"), float("inf"), float("-inf")):
         broken = z.clone()
         broken[1, 3] = bad
         with pytest.raises(ValueError, match="NaN or Inf"):
