@@ -579,7 +579,7 @@ def dft_loss(
     temperature: float = 1.0,
     ce_weight: float = 0.0,
     num_items_in_batch: int | torch.Tensor | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
     embeddings: torch.Tensor | None = None,
     **divergence_kwargs,
 ) -> torch.Tensor:

@@ -69,7 +69,7 @@ class DFTConfig:
     divergence: str = "reverse_kl"
     temperature: float = 1.0
     ce_weight: float = 0.0
-    chunk_size: int = 1024
+    chunk_size: int = 256
     divergence_kwargs: dict = field(default_factory=dict)
     target_vocab_size: int | None = None
     log_stats: bool = True
