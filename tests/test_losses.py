@@ -222,7 +222,8 @@ def test_sinkhorn_cost_matches_scaling_sinkhorn_and_finite_differences():
     (g_got,) = torch.autograd.grad(got.sum(), a)
     (g_want,) = torch.autograd.grad(want.sum(), a)
     torch.testing.assert_close(g_got, g_want)
-    assert torch.autograd.gradcheck(lambda x: L.sinkhorn_cost(x, b.log(), cost, 0.3, 5), (a.log().detach().requires_grad_(),))
+    inputs = (a.log().detach().requires_grad_(), b.log().requires_grad_(), cost.clone().requires_grad_())
+    assert torch.autograd.gradcheck(lambda la, lb, c: L.sinkhorn_cost(la, lb, c, 0.3, 5), inputs)
 
 
 def test_sinkhorn_small_epsilon_approaches_exact_ot_and_is_zero_for_identical_distributions():

@@ -22,13 +22,14 @@ def test_sinkhorn_cost_equals_pot_values_and_gradients(eps, n_iters):
     rows, na, nb = 3, 7, 5
     za = torch.randn(rows, na, generator=g, dtype=torch.float64, requires_grad=True)
     zb = torch.randn(rows, nb, generator=g, dtype=torch.float64, requires_grad=True)
-    cost = torch.rand(rows, na, nb, generator=g, dtype=torch.float64) * 2
+    cost = (torch.rand(rows, na, nb, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
     ours = L.sinkhorn_cost(torch.log_softmax(za, -1), torch.log_softmax(zb, -1), cost, eps, n_iters)
     pot = torch.stack(
         [pot_sinkhorn(torch.softmax(za[i], -1), torch.softmax(zb[i], -1), cost[i], eps, n_iters) for i in range(rows)]
     )
     torch.testing.assert_close(ours, pot, rtol=1e-10, atol=1e-12)
-    for g_ours, g_pot in zip(torch.autograd.grad(ours.sum(), (za, zb)), torch.autograd.grad(pot.sum(), (za, zb))):
+    inputs = (za, zb, cost)  # the gradient of the unrolled iterations w.r.t. both marginals and the ground cost
+    for g_ours, g_pot in zip(torch.autograd.grad(ours.sum(), inputs), torch.autograd.grad(pot.sum(), inputs)):
         torch.testing.assert_close(g_ours, g_pot, rtol=1e-8, atol=1e-10)
 
 
