@@ -121,6 +121,11 @@ def _target_parts(target: SparseTarget, dtype: torch.dtype):
     return ids, logq, tail_mass.log() - math.log(n_tail), n_tail
 
 
+def _row_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``Σ_j x_ij y_ij`` per row as a batched dot product (no ``(N, V)`` product tensor)."""
+    return (x.unsqueeze(-2) @ y.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+
+
 def _sum_pointwise(term: Callable, logp: torch.Tensor, target: SparseTarget) -> torch.Tensor:
     """``Σ_j term(log q_j, log p_j)`` for a pointwise ``term``, without a dense ``q``.
 
@@ -175,7 +180,7 @@ def reverse_kl(student_logits: torch.Tensor, target: SparseTarget, temperature: 
     p_s = logp_s.exp()
     loss = (p_s * (logp_s - logq)).sum(-1)
     if n_tail:
-        neg_entropy = (logp.exp() * logp).sum(-1)
+        neg_entropy = _row_dot(logp.exp(), logp)
         tail_plogp = neg_entropy - (p_s * logp_s).sum(-1)
         tail_p = (1.0 - p_s.sum(-1)).clamp_min(0.0)
         loss = loss + tail_plogp - tail_p * log_t
@@ -198,7 +203,19 @@ def jsd(student_logits: torch.Tensor, target: SparseTarget, temperature: float =
         q, p = logq.exp(), logp.exp()
         return beta * (torch.xlogy(q, q) - q * logm) + (1 - beta) * (p * logp - p * logm)
 
-    return _sum_pointwise(term, student_logprobs(student_logits, temperature), target)
+    logp = student_logprobs(student_logits, temperature)
+    ids, logq, log_t, n_tail = _target_parts(target, logp.dtype)
+    logp_s = logp.gather(-1, ids)
+    loss = term(logq, logp_s).sum(-1)  # support terms in the log domain (exact for q_j or p_j = 0)
+    if n_tail:
+        # every token as a tail token, in probability space: m_j = β t + (1−β) p_j ≥ β t > 0, so log m_j is finite;
+        # Σ_j β t (log t − log m_j) = β t (V log t − Σ_j log m_j) and Σ_j (1−β) p_j (log p_j − log m_j) as a dot product
+        log_t_col = log_t.unsqueeze(-1)
+        p = logp.exp()
+        logm = torch.add(beta * log_t_col.exp(), p, alpha=1 - beta).log()
+        all_tail = beta * log_t.exp() * (logp.shape[-1] * log_t - logm.sum(-1)) + (1 - beta) * _row_dot(p, logp - logm)
+        loss = loss + all_tail - term(log_t_col.expand_as(logp_s), logp_s).sum(-1)
+    return loss
 
 
 def skew_kl(student_logits: torch.Tensor, target: SparseTarget, temperature: float = 1.0, alpha: float = 0.1) -> torch.Tensor:
