@@ -27,7 +27,7 @@ Sources:
 
 :func:`build_or_load` caches a built dataset on disk with a ``dftnb_target.json`` sidecar (model, tokenizer hash,
 corpus, k, source, vocabulary size, code version, parameters) and refuses or rebuilds a cache whose sidecar does
-not match. :class:`SparseTargetCollator` turns rows back into padded tensors and :func:`batch_sparse_target` into
+not match. :class:`dftnb.trainer.SparseTargetCollator` turns rows back into padded tensors and :func:`batch_sparse_target` into
 a ``SparseTarget`` for the losses.
 """
 
@@ -928,42 +928,8 @@ def arrow_bytes(path: str | os.PathLike) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# From rows back to tensors (collator for the trainer)
+# From a collated batch (dftnb.trainer.SparseTargetCollator) back to a SparseTarget
 # ----------------------------------------------------------------------------------------------------------------
-
-
-class SparseTargetCollator:
-    """Pad target rows into a batch of tensors: ``input_ids``, ``attention_mask``, ``labels`` (-100 on padding),
-    ``target_ids`` (int64) and ``target_logprobs`` (float32), all right-padded to the longest row (optionally a
-    multiple of ``pad_to_multiple_of``); padded target positions are point masses on ``pad_token_id``."""
-
-    def __init__(self, vocab_size: int, pad_token_id: int, pad_to_multiple_of: int | None = None):
-        self.vocab_size, self.pad_token_id, self.multiple = int(vocab_size), int(pad_token_id), pad_to_multiple_of
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        if not rows:
-            raise ValueError("cannot collate an empty batch.")
-        T = max(len(r["input_ids"]) for r in rows)
-        if self.multiple:
-            T = math.ceil(T / self.multiple) * self.multiple
-        k = len(rows[0]["target_ids"][0])
-        filler = SparseTarget.point_mass(torch.tensor(self.pad_token_id), k, self.vocab_size)
-        B = len(rows)
-        out = {
-            "input_ids": torch.full((B, T), self.pad_token_id, dtype=torch.long),
-            "attention_mask": torch.zeros((B, T), dtype=torch.long),
-            "labels": torch.full((B, T), IGNORE_INDEX, dtype=torch.long),
-            "target_ids": filler.ids.expand(B, T, k).clone(),
-            "target_logprobs": filler.logprobs.expand(B, T, k).clone(),
-        }
-        for b, r in enumerate(rows):
-            n = len(r["input_ids"])
-            out["input_ids"][b, :n] = torch.as_tensor(np.asarray(r["input_ids"]).astype(np.int64))
-            out["attention_mask"][b, :n] = 1
-            out["labels"][b, :n] = torch.as_tensor(np.asarray(r["labels"]).astype(np.int64))
-            out["target_ids"][b, :n] = torch.as_tensor(np.asarray(r["target_ids"]).astype(np.int64))
-            out["target_logprobs"][b, :n] = torch.as_tensor(np.asarray(r["target_logprobs"], dtype=np.float32))
-        return out
 
 
 def batch_sparse_target(batch: dict, vocab_size: int) -> SparseTarget:
