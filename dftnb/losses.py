@@ -245,9 +245,14 @@ def tvd(student_logits: torch.Tensor, target: SparseTarget, temperature: float =
     """
     _check_temperature(temperature)
     _check_pair(student_logits, target)
-    return _sum_pointwise(
-        lambda logq, logp: 0.5 * (logp.exp() - logq.exp()).abs(), student_logprobs(student_logits, temperature), target
-    )
+    p = torch.softmax(_scaled(student_logits, temperature), dim=-1)
+    ids, logq, log_t, n_tail = _target_parts(target, p.dtype)
+    p_s = p.gather(-1, ids)
+    total = (p_s - logq.exp()).abs().sum(-1)
+    if n_tail:  # every token as a tail token (q_j = t), then the k support tokens corrected
+        t = log_t.exp().unsqueeze(-1)
+        total = total + (p - t).abs().sum(-1) - (p_s - t).abs().sum(-1)
+    return 0.5 * total
 
 
 def wasserstein_sorted(student_logits: torch.Tensor, target: SparseTarget, temperature: float = 1.0) -> torch.Tensor:
@@ -263,7 +268,7 @@ def wasserstein_sorted(student_logits: torch.Tensor, target: SparseTarget, tempe
     """
     _check_temperature(temperature)
     _check_pair(student_logits, target)
-    p = student_logprobs(student_logits, temperature).exp()
+    p = torch.softmax(_scaled(student_logits, temperature), dim=-1)
     _, logq, log_t, n_tail = _target_parts(target, p.dtype)
     q_sorted = logq.exp().sort(-1, descending=True).values
     if not n_tail:
