@@ -245,7 +245,7 @@ def tvd(student_logits: torch.Tensor, target: SparseTarget, temperature: float =
     """
     _check_temperature(temperature)
     _check_pair(student_logits, target)
-    p = torch.softmax(_scaled(student_logits, temperature), dim=-1)
+    p = student_logprobs(student_logits, temperature).exp()
     ids, logq, log_t, n_tail = _target_parts(target, p.dtype)
     p_s = p.gather(-1, ids)
     total = (p_s - logq.exp()).abs().sum(-1)
@@ -268,7 +268,7 @@ def wasserstein_sorted(student_logits: torch.Tensor, target: SparseTarget, tempe
     """
     _check_temperature(temperature)
     _check_pair(student_logits, target)
-    p = torch.softmax(_scaled(student_logits, temperature), dim=-1)
+    p = student_logprobs(student_logits, temperature).exp()
     _, logq, log_t, n_tail = _target_parts(target, p.dtype)
     q_sorted = logq.exp().sort(-1, descending=True).values
     if not n_tail:
