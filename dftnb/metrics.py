@@ -351,9 +351,10 @@ def _nll_at_temperatures(
             chunk = windows[i : i + batch_size]
             batch = torch.stack([ids[b:e] for b, e, _ in chunk]).to(device)
             logits = model(input_ids=batch).logits[:, :-1].float()
+            target_logits = logits.gather(-1, batch[:, 1:, None]).squeeze(-1)
             for t_index, temperature in enumerate(temperatures):
-                logp = torch.log_softmax(logits / temperature, dim=-1)
-                token_logp = logp.gather(-1, batch[:, 1:, None]).squeeze(-1)  # log p(x_j | x_<j), j = 1..len-1
+                # log p_T(x_j | x_<j) = z_j / T - logsumexp(z / T), j = 1..len-1 (no (B, T, V) log-softmax copy)
+                token_logp = target_logits / temperature - torch.logsumexp(logits / temperature, dim=-1)
                 for row, (begin, _end, score_from) in enumerate(chunk):
                     scored = token_logp[row, score_from - begin - 1 :]
                     nll[t_index] -= float(scored.double().sum())
