@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .trainer import METHODS, DFTConfig, DFTTrainer, SparseTargetCollator
+from .trainer import METHODS, DFTConfig, DFTTrainer, build_trainer
 
 TOP_KEYS = {"model", "dtype", "seed", "method", "dft", "data", "training", "resume_from_checkpoint", "save_final"}
 DATA_KEYS = {"dataset", "corpus", "split", "block_size", "max_blocks", "targets"}
@@ -182,15 +182,6 @@ def load_dataset(config: dict, model, tokenizer):
     return targets.build_or_load(spec["cache"], meta, build, spec.get("rebuild", "auto"))
 
 
-def target_vocab_size(dataset) -> int | None:
-    """``vocab_size`` recorded by the target builder, when the dataset carries targets."""
-    if "target_ids" not in dataset.column_names:
-        return None
-    from .targets import target_info
-
-    return int(target_info(dataset)["vocab_size"])
-
-
 def run(config: dict, resume: bool | str | None = None) -> DFTTrainer:
     """Build everything from a validated ``config`` and train; returns the trainer."""
     args = training_arguments(config["training"])
@@ -198,17 +189,7 @@ def run(config: dict, resume: bool | str | None = None) -> DFTTrainer:
     with args.main_process_first(desc="model and target dataset"):
         model, tokenizer = load_student(config)
         dataset = load_dataset(config, model, tokenizer)
-    dft = dft_config(config)
-    if dft.target_vocab_size is None:
-        dft.target_vocab_size = target_vocab_size(dataset)
-    trainer = DFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=SparseTargetCollator(tokenizer.pad_token_id),
-        dft_config=dft,
-        processing_class=tokenizer,
-    )
+    trainer = build_trainer(model, tokenizer, dataset, dft_config(config), args)
     resume = resume if resume is not None else config.get("resume_from_checkpoint")
     trainer.train(resume_from_checkpoint=resume)
     if trainer.is_world_process_zero():

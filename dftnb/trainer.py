@@ -98,6 +98,39 @@ class DFTConfig:
         """Whether the objective reads ``target_ids``/``target_logprobs`` (false for CE, label smoothing, GEM)."""
         return self.divergence not in TARGET_FREE and self.ce_weight < 1.0
 
+    def loss(self, hidden, target, lm_head_weight, labels, embeddings=None, num_items_in_batch=None, ce_weight=None):
+        """:func:`dftnb.losses.dft_loss` of this objective on already shifted ``hidden`` states and ``labels``.
+
+        ``embeddings`` is the input embedding table (Sinkhorn's ground cost, unless ``divergence_kwargs`` sets one);
+        ``ce_weight`` overrides λ (the trainer logs the divergence alone with ``ce_weight=0``).
+        """
+        extra = dict(self.divergence_kwargs)
+        if self.divergence == "sinkhorn" and "embeddings" not in extra:
+            extra["embeddings"] = None if embeddings is None else embeddings.detach()
+        return dft_loss(
+            hidden,
+            target,
+            self.divergence,
+            lm_head_weight=lm_head_weight,
+            labels=labels,
+            temperature=self.temperature,
+            ce_weight=self.ce_weight if ce_weight is None else ce_weight,
+            num_items_in_batch=num_items_in_batch,
+            chunk_size=self.chunk_size,
+            **extra,
+        )
+
+    def target(self, batch: dict, vocab_size: int) -> SparseTarget | None:
+        """The ``SparseTarget`` of a collated ``batch`` at the predicted positions (``[:, :-1]``), or ``None``."""
+        if not self.needs_target:
+            return None
+        if "target_ids" not in batch:
+            raise ValueError(
+                f"divergence {self.divergence!r} needs target_ids/target_logprobs in the dataset; build them with "
+                "dftnb.targets, or train with divergence='ce' (SFT) or 'gem', which need no target."
+            )
+        return SparseTarget(batch["target_ids"][:, :-1], batch["target_logprobs"][:, :-1].float(), vocab_size)
+
 
 class SparseTargetCollator:
     """Pad a list of dataset rows into a training batch (right padding).
@@ -290,16 +323,6 @@ class DFTTrainer(Trainer):
             count = self.accelerator.gather(count).sum()
         return batch_samples, count
 
-    def _target(self, inputs: dict, vocab_size: int) -> SparseTarget | None:
-        if not self.dft_config.needs_target:
-            return None
-        if "target_ids" not in inputs:
-            raise ValueError(
-                f"divergence {self.dft_config.divergence!r} needs target_ids/target_logprobs in the dataset; build "
-                "them with dftnb.targets, or train with divergence='ce' (SFT) or 'gem', which need no target."
-            )
-        return SparseTarget(inputs["target_ids"][:, :-1], inputs["target_logprobs"][:, :-1].float(), vocab_size)
-
     # -- the loss ------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """``λ · CE + (1 − λ) · D`` over positions ``t`` with ``labels[t + 1] != -100`` (hidden ``[:, :-1]``).
@@ -316,28 +339,15 @@ class DFTTrainer(Trainer):
             self._check_head(hidden, weight, outputs)
         labels = inputs["labels"][:, 1:]
         shifted = hidden[:, :-1]
-        target = self._target(inputs, weight.shape[0])
-        extra = dict(cfg.divergence_kwargs)
-        if cfg.divergence == "sinkhorn" and "embeddings" not in extra:
-            extra["embeddings"] = unwrapped.get_input_embeddings().weight.detach()
-        loss = dft_loss(
-            shifted,
-            target,
-            cfg.divergence,
-            lm_head_weight=weight,
-            labels=labels,
-            temperature=cfg.temperature,
-            ce_weight=cfg.ce_weight,
-            num_items_in_batch=num_items_in_batch,
-            chunk_size=cfg.chunk_size,
-            **extra,
-        )
+        target = cfg.target(inputs, weight.shape[0])
+        embeddings = unwrapped.get_input_embeddings().weight
+        loss = cfg.loss(shifted, target, weight, labels, embeddings, num_items_in_batch)
         if not torch.isfinite(loss):
             raise RuntimeError(self._nan_message("the DFT loss"))
         # training_step divides by the accumulation steps only when the loss is a per-batch mean.
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
         if model.training and cfg.log_stats:
-            self._accumulate_stats(loss, shifted, target, weight, labels, num_items_in_batch, extra)
+            self._accumulate_stats(loss, shifted, target, weight, labels, num_items_in_batch, embeddings)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # DDP averages gradients over ranks; each rank's loss is (its token-sum) / (global count).
             loss = loss * self.accelerator.num_processes
@@ -373,7 +383,7 @@ class DFTTrainer(Trainer):
         self._head_checked = True
 
     @torch.no_grad()
-    def _accumulate_stats(self, loss, hidden, target, weight, labels, num_items_in_batch, extra) -> None:
+    def _accumulate_stats(self, loss, hidden, target, weight, labels, num_items_in_batch, embeddings) -> None:
         cfg = self.dft_config
         ce_sum, ent_sum, count = student_stats(hidden, weight, labels, cfg.chunk_size)
         if cfg.ce_weight == 0.0:
@@ -384,10 +394,7 @@ class DFTTrainer(Trainer):
             # λ = 1: pure CE, the divergence term is not part of the objective (and no target was read)
             divergence_mean = torch.tensor(float("nan"), dtype=torch.float64, device=hidden.device)
         else:
-            divergence_mean = dft_loss(
-                hidden, target, cfg.divergence, lm_head_weight=weight, labels=labels,
-                temperature=cfg.temperature, ce_weight=0.0, chunk_size=cfg.chunk_size, **extra,
-            ).double()
+            divergence_mean = cfg.loss(hidden, target, weight, labels, embeddings, ce_weight=0.0).double()
         sums = torch.stack([divergence_mean * count, ce_sum, ent_sum, count])
         self._stat_sums = sums if self._stat_sums is None else self._stat_sums + sums
 
@@ -430,23 +437,8 @@ def evaluate_objective(
             n = int((labels != IGNORE_INDEX).sum())
             if n == 0:
                 continue
-            target = None
-            if dft_config.needs_target:
-                target = SparseTarget(batch["target_ids"][:, :-1], batch["target_logprobs"][:, :-1], weight.shape[0])
-            extra = dict(dft_config.divergence_kwargs)
-            if dft_config.divergence == "sinkhorn":
-                extra["embeddings"] = model.get_input_embeddings().weight
-            loss = dft_loss(
-                hidden[:, :-1],
-                target,
-                dft_config.divergence,
-                lm_head_weight=weight,
-                labels=labels,
-                temperature=dft_config.temperature,
-                ce_weight=dft_config.ce_weight,
-                chunk_size=dft_config.chunk_size,
-                **extra,
-            )
+            target = dft_config.target(batch, weight.shape[0])
+            loss = dft_config.loss(hidden[:, :-1], target, weight, labels, model.get_input_embeddings().weight)
             total += float(loss) * n
             count += n
     finally:
@@ -484,13 +476,31 @@ def history_frame(log_history: list[dict], method: str | None = None, timer: Ste
 
 
 def recorded_vocab_size(dataset) -> int | None:
-    """The ``vocab_size`` a :mod:`dftnb.targets` builder recorded in the dataset's info, or ``None`` if absent."""
+    """The ``vocab_size`` a :mod:`dftnb.targets` builder recorded in a dataset with target columns, else ``None``.
+
+    Raises when the dataset has ``target_ids`` but no builder record (the student's vocabulary could not be checked).
+    """
+    if "target_ids" not in dataset.column_names:
+        return None
     from .targets import target_info
 
-    try:
-        return int(target_info(dataset)["vocab_size"])
-    except (ValueError, KeyError, TypeError):
-        return None
+    return int(target_info(dataset)["vocab_size"])
+
+
+def build_trainer(model, tokenizer, dataset, dft_config: DFTConfig, args: TrainingArguments, **kwargs) -> DFTTrainer:
+    """``DFTTrainer`` on ``dataset`` with the sparse-target collator; fills ``dft_config.target_vocab_size`` from the
+    dataset's builder record so a student with another vocabulary is refused before the first step."""
+    if dft_config.target_vocab_size is None and dft_config.needs_target:
+        dft_config.target_vocab_size = recorded_vocab_size(dataset)
+    return DFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=SparseTargetCollator(tokenizer.pad_token_id),
+        dft_config=dft_config,
+        processing_class=tokenizer,
+        **kwargs,
+    )
 
 
 def default_training_args(output_dir: str | Path, **overrides) -> TrainingArguments:
@@ -537,23 +547,13 @@ def train_method(
     """
     divergence = METHODS.get(method, method)
     config = DFTConfig(**{**asdict(dft_config or DFTConfig()), "divergence": divergence})
-    if config.target_vocab_size is None and config.needs_target:
-        config.target_vocab_size = recorded_vocab_size(dataset)
     args = default_training_args(output_dir, **training_args)
     timer = StepTimer()
-    trainer = DFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=SparseTargetCollator(tokenizer.pad_token_id),
-        dft_config=config,
-        callbacks=[timer],
-    )
+    trainer = build_trainer(model, tokenizer, dataset, config, args, callbacks=[timer])
     if not verbose:
         trainer.remove_callback(PrinterCallback)  # the history frame carries the same numbers
     trainer.train()
     model.eval()
     if save_dir is not None:
-        trainer.save_model(str(save_dir))
-        tokenizer.save_pretrained(str(save_dir))
+        trainer.save_model(str(save_dir))  # weights, config and the tokenizer (processing_class)
     return model, history_frame(trainer.state.log_history, method, timer)
