@@ -9,6 +9,7 @@ set-up (inputs, model, targets, a warm-up step for the training-step variants) t
 ``/proc/self/clear_refs``; ``ru_maxrss`` high-water mark where that is not available, named in the ``method``
 column) and records its resident set; the reported ``peak_mb`` is the peak during the measured work minus that
 baseline. On CUDA the same is done with ``torch.cuda.reset_peak_memory_stats`` / ``max_memory_allocated``.
+Workers run with ``MALLOC_MMAP_THRESHOLD_=1048576`` (glibc), so freed tensors leave the resident set at once.
 
 1. Loss: forward + backward of the divergence for T = 2048 positions over V = 49,152 tokens (T·V ~ 1.0e8) from
    hidden states of size 64: ``naive`` computes the full ``(T, V)`` logits and the per-row loss on them;
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -147,7 +149,12 @@ def run_worker(spec: dict) -> dict:
     """Run one variant in a fresh interpreter; its last stdout line is the JSON result."""
     code = (f"import sys, json; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import memory; "
             f"print(json.dumps(memory.{spec['kind']}_worker(json.loads(sys.argv[1]))))")
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, cwd=REPO)
+    # A fixed glibc mmap threshold: blocks >= 1 MiB are always mapped and returned on free. With glibc's default
+    # (a threshold that grows to the largest freed block) freed tensors stay in the heap, so the resident peak
+    # depends on the order of past allocations rather than on the tensors alive at once.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", str(1 << 20))}
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, cwd=REPO,
+                          env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memory worker {spec} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -173,7 +180,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default="fp32", help="fp32 or bf16")
     parser.add_argument("--loss-divergence", default="reverse_kl", help="divergence of the loss part")
-    parser.add_argument("--chunk-sizes", default="1024,256", help="chunk sizes of the chunked loss (1024 = default)")
+    parser.add_argument("--chunk-sizes", default="256,1024", help="chunk sizes of the chunked loss (256 = default of dft_loss)")
     parser.add_argument("--step-divergences", default="forward_kl,reverse_kl,sinkhorn",
                         help="DFT divergences compared with SFT in the training-step part")
     parser.add_argument("--batch-size", type=int, default=4)

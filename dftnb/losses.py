@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from .targets import TAIL_EPS, SparseTarget
 
 IGNORE_INDEX = -100
+# Rows per slice when the chunked loss takes its gradient w.r.t. the logits (a few MB of float32 at V ≈ 50k).
+SLICE_ROWS = 32
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd", "wasserstein_sorted", "sinkhorn")
 BASELINES = ("ce", "label_smoothing", "gem")
 LOSSES = DIVERGENCES + BASELINES
@@ -293,9 +295,9 @@ def embedding_cost(embeddings: torch.Tensor, ids_a: torch.Tensor, ids_b: torch.T
     """
     if embeddings.ndim != 2:
         raise ValueError(f"embeddings must be (V, d), got shape {tuple(embeddings.shape)}.")
-    unit = F.normalize(embeddings.detach(), dim=-1)
-    ea = unit[ids_a.long()]
-    eb = ea if ids_b is None else unit[ids_b.long()]
+    table = embeddings.detach()  # rows are gathered first and then normalised: no (V, d) copy per call
+    ea = F.normalize(table[ids_a.long()], dim=-1)
+    eb = ea if ids_b is None else F.normalize(table[ids_b.long()], dim=-1)
     return (1.0 - ea @ eb.transpose(-1, -2)).clamp_min(0.0)
 
 
@@ -443,8 +445,78 @@ class _SinkhornCost(torch.autograd.Function):
         return (g_log_a if need_a else None), (g_log_b if need_b else None), g_cost, None, None
 
 
+class _SinkhornScalingCost(torch.autograd.Function):
+    """The iterations of :class:`_SinkhornCost` in the scaling domain: ``e^v = b / (Kᵀ e^u)``, ``e^u = a / (K e^v)``.
+
+    Same iterates (``e^u``, ``e^v`` are the exponentials of the log-domain ``u``, ``v``), so the same value and the
+    same unrolled gradient, but each iteration is two batched mat-vecs with ``K = exp(−C/ε)`` instead of two
+    log-sum-exps over ``(K, K)``: several times faster. ``K`` must not underflow, so :func:`sinkhorn_cost` uses it
+    only when ``max C / ε`` is small (:data:`SCALING_MAX_EXPONENT`). The backward is the log-domain one with the
+    softmax weights written as ``A = K ⊙ (e^v / (K e^v))`` and ``B = K ⊙ (e^u / (Kᵀ e^u))``, so every step is a
+    mat-vec and the cost gradient sums the per-iteration outer products once.
+    """
+
+    @staticmethod
+    def forward(ctx, log_a, log_b, cost, epsilon, n_iters):
+        kernel = torch.exp(-cost / epsilon)
+        a, b = log_a.exp(), log_b.exp()  # zero-mass slots are exactly 0 and stay 0 in e^u, e^v
+        eu = (log_a > float("-inf")).to(kernel.dtype)
+        eus, evs, rs, ss = [eu], [], [], []
+        for _ in range(n_iters):
+            r = (eu.unsqueeze(-2) @ kernel).squeeze(-2)  # Kᵀ e^u = e^{LSE_a(M + u)}
+            ev = b / r
+            s = (kernel @ ev.unsqueeze(-1)).squeeze(-1)  # K e^v = e^{LSE_b(M + v)}
+            eu = a / s
+            eus.append(eu)
+            evs.append(ev)
+            rs.append(r)
+            ss.append(s)
+        plan = eu.unsqueeze(-1) * kernel * ev.unsqueeze(-2)
+        ctx.epsilon = epsilon
+        ctx.save_for_backward(cost, kernel, plan, torch.stack(eus), torch.stack(evs), torch.stack(rs), torch.stack(ss))
+        return (plan * cost).sum((-1, -2))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_cost_value):
+        cost, kernel, plan, eus, evs, rs, ss = ctx.saved_tensors
+        need_a, need_b, need_cost = ctx.needs_input_grad[:3]
+        g = grad_cost_value.unsqueeze(-1).unsqueeze(-1)
+        g_log_plan = g * plan * cost
+        g_u, g_v = g_log_plan.sum(-1), g_log_plan.sum(-2)
+        g_log_a, g_log_b = torch.zeros_like(g_u), torch.zeros_like(g_v)
+        xs, ys = [], []  # g_M = ∂/∂log T − K ⊙ Σ_i (x_i ⊗ e^{v_i} + e^{u_{i−1}} ⊗ y_i)
+        for i in range(rs.shape[0] - 1, -1, -1):
+            g_log_a += g_u
+            x = g_u / ss[i]
+            g_v = g_v - evs[i] * (x.unsqueeze(-2) @ kernel).squeeze(-2)
+            g_log_b += g_v
+            y = g_v / rs[i]
+            g_u = -eus[i] * (kernel @ y.unsqueeze(-1)).squeeze(-1)
+            g_v = torch.zeros_like(g_v)  # v_{i−1} reaches the value only through u_{i−1}
+            if need_cost:
+                xs.append(x)
+                ys.append(y)
+        g_cost = None
+        if need_cost:
+            n = len(xs)
+            x, y = torch.stack(xs[::-1]), torch.stack(ys[::-1])  # iteration order, (n, ..., K)
+            outer = torch.einsum("t...i,t...j->...ij", x, evs[:n]) + torch.einsum("t...i,t...j->...ij", eus[:n], y)
+            g_cost = g * plan - (g_log_plan - kernel * outer) / ctx.epsilon
+        return (g_log_a if need_a else None), (g_log_b if need_b else None), g_cost, None, None
+
+
+# Largest max(C)/ε for which sinkhorn_cost iterates in the scaling domain: K = exp(−C/ε) ≥ e^−30 (float32) or e^−300.
+SCALING_MAX_EXPONENT = {torch.float32: 30.0, torch.float64: 300.0}
+
+
 def sinkhorn_cost(
-    log_a: torch.Tensor, log_b: torch.Tensor, cost: torch.Tensor, epsilon: float = 0.1, n_iters: int = 50
+    log_a: torch.Tensor,
+    log_b: torch.Tensor,
+    cost: torch.Tensor,
+    epsilon: float = 0.1,
+    n_iters: int = 50,
+    method: str = "auto",
 ) -> torch.Tensor:
     """Entropic transport cost ``⟨T, C⟩`` after ``n_iters`` log-domain Sinkhorn iterations, batched over rows.
 
@@ -455,8 +527,10 @@ def sinkhorn_cost(
     problem with those entries removed (POT itself starts them at ``u = 0``). The gradient (w.r.t. ``log_a``,
     ``log_b`` and ``cost``) is that of the unrolled iterations, as autograd through ``ot.sinkhorn2`` gives it,
     computed by a hand-written reverse pass that stores ``O(n_iters·K)`` normalisers and recomputes nothing
-    (:class:`_SinkhornCost`); first-order only. Cuturi, "Sinkhorn Distances: Lightspeed Computation of Optimal
-    Transport", NeurIPS 2013.
+    (:class:`_SinkhornCost`); first-order only. ``method``: ``"log"``, ``"scaling"`` (the same iterates by
+    mat-vecs, :class:`_SinkhornScalingCost`) or ``"auto"``: scaling when ``max C / ε`` is at most
+    :data:`SCALING_MAX_EXPONENT` for the dtype and its value comes out finite, else log. Cuturi, "Sinkhorn
+    Distances: Lightspeed Computation of Optimal Transport", NeurIPS 2013.
     """
     if not (epsilon > 0 and math.isfinite(epsilon)):
         raise ValueError(f"epsilon must be finite and > 0, got {epsilon}.")
@@ -466,7 +540,18 @@ def sinkhorn_cost(
         raise ValueError(
             f"cost {tuple(cost.shape)} must be (..., len(a), len(b)) for a {tuple(log_a.shape)}, b {tuple(log_b.shape)}."
         )
-    return _SinkhornCost.apply(log_a, log_b, cost, float(epsilon), n_iters)
+    if method not in ("auto", "log", "scaling"):
+        raise ValueError(f"method must be 'auto', 'log' or 'scaling', got {method!r}.")
+    if method == "auto":
+        bound = SCALING_MAX_EXPONENT.get(cost.dtype, 0.0)
+        method = "scaling" if cost.numel() and float(cost.detach().amax()) / epsilon <= bound else "log"
+        if method == "scaling":
+            value = _SinkhornScalingCost.apply(log_a, log_b, cost, float(epsilon), n_iters)
+            if torch.isfinite(value).all():
+                return value
+            method = "log"  # an iterate under- or overflowed: the log domain is exact there
+    solver = _SinkhornScalingCost if method == "scaling" else _SinkhornCost
+    return solver.apply(log_a, log_b, cost, float(epsilon), n_iters)
 
 
 def sinkhorn(
@@ -555,6 +640,104 @@ def gem(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Closed-form gradients w.r.t. the logits (used by dft_loss; autograd of the functions above is the reference)
+# ----------------------------------------------------------------------------------------------------------------
+# Each ``*_with_grad(z, ...)`` returns the per-row loss (N,) and G = ∂(Σ rows)/∂z (N, V), in fewer passes over the
+# V-sized rows than autograd takes. With u = z/τ and p = softmax(u), a loss Σ_j f(p_j) has ∂/∂u_i = p_i (a_i − Σ_j p_j a_j)
+# where a = ∂f/∂p, and ∂/∂z = ∂/∂u / τ. The dense q (support q_j, tail t) is never built: a is first filled with its
+# tail value and the k support entries are then overwritten.
+
+
+def _softmax_chain(p: torch.Tensor, a: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``p ⊙ (a − Σ_j p_j a_j) / τ``, computed in the storage of ``a``."""
+    a.sub_(_row_dot(p, a).unsqueeze(-1)).mul_(p)
+    return a if temperature == 1 else a.div_(temperature)
+
+
+def _ce_with_grad(z: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0):
+    """CE ``−log p_y`` and ``(p − onehot(y)) / τ``."""
+    logp = student_logprobs(z, temperature)
+    rows = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    grad = logp.exp_()
+    grad.scatter_add_(-1, labels.unsqueeze(-1), torch.full_like(rows, -1.0).unsqueeze(-1))
+    return rows, grad if temperature == 1 else grad.div_(temperature)
+
+
+def _forward_kl_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0):
+    """Forward KL (as :func:`forward_kl`) and ``(p · Σ_j q_j − q) / τ``."""
+    logp = student_logprobs(z, temperature)
+    ids, logq, log_t, n_tail = _target_parts(target, logp.dtype)
+    logp_s = logp.gather(-1, ids)
+    q = logq.exp()
+    rows = (torch.xlogy(q, q) - q * logp_s).sum(-1)
+    mass = q.sum(-1)
+    if n_tail:
+        t = log_t.exp()
+        rows = rows + n_tail * t * log_t - t * (logp.sum(-1) - logp_s.sum(-1))
+        mass = mass + n_tail * t
+    grad = logp.exp_().mul_(mass.unsqueeze(-1))
+    if n_tail:
+        grad.sub_(t.unsqueeze(-1))
+        q = q - t.unsqueeze(-1)
+    grad.scatter_add_(-1, ids, -q)
+    return rows, grad if temperature == 1 else grad.div_(temperature)
+
+
+def _reverse_kl_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0):
+    """Reverse KL ``Σ_j p_j a_j`` with ``a = log p − log q``, and ``p ⊙ (a − KL) / τ``."""
+    logp = student_logprobs(z, temperature)
+    ids, logq, log_t, n_tail = _target_parts(target, logp.dtype)
+    logp_s = logp.gather(-1, ids)
+    p = logp.exp()
+    a = logp if not n_tail else logp.sub_(log_t.unsqueeze(-1))
+    a.scatter_(-1, ids, logp_s - logq)
+    rows = _row_dot(p, a)
+    return rows, _softmax_chain(p, a, temperature)
+
+
+def _jsd_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0, beta: float = 0.5):
+    """Generalised JSD (as :func:`jsd`) and its gradient, ``a = ∂JSD/∂p = (1−β)(log p − log m)``."""
+    _check_open_unit("beta", beta)
+    log_b, log_1mb = math.log(beta), math.log1p(-beta)
+    logp = student_logprobs(z, temperature)
+    ids, logq, log_t, n_tail = _target_parts(target, logp.dtype)
+    logp_s = logp.gather(-1, ids)
+    p = logp.exp()
+    p_s, q = logp_s.exp(), logq.exp()
+    logm_s = torch.logaddexp(logq + log_b, logp_s + log_1mb)
+    rows = (beta * (torch.xlogy(q, q) - q * logm_s) + (1 - beta) * (p_s * logp_s - p_s * logm_s)).sum(-1)
+    if n_tail:  # every token as a tail token (m_j = β t + (1−β) p_j ≥ β t > 0), then the support corrected
+        t = log_t.exp()
+        logm = torch.add(beta * t.unsqueeze(-1), p, alpha=1 - beta).log_()
+        logm_ts = logm.gather(-1, ids)
+        q_part = beta * t * ((logp.shape[-1] - ids.shape[-1]) * log_t - (logm.sum(-1) - logm_ts.sum(-1)))
+        a = logp.sub_(logm).mul_(1 - beta)
+        del logm
+        rows = rows + q_part + _row_dot(p, a) - (1 - beta) * (p_s * (logp_s - logm_ts)).sum(-1)
+    else:
+        a = logp
+    a.scatter_(-1, ids, (1 - beta) * (logp_s - logm_s))
+    return rows, _softmax_chain(p, a, temperature)
+
+
+def _tvd_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0):
+    """TVD (as :func:`tvd`) and its (sub)gradient, ``a = ½ sign(p − q)``."""
+    p = student_logprobs(z, temperature).exp_()
+    ids, logq, log_t, n_tail = _target_parts(target, p.dtype)
+    diff_s = p.gather(-1, ids) - logq.exp()
+    rows = diff_s.abs().sum(-1)
+    if n_tail:
+        t = log_t.exp().unsqueeze(-1)
+        a = p - t
+        rows = rows + a.abs().sum(-1) - (diff_s + logq.exp() - t).abs().sum(-1)
+        a.sign_()
+    else:
+        a = torch.empty_like(p)
+    a.scatter_(-1, ids, diff_s.sign()).mul_(0.5)
+    return 0.5 * rows, _softmax_chain(p, a, temperature)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------------------------
 _DIVERGENCE_FNS = {
@@ -567,6 +750,13 @@ _DIVERGENCE_FNS = {
     "sinkhorn": sinkhorn,
 }
 _BASELINE_FNS = {"ce": ce, "label_smoothing": label_smoothing, "gem": gem}
+_WITH_GRAD_FNS = {
+    "ce": _ce_with_grad,
+    "forward_kl": _forward_kl_with_grad,
+    "reverse_kl": _reverse_kl_with_grad,
+    "jsd": _jsd_with_grad,
+    "tvd": _tvd_with_grad,
+}
 _FIXED_ARGS = {"student_logits", "target", "labels", "temperature", "embeddings"}
 
 
@@ -595,33 +785,41 @@ def _gather_rows(student: torch.Tensor, idx: torch.Tensor) -> tuple[tuple[torch.
 class _ChunkedRowLoss(torch.autograd.Function):
     """``Σ_rows row_loss(student[idx] (@ Wᵀ))`` with the gradients computed chunk by chunk during the forward pass.
 
-    Each chunk's rows, logits and autograd graph exist only while that chunk is processed; the forward keeps the
-    gradient w.r.t. ``student`` (hidden states ``(..., H)`` or logits ``(..., V)``) and ``W``, and the backward
-    scales them by the incoming gradient. So no ``(N, V)`` float32 logits are ever stored for a hidden-state input,
-    a logits input is never copied whole, and no chunk is recomputed. First-order only.
+    For each chunk of rows: the logits ``x @ Wᵀ`` are computed once without a graph; ``row_loss`` and its gradient
+    w.r.t. the logits are then taken slice by slice (:data:`SLICE_ROWS` rows, so the element-wise work of a
+    divergence runs on cache-sized blocks and its temporaries stay small), each slice's gradient overwriting its
+    logits; finally ``∂/∂x = G W`` and ``∂/∂W += Gᵀ x``. So a chunk holds one ``(chunk, V)`` buffer, no ``(N, V)``
+    float32 logits are ever stored for a hidden-state input, a logits input is never copied whole, and nothing is
+    recomputed. The backward only scales the stored gradients by the incoming one. First-order only.
     """
 
     @staticmethod
-    def forward(ctx, student, weight, index, chunk_size, row_loss):
+    def forward(ctx, student, weight, index, chunk_size, row_loss, row_loss_with_grad):
         grad_student = torch.zeros_like(student) if student.requires_grad else None
         grad_weight = torch.zeros_like(weight) if weight is not None and weight.requires_grad else None
         dtype = torch.float64 if student.dtype == torch.float64 else torch.float32
         total = torch.zeros((), dtype=dtype, device=student.device)
         for start in range(0, index.numel(), chunk_size):
             idx = index[start : start + chunk_size]
-            where, x = _gather_rows(student.detach(), idx)
-            x.requires_grad_(grad_student is not None)
-            w = None if weight is None else weight.detach().requires_grad_(grad_weight is not None)
-            with torch.enable_grad():
-                logits = x if w is None else x @ w.T
-                chunk_sum = row_loss(logits, idx).sum()
-            wrt = [tensor for tensor in (x, w) if tensor is not None and tensor.requires_grad]
-            grads = list(torch.autograd.grad(chunk_sum, wrt)) if wrt else []
+            where, x = _gather_rows(student.detach(), idx)  # a copy: advanced indexing
+            logits = x if weight is None else x @ weight.detach().T
+            for lo in range(0, idx.numel(), SLICE_ROWS):
+                rows = idx[lo : lo + SLICE_ROWS]
+                if row_loss_with_grad is not None:  # closed form
+                    block_loss, grad_block = row_loss_with_grad(logits[lo : lo + SLICE_ROWS], rows)
+                    block_sum = block_loss.sum()
+                else:
+                    block = logits[lo : lo + SLICE_ROWS].detach().requires_grad_()
+                    with torch.enable_grad():
+                        block_sum = row_loss(block, rows).sum()
+                    (grad_block,) = torch.autograd.grad(block_sum, block)
+                logits[lo : lo + SLICE_ROWS] = grad_block  # this slice's logits are not needed any more
+                total = total + block_sum.detach()
+            grad_logits = logits
             if grad_student is not None:
-                grad_student[where] = grads.pop(0)
+                grad_student[where] = grad_logits if weight is None else grad_logits @ weight.detach()
             if grad_weight is not None:
-                grad_weight += grads.pop(0)
-            total = total + chunk_sum.detach()
+                grad_weight.addmm_(grad_logits.T, x)
         ctx.save_for_backward(grad_student, grad_weight)
         return total
 
@@ -630,7 +828,7 @@ class _ChunkedRowLoss(torch.autograd.Function):
     def backward(ctx, grad_total):
         grad_student, grad_weight = ctx.saved_tensors
         scale = lambda g: None if g is None else g * grad_total.to(g.dtype)  # noqa: E731
-        return scale(grad_student), scale(grad_weight), None, None, None
+        return scale(grad_student), scale(grad_weight), None, None, None, None
 
 
 def dft_loss(
@@ -726,6 +924,7 @@ def dft_loss(
         denominator = num_items_in_batch
 
     div_fn = _DIVERGENCE_FNS.get(divergence)
+    div_with_grad = _WITH_GRAD_FNS.get(divergence)
     if divergence == "sinkhorn":
         divergence_kwargs = {**divergence_kwargs, "embeddings": embeddings}
 
@@ -742,11 +941,31 @@ def dft_loss(
             loss = loss + ce_weight * ce(logits, flat_labels[idx])
         return loss
 
+    row_loss_with_grad = None
+    if divergence in _WITH_GRAD_FNS:
+
+        def row_loss_with_grad(logits: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """``row_loss`` and its gradient w.r.t. ``logits``, both in closed form."""
+            parts = []  # (weight, rows, grad)
+            if use_div:
+                chunk_target = SparseTarget(target_ids[idx], target_logprobs[idx], vocab)
+                parts.append((1 - ce_weight, *div_with_grad(logits, chunk_target, temperature, **divergence_kwargs)))
+            if divergence == "ce" and ce_weight < 1:
+                parts.append((1 - ce_weight, *_ce_with_grad(logits, flat_labels[idx], temperature)))
+            if ce_weight > 0:
+                parts.append((ce_weight, *_ce_with_grad(logits, flat_labels[idx])))
+            weight, rows, grad = parts[0]
+            rows, grad = weight * rows, grad if weight == 1 else grad.mul_(weight)
+            for weight, more_rows, more_grad in parts[1:]:
+                rows = rows + weight * more_rows
+                grad.add_(more_grad, alpha=weight)
+            return rows, grad
+
     needs_grad = torch.is_grad_enabled() and (
         student.requires_grad or (lm_head_weight is not None and lm_head_weight.requires_grad)
     )
     if needs_grad:
-        total = _ChunkedRowLoss.apply(student, lm_head_weight, index, chunk_size, row_loss)
+        total = _ChunkedRowLoss.apply(student, lm_head_weight, index, chunk_size, row_loss, row_loss_with_grad)
     else:
         total = torch.zeros((), dtype=torch.float64 if student.dtype == torch.float64 else torch.float32, device=student.device)
         for start in range(0, index.numel(), chunk_size):

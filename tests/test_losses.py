@@ -85,6 +85,27 @@ def test_divergence_matches_dense_reference(name, kwargs, reference, k, temperat
     torch.testing.assert_close(g_got, g_want, rtol=1e-8, atol=1e-10)
 
 
+CLOSED_FORM_CASES = [c for c in CASES if c[0] in L._WITH_GRAD_FNS] + [("ce", {}, None)]
+
+
+@pytest.mark.parametrize("name,kwargs,reference", CLOSED_FORM_CASES, ids=[f"{c[0]}{c[1]}" for c in CLOSED_FORM_CASES])
+@pytest.mark.parametrize("k", [1, 6, V - 1, V])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_closed_form_gradient_matches_dense_reference(name, kwargs, reference, k, temperature):
+    # what dft_loss trains with: value and ∂/∂logits in closed form, against autograd of the dense float64 formula
+    z = random_logits(N, V, seed=k)
+    target = random_target(N, V, k, seed=100 + k)
+    labels = torch.randint(0, V, (N,), generator=torch.Generator().manual_seed(k))
+    p = torch.softmax(z / temperature, -1)
+    want = -p.log()[torch.arange(N), labels] if name == "ce" else reference(p, target.to_dense())
+    (g_want,) = torch.autograd.grad(want.sum(), z)
+    logits = z.detach().clone()
+    got, g_got = L._WITH_GRAD_FNS[name](logits, labels if name == "ce" else target, temperature, **kwargs)
+    torch.testing.assert_close(logits, z.detach(), rtol=0, atol=0)  # the input is left as it was
+    torch.testing.assert_close(got, want.detach(), rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-8, atol=1e-10)
+
+
 def test_wasserstein_sorted_interleaves_tail_on_both_sides():
     # support values both above and below the tail value t: the case the merge-by-position formula must get right
     target = random_target(N, V, 10, seed=7)
@@ -255,6 +276,8 @@ DFT_CASES = [
     ("reverse_kl", {}),
     ("forward_kl", {}),
     ("jsd", {"beta": 0.3}),
+    ("tvd", {}),
+    ("skew_kl", {"alpha": 0.1}),
     ("wasserstein_sorted", {}),
     ("sinkhorn", {"k": 4, "n_iters": 5}),
     ("ce", {}),

@@ -16,14 +16,15 @@ def pot_sinkhorn(a, b, cost, eps, n_iters):
     return ot.sinkhorn2(a, b, cost, eps, method="sinkhorn_log", numItermax=n_iters, stopThr=0.0)
 
 
+@pytest.mark.parametrize("method", ["log", "scaling"])
 @pytest.mark.parametrize("eps,n_iters", [(0.05, 200), (0.1, 50), (1.0, 10)])
-def test_sinkhorn_cost_equals_pot_values_and_gradients(eps, n_iters):
+def test_sinkhorn_cost_equals_pot_values_and_gradients(eps, n_iters, method):
     g = torch.Generator().manual_seed(int(eps * 100))
     rows, na, nb = 3, 7, 5
     za = torch.randn(rows, na, generator=g, dtype=torch.float64, requires_grad=True)
     zb = torch.randn(rows, nb, generator=g, dtype=torch.float64, requires_grad=True)
     cost = (torch.rand(rows, na, nb, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
-    ours = L.sinkhorn_cost(torch.log_softmax(za, -1), torch.log_softmax(zb, -1), cost, eps, n_iters)
+    ours = L.sinkhorn_cost(torch.log_softmax(za, -1), torch.log_softmax(zb, -1), cost, eps, n_iters, method=method)
     pot = torch.stack(
         [pot_sinkhorn(torch.softmax(za[i], -1), torch.softmax(zb[i], -1), cost[i], eps, n_iters) for i in range(rows)]
     )
