@@ -1,6 +1,6 @@
 """Training-step time of DFT against SFT, through the trainer's own loss path.
 
-    python benchmarks/step_time.py                               # embedded SmolLM2-135M, 4x128 tokens, CPU (~4 min)
+    python benchmarks/step_time.py                               # embedded SmolLM2-135M, 4x128 tokens, CPU (~6 min)
     python benchmarks/step_time.py --quick                       # tiny random model, 3 repeats (seconds)
     python benchmarks/step_time.py --device cuda --dtype bf16    # GPU
 
@@ -10,7 +10,8 @@ trainer with ``divergence="ce"``; ``--hf-baseline`` adds ``sft_hf`` (stock ``mod
 logits) as a reference row. The targets are top-k (k = 64) of the model's own logits, built under ``no_grad`` before timing and
 stored like the target cache (ids, float16 log-probabilities). Methods run round-robin (ABC, CBA, ...) after one
 warm-up round; the table holds each method's median step time and its ratio to SFT's median (``cpu_ratio``: the
-same ratio of median process CPU time, a cross-check that moves less when other work shares the machine).
+same ratio of median process CPU time, a cross-check that moves less when other work shares the machine;
+``paired_ratio``: the median over rounds of the method's time over SFT's time in the same round).
 
 Goals (arithmetic limit ~ +1%: the divergence is ~0.7% of a step's FLOPs for the embedded model):
 ratio <= 1.05 for the KL family, JSD and TVD; <= 1.15 for wasserstein_sorted; <= 1.5 for sinkhorn (k = 64).
@@ -20,6 +21,7 @@ The seed article reports +20-30% for DFT over SFT.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 
 import pandas as pd
@@ -113,7 +115,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny random model, 3 repeats")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default="fp32", help="fp32 or bf16 (model weights; bf16 for GPU)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps per method (default 5, quick 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per method (default 9, quick 3)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--k", type=int, default=64, help="target support size")
@@ -124,7 +126,7 @@ def main() -> None:
                         help="keep DFTConfig.log_stats on (an extra no-grad CE/entropy pass, same for every method)")
     args = parser.parse_args()
     quiet()
-    repeats = args.repeats or (3 if args.quick else 5)
+    repeats = args.repeats or (3 if args.quick else 9)
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}.")
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
@@ -157,6 +159,8 @@ def main() -> None:
             "goal": "-" if goal is None else f"<= {goal}",
             "met": verdict(None if goal is None else ratio <= goal),
             "spread_s": f"{min(res['times']):.3f}-{max(res['times']):.3f}",
+            # median over rounds of (this method / SFT in the same round): drift between rounds cancels
+            "paired_ratio": round(statistics.median(t / s for t, s in zip(res["times"], results["sft"]["times"])), 3),
             "cpu_ratio": round(res["median_cpu"] / results["sft"]["median_cpu"], 3),
             "machine": machine(device),
         })
