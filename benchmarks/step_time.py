@@ -3,6 +3,7 @@
     python benchmarks/step_time.py                               # embedded SmolLM2-135M, 4x128 tokens, CPU (~6 min)
     python benchmarks/step_time.py --quick                       # tiny random model, 3 repeats (seconds)
     python benchmarks/step_time.py --device cuda --dtype bf16    # GPU
+    python benchmarks/step_time.py --loss-only                   # dft_loss alone on the model's hidden states
 
 One step = ``DFTTrainer.training_step`` (forward, ``compute_loss`` -> chunked ``dft_loss`` on hidden states and the
 LM head weight, backward) + ``AdamW.step()`` + ``zero_grad()``, on the same batch for every method. SFT is the same
@@ -110,6 +111,35 @@ def step_functions(model, batch: dict, device: torch.device, log_stats: bool, ou
     return fns
 
 
+def loss_functions(model, batch: dict, divergences: list[str]):
+    """One callable per method doing forward + backward of ``dft_loss`` alone, on the model's own final hidden states
+    of ``batch`` and its LM-head weight (what ``DFTTrainer.compute_loss`` hands to the loss), no model pass."""
+    from dftnb.losses import dft_loss
+    from dftnb.trainer import final_hidden_states
+
+    with torch.no_grad():
+        hidden = final_hidden_states(model, batch)[0][:, :-1].detach()
+    hidden.requires_grad_(True)
+    weight = model.get_output_embeddings().weight
+    embeddings = model.get_input_embeddings().weight.detach()
+    labels = batch["labels"][:, 1:]
+    target = SparseTarget(batch["target_ids"][:, :-1], batch["target_logprobs"][:, :-1], weight.shape[0])
+
+    def loss_step(divergence: str, kwargs: dict):
+        def step():
+            extra = {"embeddings": embeddings} if divergence == "sinkhorn" else {}
+            loss = dft_loss(hidden, None if divergence == "ce" else target, divergence, lm_head_weight=weight,
+                            labels=labels, **extra, **kwargs)
+            loss.backward()
+            hidden.grad = weight.grad = None
+
+        return step
+
+    fns = {"sft": loss_step("ce", {})}
+    fns.update({name: loss_step(name, GOALS[name][1]) for name in divergences})
+    return fns
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny random model, 3 repeats")
@@ -122,6 +152,8 @@ def main() -> None:
     parser.add_argument("--divergences", default=",".join(GOALS), help="comma-separated subset to time")
     parser.add_argument("--hf-baseline", action="store_true",
                         help="also time the stock HF loss on full logits (model(..., labels=...)) as a reference row")
+    parser.add_argument("--loss-only", action="store_true",
+                        help="time forward + backward of dft_loss alone (same hidden states, LM head, targets)")
     parser.add_argument("--log-stats", action="store_true",
                         help="keep DFTConfig.log_stats on (an extra no-grad CE/entropy pass, same for every method)")
     args = parser.parse_args()
@@ -144,18 +176,22 @@ def main() -> None:
         model_name = "embedded SmolLM2-135M"
     batch = make_batch(model, tokenizer, args.batch_size, args.seq_len, args.k, device)
     with tempfile.TemporaryDirectory() as out_dir:
-        fns = step_functions(model, batch, device, args.log_stats, out_dir, divergences, args.hf_baseline)
+        if args.loss_only:
+            fns = loss_functions(model, batch, divergences)
+        else:
+            fns = step_functions(model, batch, device, args.log_stats, out_dir, divergences, args.hf_baseline)
         results = interleaved_medians(fns, repeats, device, warmup=1)
 
     sft = results["sft"]["median"]
     rows = []
     for name, res in results.items():
-        goal = GOALS[name][0] if name in GOALS else None
+        goal = GOALS[name][0] if name in GOALS and not args.loss_only else None  # the goals are on whole steps
         ratio = res["median"] / sft
         rows.append({
             "divergence": name,
             "median_step_s": round(res["median"], 4),
             "ratio_vs_sft": round(ratio, 3),
+            "extra_s": round(res["median"] - sft, 4),
             "goal": "-" if goal is None else f"<= {goal}",
             "met": verdict(None if goal is None else ratio <= goal),
             "spread_s": f"{min(res['times']):.3f}-{max(res['times']):.3f}",
@@ -166,9 +202,14 @@ def main() -> None:
         })
     df = pd.DataFrame(rows)
     tokens = args.batch_size * args.seq_len
-    title = (f"DFT vs SFT step time: {model_name}, {args.batch_size}x{args.seq_len} = {tokens} tokens, "
-             f"k={args.k}, {args.dtype}, median of {repeats} interleaved steps (sft = DFTTrainer with 'ce')")
-    report(df, "step_time", title, "DFT/SFT <= 1.05 KL/JSD/TVD, <= 1.15 wasserstein_sorted, <= 1.5 sinkhorn", device)
+    what = "dft_loss forward + backward alone" if args.loss_only else "step time"
+    title = (f"DFT vs SFT {what}: {model_name}, {args.batch_size}x{args.seq_len} = {tokens} tokens, "
+             f"k={args.k}, {args.dtype}, median of {repeats} interleaved rounds (sft = 'ce')")
+    if args.loss_only:
+        report(df, "loss_time", title, "none (a breakdown: extra_s is what each divergence adds to the loss)", device)
+    else:
+        report(df, "step_time", title, "DFT/SFT <= 1.05 KL/JSD/TVD, <= 1.15 wasserstein_sorted, <= 1.5 sinkhorn",
+               device)
 
 
 if __name__ == "__main__":
