@@ -156,16 +156,21 @@ def forward_kl(student_logits: torch.Tensor, target: SparseTarget, temperature: 
     """
     _check_temperature(temperature)
     _check_pair(student_logits, target)
-    logp = student_logprobs(student_logits, temperature)
+    return _forward_kl_parts(student_logprobs(student_logits, temperature), target)[0]
+
+
+def _forward_kl_parts(logp: torch.Tensor, target: SparseTarget):
+    """``(KL(q‖p) per row, ids, q on the support, tail value t or None)`` from ``log p`` (shared with the gradient)."""
     ids, logq, log_t, n_tail = _target_parts(target, logp.dtype)
     logp_s = logp.gather(-1, ids)
     q = logq.exp()
     loss = (torch.xlogy(q, q) - q * logp_s).sum(-1)
+    t = None
     if n_tail:
         t = log_t.exp()
         tail_logp_sum = logp.sum(-1) - logp_s.sum(-1)
         loss = loss + n_tail * t * log_t - t * tail_logp_sum
-    return loss
+    return loss, ids, q, t
 
 
 def reverse_kl(student_logits: torch.Tensor, target: SparseTarget, temperature: float = 1.0) -> torch.Tensor:
@@ -668,17 +673,10 @@ def _ce_with_grad(z: torch.Tensor, labels: torch.Tensor, temperature: float = 1.
 def _forward_kl_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0):
     """Forward KL (as :func:`forward_kl`) and ``(p · Σ_j q_j − q) / τ``."""
     logp = student_logprobs(z, temperature)
-    ids, logq, log_t, n_tail = _target_parts(target, logp.dtype)
-    logp_s = logp.gather(-1, ids)
-    q = logq.exp()
-    rows = (torch.xlogy(q, q) - q * logp_s).sum(-1)
-    mass = q.sum(-1)
-    if n_tail:
-        t = log_t.exp()
-        rows = rows + n_tail * t * log_t - t * (logp.sum(-1) - logp_s.sum(-1))
-        mass = mass + n_tail * t
+    rows, ids, q, t = _forward_kl_parts(logp, target)
+    mass = q.sum(-1) if t is None else q.sum(-1) + (logp.shape[-1] - ids.shape[-1]) * t
     grad = logp.exp_().mul_(mass.unsqueeze(-1))
-    if n_tail:
+    if t is not None:
         grad.sub_(t.unsqueeze(-1))
         q = q - t.unsqueeze(-1)
     grad.scatter_add_(-1, ids, -q)
@@ -726,12 +724,13 @@ def _tvd_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1
     """TVD (as :func:`tvd`) and its (sub)gradient, ``a = ½ sign(p − q)``."""
     p = student_logprobs(z, temperature).exp_()
     ids, logq, log_t, n_tail = _target_parts(target, p.dtype)
-    diff_s = p.gather(-1, ids) - logq.exp()
+    p_s = p.gather(-1, ids)
+    diff_s = p_s - logq.exp()
     rows = diff_s.abs().sum(-1)
     if n_tail:
         t = log_t.exp().unsqueeze(-1)
         a = p - t
-        rows = rows + a.abs().sum(-1) - (diff_s + logq.exp() - t).abs().sum(-1)
+        rows = rows + a.abs().sum(-1) - (p_s - t).abs().sum(-1)
         a.sign_()
     else:
         a = torch.empty_like(p)

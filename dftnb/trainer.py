@@ -28,7 +28,7 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from .losses import BASELINES, LOSSES, dft_loss, loss_function
-from .targets import SparseTarget
+from .targets import SparseTarget, batch_sparse_target
 
 IGNORE_INDEX = -100
 # Objectives that only need the labels (no target columns in the dataset).
@@ -129,7 +129,7 @@ class DFTConfig:
                 f"divergence {self.divergence!r} needs target_ids/target_logprobs in the dataset; build them with "
                 "dftnb.targets, or train with divergence='ce' (SFT) or 'gem', which need no target."
             )
-        return SparseTarget(batch["target_ids"][:, :-1], batch["target_logprobs"][:, :-1].float(), vocab_size)
+        return batch_sparse_target({key: batch[key][:, :-1] for key in ("target_ids", "target_logprobs")}, vocab_size)
 
 
 class SparseTargetCollator:

@@ -34,6 +34,18 @@ def test_sinkhorn_cost_equals_pot_values_and_gradients(eps, n_iters, method):
         torch.testing.assert_close(g_ours, g_pot, rtol=1e-8, atol=1e-10)
 
 
+def test_sinkhorn_cost_auto_picks_a_solver_that_matches_the_log_domain():
+    g = torch.Generator().manual_seed(3)
+    la = torch.log_softmax(torch.randn(4, 6, generator=g), -1)
+    lb = torch.log_softmax(torch.randn(4, 5, generator=g), -1)
+    cost = torch.rand(4, 6, 5, generator=g) * 2  # float32, max C ≈ 2
+    for eps in (0.1, 0.01):  # max C/ε ≈ 20 (scaling domain) and ≈ 200 (K would underflow: log domain)
+        auto = L.sinkhorn_cost(la, lb, cost, eps, 100)
+        assert torch.isfinite(auto).all()
+        torch.testing.assert_close(auto, L.sinkhorn_cost(la, lb, cost, eps, 100, method="log"), rtol=1e-4, atol=1e-6)
+    assert not torch.isfinite(L.sinkhorn_cost(la, lb, cost * 50, 0.01, 100, method="scaling")).all()
+
+
 def brute_force_problem(z_row, target_row: SparseTarget, emb, k, bucket_cost):
     """The reduced OT problem of one row built from Python sets: union support + one bucket, positive masses only."""
     p = torch.softmax(z_row, -1)

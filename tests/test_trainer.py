@@ -311,6 +311,18 @@ def test_train_method_saves_model_and_history(tmp_path):
     assert list(history["method"]) == ["sft", "sft"] and history["seconds"].is_monotonic_increasing
     reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "models" / "sft")
     assert reloaded.config.vocab_size == VOCAB
+    assert (tmp_path / "tok_saved").read_text() == str(tmp_path / "models" / "sft")  # the tokenizer goes with it
+
+
+def test_train_method_refuses_targets_without_builder_record(tmp_path):
+    # target columns written by hand (no dftnb.targets record): the student's vocabulary cannot be checked
+    dataset = Dataset.from_list(target_rows([6, 6]))
+
+    class Tok:
+        pad_token_id = PAD
+
+    with pytest.raises(ValueError, match="carries no dftnb target info"):
+        train_method(small_llama(), Tok(), dataset, "dft_reverse_kl", tmp_path / "out", max_steps=1)
 
 
 # -- CLI config ------------------------------------------------------------------------------------------------------
