@@ -7,7 +7,6 @@ as CSV under ``outputs/tables/`` (notebook 06 reads them).
 from __future__ import annotations
 
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -18,32 +17,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from dftnb.experiments import machine_description
+
 REPO = Path(__file__).resolve().parents[1]
 TABLES = REPO / "outputs" / "tables"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine(device: str | torch.device = "cpu") -> str:
-    """One line: CPU model, logical cores, torch threads, torch version, device (GPU name on CUDA)."""
-    device = torch.device(device)
-    where = "cpu"
-    if device.type == "cuda":
-        where = f"cuda ({torch.cuda.get_device_name(device)})"
-    return (
-        f"{cpu_model()} | {os.cpu_count()} cores, {torch.get_num_threads()} torch threads | "
-        f"torch {torch.__version__} | {where}"
-    )
+machine = machine_description  # one description of the machine for every table (dftnb.experiments)
 
 
 def command() -> str:

@@ -83,7 +83,8 @@ class PeakMeter:
 
 def loss_worker(spec: dict) -> dict:
     """Forward + backward of one loss variant on T x H hidden states and a (V, H) head."""
-    from dftnb.losses import dft_loss, loss_function
+    from dftnb.losses import loss_function
+    from dftnb.objective import dft_loss
     from dftnb.targets import SparseTarget
 
     device, dtype = torch.device(spec["device"]), resolve_dtype(spec["dtype"])
@@ -106,11 +107,10 @@ def loss_worker(spec: dict) -> dict:
 
 def step_worker(spec: dict) -> dict:
     """One training step of ``spec['divergence']`` after a warm-up step (optimizer state allocated)."""
-    from step_time import GOALS, make_batch
+    from step_time import make_batch, step_functions
 
     from dftnb.models import tiny_model
     from dftnb.runner import quiet
-    from dftnb.trainer import DFTConfig, DFTTrainer, default_training_args
 
     quiet()
     device, dtype = torch.device(spec["device"]), resolve_dtype(spec["dtype"])
@@ -122,18 +122,10 @@ def step_worker(spec: dict) -> dict:
         model, tokenizer = load_trainable("embedded", device, dtype)
     batch = make_batch(model, tokenizer, spec["batch_size"], spec["seq_len"], K, device)
     divergence = spec["divergence"]
-    kwargs = GOALS[divergence][1] if divergence in GOALS else {}
-    n_items = int((batch["labels"][:, 1:] != -100).sum())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
     with tempfile.TemporaryDirectory() as out_dir:
-        args = default_training_args(out_dir, use_cpu=device.type != "cuda")
-        config = DFTConfig(divergence=divergence, divergence_kwargs=kwargs, log_stats=False)
-        trainer = DFTTrainer(model=model, args=args, dft_config=config)
-
-        def step():
-            trainer.training_step(model, dict(batch), n_items)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        # the same step as benchmarks/step_time.py: DFTTrainer.training_step + AdamW (lr 0), no logged statistics
+        steps = step_functions(model, batch, device, False, out_dir, [] if divergence == "ce" else [divergence])
+        step = steps["sft" if divergence == "ce" else divergence]
 
         step()  # warm-up: allocates the AdamW state and runs the trainer's one-time head check
         meter = PeakMeter(device)

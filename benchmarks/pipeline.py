@@ -6,7 +6,7 @@
 
 The timings are the ``timings-<profile>.csv`` files ``python -m dftnb.runner`` writes (seconds per notebook,
 papermill start to end, kernel start-up included). A notebook with no timing is shown as ``not run``; a total is a
-pass only when every chapter has a timing. Budgets (DESIGN.md §4): each smoke notebook < 90 s; all default
+pass only when every chapter has a timing. Budgets (docs/design.md, profiles): each smoke notebook < 90 s; all default
 notebooks together <= 45 min on 2 CPU cores.
 """
 

@@ -37,12 +37,12 @@ from common import (
     verdict,
 )
 
+from dftnb.data import pack_texts
 from dftnb.models import tiny_model
 from dftnb.runner import quiet
-from dftnb.targets import SparseTarget, pack_texts
+from dftnb.targets import IGNORE_INDEX, SparseTarget
 from dftnb.trainer import DFTConfig, DFTTrainer, default_training_args
 
-IGNORE_INDEX = -100
 GOALS = {  # divergence -> (goal on the DFT/SFT ratio of median step time, divergence_kwargs)
     "forward_kl": (1.05, {}),
     "reverse_kl": (1.05, {}),
@@ -114,7 +114,7 @@ def step_functions(model, batch: dict, device: torch.device, log_stats: bool, ou
 def loss_functions(model, batch: dict, divergences: list[str]):
     """One callable per method doing forward + backward of ``dft_loss`` alone, on the model's own final hidden states
     of ``batch`` and its LM-head weight (what ``DFTTrainer.compute_loss`` hands to the loss), no model pass."""
-    from dftnb.losses import dft_loss
+    from dftnb.objective import dft_loss
     from dftnb.trainer import final_hidden_states
 
     with torch.no_grad():

@@ -26,23 +26,14 @@ import pandas as pd
 import torch
 from common import machine, report
 
-from dftnb.data import corpus_texts
+from dftnb.data import CORPORA, corpus_texts, pack_texts
 from dftnb.models import load_model, tiny_model
 from dftnb.runner import quiet
-from dftnb.targets import (
-    arrow_bytes,
-    build_or_load,
-    dense_storage_bytes,
-    from_reference_model,
-    pack_texts,
-    storage_bytes,
-    target_metadata,
-    truncation_kl,
-)
+from dftnb.target_cache import arrow_bytes, build_or_load, target_metadata
+from dftnb.targets import dense_storage_bytes, from_reference_model, storage_bytes, truncation_kl
 
 KS = (8, 16, 32, 64, 128)
 GOAL_K, GOAL_BYTES = 64, 256
-CORPORA = ("shakespeare", "dialogue", "techdocs")
 
 
 def saved_sizes(model, tokenizer, blocks: list[list[int]], k: int, folder: Path) -> dict:

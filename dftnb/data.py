@@ -185,3 +185,39 @@ def corpus_stats(tokenizer=None) -> list[dict]:
                 row["tokens"] = sum(len(ids) for ids in tokenizer(texts)["input_ids"])
             rows.append(row)
     return rows
+
+
+def as_text_list(texts_or_dataset) -> list:
+    """A list of texts (or token-id lists) from a list, or from a ``datasets.Dataset`` with a ``text`` column."""
+    if isinstance(texts_or_dataset, str):
+        raise ValueError("pass a list of texts, not a single string (wrap it: [text]).")
+    if hasattr(texts_or_dataset, "column_names"):
+        if "text" not in texts_or_dataset.column_names:
+            raise ValueError(f"dataset has no 'text' column (columns: {texts_or_dataset.column_names}).")
+        texts_or_dataset = texts_or_dataset["text"]
+    items = list(texts_or_dataset)
+    if not items:
+        raise ValueError("no texts given: pass a non-empty list of texts (or a dataset with a 'text' column).")
+    return items
+
+
+def pack_texts(tokenizer, texts, block_size: int, max_blocks: int | None = None, separator: str = "\n\n") -> list[list[int]]:
+    """Concatenate the tokenised ``texts`` (joined by ``separator``) and cut them into full ``block_size`` blocks.
+
+    Short documents (a Shakespeare speech is ~60 tokens) then fill every training row; tokenising lazily stops as
+    soon as ``max_blocks`` blocks exist.
+    """
+    if block_size < 2:
+        raise ValueError(f"block_size must be >= 2, got {block_size}.")
+    sep = tokenizer(separator, add_special_tokens=False)["input_ids"] if separator else []
+    blocks, buf = [], []
+    for text in as_text_list(texts):
+        buf += tokenizer(text, add_special_tokens=False)["input_ids"] + sep
+        while len(buf) >= block_size:
+            blocks.append(buf[:block_size])
+            buf = buf[block_size:]
+            if max_blocks is not None and len(blocks) >= max_blocks:
+                return blocks
+    if not blocks:
+        raise ValueError(f"the texts hold fewer than block_size={block_size} tokens; pass more text or a smaller block.")
+    return blocks

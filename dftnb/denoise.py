@@ -1,4 +1,4 @@
-"""SSD-LM-style block denoising sampler for any Hugging Face causal LM (DESIGN.md §7).
+"""SSD-LM-style block denoising sampler for any Hugging Face causal LM (docs/design.md, samplers).
 
 Han et al. 2023, "SSD-LM: Semi-autoregressive Simplex-based Diffusion Language Model for Text Generation and
 Modular Control" (ACL). A block of ``B`` future positions is held as logits ``x`` on the vocabulary simplex; a token
@@ -367,7 +367,7 @@ def denoise_samples(
 
     Each prompt is repeated ``n_per_prompt`` times in one batch (rows draw different noise from the same seeded
     generator; prompt ``i`` uses seed ``seed + i``). ``fixed_length=True`` disables EOS so every sample has
-    ``max_new_tokens`` tokens, like :func:`dftnb.sampling.generate_samples`.
+    ``max_new_tokens`` tokens, like :func:`dftnb.models.generate`.
     """
     if not prompts or any(not p.strip() for p in prompts):
         raise ValueError("denoise_samples needs a non-empty list of non-empty prompts.")

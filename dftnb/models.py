@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -164,12 +165,20 @@ def tiny_model(
     return model, tokenizer
 
 
-def load_model_for_profile(profile: str, model_name: str = EMBEDDED, device: str | None = "cpu", seed: int = 0):
-    """``tiny_model`` for the smoke profile, otherwise ``load_model(model_name)`` (bf16 on the gpu profile)."""
+def profile_dtype(profile: str, training: bool = False) -> torch.dtype:
+    """The one dtype rule of the profiles: float32 everywhere, except that the gpu profile *evaluates and samples*
+    in bfloat16. Training keeps float32 master weights on every profile (on the gpu profile the trainer computes
+    in bf16 through autocast, ``TrainingArguments(bf16=True)``): bf16 weights would round away small AdamW updates."""
+    return torch.bfloat16 if profile == "gpu" and not training else torch.float32
+
+
+def load_model_for_profile(
+    profile: str, model_name: str = EMBEDDED, device: str | None = "cpu", seed: int = 0, training: bool = False
+):
+    """``tiny_model`` for the smoke profile, otherwise ``load_model(model_name)`` in :func:`profile_dtype`."""
     if profile == "smoke":
         return tiny_model(seed=seed)
-    dtype = torch.bfloat16 if profile == "gpu" else torch.float32
-    return load_model(model_name, device=device, dtype=dtype)
+    return load_model(model_name, device=device, dtype=profile_dtype(profile, training))
 
 
 class Embedder:
@@ -224,13 +233,118 @@ def next_token_logits(model, tokenizer, text: str) -> torch.Tensor:
     return model(ids).logits[0, -1].float().cpu()
 
 
+def model_device(model) -> torch.device:
+    """The device of the model's parameters."""
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
-def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 40, seed: int | None = 0, **generate_kwargs) -> str:
-    """Decode ``model.generate`` on ``prompt`` and return only the new text (sampling options pass through)."""
-    if not prompt:
-        raise ValueError("prompt is empty: give the model some text to continue.")
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    n: int = 1,
+    max_new_tokens: int = 32,
+    seed: int | None = 0,
+    batch_size: int | None = None,
+    fixed_length: bool = False,
+    stopping_criteria_factory=None,
+    **generate_kwargs,
+) -> list[list[str]]:
+    """``n`` continuations of each prompt, decoded without the prompt, as ``[prompt][sample]``: the one place the
+    package calls ``model.generate``.
+
+    Prompts go through left-padded batches of ``batch_size`` prompts (all at once by default) with
+    ``num_return_sequences=n``; the global torch RNG is seeded with ``seed`` once before the first batch, so two
+    samplers compared at the same seed draw from the same random stream. ``fixed_length=True`` sets
+    ``min_new_tokens = max_new_tokens`` (no early end of sequence: every sample has the same token length).
+    ``generate_kwargs`` pass through (``do_sample``, ``temperature``, ``logits_processor`` …, typically
+    ``dftnb.sampling.sampler_kwargs(name, **params)``); ``stopping_criteria_factory(prompt_length)`` may return a
+    ``StoppingCriteriaList`` per batch.
+    """
+    prompts = list(prompts)
+    if not prompts or any(not str(p).strip() for p in prompts):
+        raise ValueError("generate needs a non-empty list of non-empty prompts: give the model some text to continue.")
+    if n < 1 or max_new_tokens < 1:
+        raise ValueError(f"need n >= 1 and max_new_tokens >= 1, got n={n}, max_new_tokens={max_new_tokens}.")
+    if fixed_length:
+        generate_kwargs.setdefault("min_new_tokens", max_new_tokens)
     if seed is not None:
         torch.manual_seed(seed)
-    enc = tokenizer(prompt, return_tensors="pt").to(model.device)
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
-    return tokenizer.decode(out[0, enc.input_ids.shape[1] :], skip_special_tokens=True)
+    device = model_device(model)
+    step = batch_size or len(prompts)
+    side, out = tokenizer.padding_side, []
+    try:
+        tokenizer.padding_side = "left"  # decoder-only generation continues from the last column
+        for i in range(0, len(prompts), step):
+            chunk = prompts[i : i + step]
+            batch = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
+            length = batch["input_ids"].shape[1]
+            extra = {} if stopping_criteria_factory is None else {"stopping_criteria": stopping_criteria_factory(length)}
+            tokens = model.generate(
+                **batch, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                pad_token_id=tokenizer.pad_token_id, **extra, **generate_kwargs,
+            )
+            texts = tokenizer.batch_decode(tokens[:, length:], skip_special_tokens=True)
+            out.extend(texts[j * n : (j + 1) * n] for j in range(len(chunk)))
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def model_vocab_size(model, tokenizer=None) -> int:
+    """The model's output vocabulary size; raises if ``tokenizer`` has ids the model cannot produce."""
+    V = int(model.get_output_embeddings().weight.shape[0])
+    if tokenizer is not None and len(tokenizer) > V:
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {V}: they do not belong together; "
+            "load the tokenizer that ships with the model."
+        )
+    return V
+
+
+def progress_bar(iterable, progress: bool, desc: str, total: int | None = None):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, disable=not progress, leave=False)
+
+
+def batches(items: list, batch_size: int):
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+
+
+def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists into ``(input_ids, attention_mask)`` (positions of real tokens are unaffected)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pad_token_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first.")
+    return int(pad)
+
+
+@torch.no_grad()
+def forward_with_hidden(model, input_ids, attention_mask, want_hidden: bool = False):
+    """Logits (float32) and, optionally, the final hidden states that enter the LM head (float32)."""
+    captured = {}
+    handle = None
+    if want_hidden:
+        head = model.get_output_embeddings()
+        handle = head.register_forward_hook(lambda mod, args, out: captured.__setitem__("h", args[0]))
+    try:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    finally:
+        if handle is not None:
+            handle.remove()
+    return logits, (captured["h"].float() if want_hidden else None)

@@ -1,21 +1,17 @@
-"""Target distributions for DFT (DESIGN.md §5): the sparse format, three ways to build it, and an offline cache.
+"""Target distributions for DFT: the sparse format and three ways to build it (docs/design.md, targets).
 
 ``SparseTarget`` stores, per position, the top-k token ids and their log-probabilities; the remaining tail mass
 ``r = 1 - sum(exp(logprobs))`` is spread uniformly over the other ``V - k`` tokens, so every target is a proper
 full-vocabulary distribution ``q_j = r / (V - k)`` off-support without ever storing ``V`` numbers per token.
 
-Target datasets (``datasets.Dataset``, one row per sequence) have the columns
-
-* ``input_ids`` (T,), ``labels`` (T,; equal to ``input_ids``, -100 where no loss, Hugging Face convention),
-* ``target_ids`` (T, k) and ``target_logprobs`` (T, k): row ``t`` is the distribution of token ``t + 1`` given
-  tokens ``<= t``, aligned with the model's logits at position ``t`` (``logits[:, :-1]`` vs ``labels[:, 1:]`` vs
-  ``targets[:, :-1]``).
-
-Ids are stored as ``uint16`` when ``V <= 65,536`` (``int32`` otherwise) and log-probabilities as ``float16``, in
-fixed-size Arrow lists, so a token costs exactly ``4k`` bytes of target (256 B at k = 64) against ``2V`` bytes
-(98,304 B at V = 49,152) for a dense fp16 row. A target built with fewer than ``k`` distinct tokens (a trie node
-that saw 3 continuations, a point mass) fills the unused slots with distinct unused ids at :func:`pad_logprob`,
-the floored tail log-probability, so the slots carry (numerically) no mass and everything stays finite in fp16.
+A target dataset holds one row per sequence: ``input_ids`` (T,), ``labels`` (T,; ``-100`` where no loss) and
+``target_ids``/``target_logprobs`` (T, k), where row ``t`` is the distribution of token ``t + 1`` given tokens
+``<= t``, aligned with the model's logits at position ``t`` (``logits[:, :-1]`` vs ``labels[:, 1:]`` vs
+``targets[:, :-1]``). Its Arrow layout and the on-disk cache are :mod:`dftnb.target_cache`: a token costs ``4k``
+bytes of target (256 B at k = 64) against ``2V`` bytes (98,304 B at V = 49,152) for a dense fp16 row. A target
+built with fewer than ``k`` distinct tokens (a trie node that saw 3 continuations, a point mass) fills the unused
+slots with distinct unused ids at :func:`pad_logprob`, the floored tail log-probability, so the slots carry
+(numerically) no mass and everything stays finite in fp16.
 
 Sources:
 
@@ -23,35 +19,30 @@ Sources:
   (context distillation, Askell et al. 2021; Snell et al. 2022).
 * :func:`from_samples` - ``n`` sampled completions per prompt, a prefix trie, and the empirical next-token
   distribution at each trie node.
-* :func:`from_corpus` - a kNN-LM (Khandelwal et al., ICLR 2020) over a curated corpus mixed with the reference model.
+* :func:`from_corpus` - a kNN-LM (Khandelwal et al., ICLR 2020, :mod:`dftnb.datastore`) over a curated corpus
+  mixed with the reference model.
 
-:func:`build_or_load` caches a built dataset on disk with a ``dftnb_target.json`` sidecar (model, tokenizer hash,
-corpus, k, source, vocabulary size, code version, parameters) and refuses or rebuilds a cache whose sidecar does
-not match. :class:`dftnb.trainer.SparseTargetCollator` turns rows back into padded tensors and :func:`batch_sparse_target` into
-a ``SparseTarget`` for the losses.
+:class:`dftnb.trainer.SparseTargetCollator` turns rows back into padded tensors and :func:`batch_sparse_target`
+into a ``SparseTarget`` for the losses.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import shutil
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from .data import as_text_list
+from .datastore import KNNDatastore, build_datastore, knn_lm_mixture, knn_neighbours
+from .models import batches, forward_with_hidden, model_vocab_size, pad_right, pad_token_id, progress_bar
+from .target_cache import id_dtype, rows_to_dataset, target_info
+
 TAIL_EPS = 1e-12  # floor on the tail mass so log(r) stays finite
-TARGET_FORMAT_VERSION = 1  # bump when the stored layout or a builder's maths changes: old caches become stale
-SIDECAR = "dftnb_target.json"
-REQUIRED_METADATA = ("model", "tokenizer_hash", "corpus", "k", "source", "vocab_size")
-TARGET_COLUMNS = ("input_ids", "labels", "target_ids", "target_logprobs")
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # label of a position without loss (the Hugging Face convention)
 
 
 def pad_logprob(vocab_size: int, k: int) -> float:
@@ -218,14 +209,25 @@ class SparseTarget:
         return SparseTarget(self.ids.to(device), self.logprobs.to(device=device, dtype=dtype), self.vocab_size)
 
 
+def target_parts(target: SparseTarget, dtype: torch.dtype):
+    """``(ids, log q_S, log t, V - k)`` with ``log t = log(r / (V - k))`` per row, or ``None`` when ``k == V``."""
+    ids = target.ids.long()
+    logq = target.logprobs.to(dtype)
+    n_tail = target.vocab_size - target.k
+    if n_tail == 0:
+        return ids, logq, None, 0
+    tail_mass = (1.0 - logq.exp().sum(-1)).clamp_min(TAIL_EPS)
+    return ids, logq, tail_mass.log() - math.log(n_tail), n_tail
+
+
+def batch_sparse_target(batch: dict, vocab_size: int) -> SparseTarget:
+    """The ``SparseTarget`` (B, T, k) of a collated batch (validated: ids in range, unique, mass <= 1)."""
+    return SparseTarget(batch["target_ids"].long(), batch["target_logprobs"].float(), vocab_size)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Storage and truncation error
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def id_dtype(vocab_size: int) -> str:
-    """Arrow/NumPy dtype of stored ids: ``uint16`` when every id fits (``V <= 65,536``), else ``int32``."""
-    return "uint16" if vocab_size <= 2**16 else "int32"
 
 
 def storage_bytes(k: int, vocab_size: int) -> int:
@@ -279,76 +281,6 @@ def truncation_kl(logits: torch.Tensor, k: int, temperature: float = 1.0, chunk:
     return truncation_kl_curve(logits, [k], temperature, chunk)[0]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The target dataset format
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def target_features(k: int, vocab_size: int):
-    """``datasets.Features`` of a target dataset; targets are fixed-size lists (no per-token Arrow offsets)."""
-    from datasets import Features, List, Value
-
-    ids = id_dtype(vocab_size)
-    return Features(
-        {
-            "input_ids": List(Value(ids)),
-            "labels": List(Value("int32")),
-            "target_ids": List(List(Value(ids), length=k)),
-            "target_logprobs": List(List(Value("float16"), length=k)),
-        }
-    )
-
-
-def rows_to_dataset(rows: list[dict], k: int, vocab_size: int, info: dict | None = None):
-    """Build a target ``datasets.Dataset`` from per-sequence NumPy rows (``input_ids`` (T,), ``labels`` (T,),
-    ``target_ids`` (T, k), ``target_logprobs`` (T, k)); ``info`` (plus ``k`` and ``vocab_size``) is kept as JSON
-    in ``dataset.info.description`` (read it back with :func:`target_info`)."""
-    import datasets
-    import pyarrow as pa
-    from datasets.table import InMemoryTable
-
-    if not rows:
-        raise ValueError("no target rows to store: every input was empty or shorter than 2 tokens.")
-    features = target_features(k, vocab_size)
-    ids_np = np.dtype(id_dtype(vocab_size))
-    lengths = np.array([len(r["input_ids"]) for r in rows], dtype=np.int64)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-
-    def column(name, dtype, width=None):
-        flat = np.concatenate([np.asarray(r[name]).reshape(-1) for r in rows]).astype(dtype)
-        values = pa.array(flat)
-        if width is not None:
-            values = pa.FixedSizeListArray.from_arrays(values, width)
-        return pa.ListArray.from_arrays(offsets, values)
-
-    for r in rows:
-        if np.asarray(r["target_ids"]).shape != (len(r["input_ids"]), k):
-            raise ValueError(f"target rows must be (T, k={k}); got {np.asarray(r['target_ids']).shape}.")
-    table = pa.Table.from_arrays(
-        [
-            column("input_ids", ids_np),
-            column("labels", np.int32),
-            column("target_ids", ids_np, k),
-            column("target_logprobs", np.float16, k),
-        ],
-        schema=features.arrow_schema,
-    )
-    meta = {"k": k, "vocab_size": vocab_size, **(info or {})}
-    ds_info = datasets.DatasetInfo(features=features, description=json.dumps({"dftnb_target": meta}))
-    return datasets.Dataset(InMemoryTable(table), info=ds_info)
-
-
-def target_info(dataset) -> dict:
-    """The builder's record (``k``, ``vocab_size``, ``source``, parameters) kept in a target dataset's info."""
-    try:
-        return json.loads(dataset.info.description)["dftnb_target"]
-    except (TypeError, ValueError, KeyError):
-        raise ValueError(
-            "this dataset carries no dftnb target info; build it with dftnb.targets.from_reference_model, "
-            "from_samples or from_corpus (or load it with build_or_load)."
-        ) from None
-
-
 def loss_positions(labels: Sequence[int]) -> np.ndarray:
     """Positions ``t`` whose target is read by a loss: those with ``labels[t + 1] != -100`` (the causal shift)."""
     labels = np.asarray(labels)
@@ -375,155 +307,20 @@ def _row(input_ids, labels, target: SparseTarget) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Inputs: texts, tokens, model bookkeeping
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def model_vocab_size(model, tokenizer=None) -> int:
-    """The model's output vocabulary size; raises if ``tokenizer`` has ids the model cannot produce."""
-    V = int(model.get_output_embeddings().weight.shape[0])
-    if tokenizer is not None and len(tokenizer) > V:
-        raise ValueError(
-            f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {V}: they do not belong together; "
-            "load the tokenizer that ships with the model."
-        )
-    return V
-
-
-def _texts(texts_or_dataset) -> list:
-    """A list of texts (or token-id lists) from a list, or from a ``datasets.Dataset`` with a ``text`` column."""
-    if isinstance(texts_or_dataset, str):
-        raise ValueError("pass a list of texts, not a single string (wrap it: [text]).")
-    if hasattr(texts_or_dataset, "column_names"):
-        if "text" not in texts_or_dataset.column_names:
-            raise ValueError(f"dataset has no 'text' column (columns: {texts_or_dataset.column_names}).")
-        texts_or_dataset = texts_or_dataset["text"]
-    items = list(texts_or_dataset)
-    if not items:
-        raise ValueError("no texts given: pass a non-empty list of texts (or a dataset with a 'text' column).")
-    return items
-
-
 def _encode(tokenizer, item, max_length: int | None, add_special_tokens: bool = True) -> list[int]:
     ids = list(item) if not isinstance(item, str) else tokenizer(item, add_special_tokens=add_special_tokens)["input_ids"]
     return [int(i) for i in ids[:max_length]] if max_length else [int(i) for i in ids]
-
-
-def pack_texts(tokenizer, texts, block_size: int, max_blocks: int | None = None, separator: str = "\n\n") -> list[list[int]]:
-    """Concatenate the tokenised ``texts`` (joined by ``separator``) and cut them into full ``block_size`` blocks.
-
-    Short documents (a Shakespeare speech is ~60 tokens) then fill every training row; tokenising lazily stops as
-    soon as ``max_blocks`` blocks exist.
-    """
-    if block_size < 2:
-        raise ValueError(f"block_size must be >= 2, got {block_size}.")
-    sep = tokenizer(separator, add_special_tokens=False)["input_ids"] if separator else []
-    blocks, buf = [], []
-    for text in _texts(texts):
-        buf += tokenizer(text, add_special_tokens=False)["input_ids"] + sep
-        while len(buf) >= block_size:
-            blocks.append(buf[:block_size])
-            buf = buf[block_size:]
-            if max_blocks is not None and len(blocks) >= max_blocks:
-                return blocks
-    if not blocks:
-        raise ValueError(f"the texts hold fewer than block_size={block_size} tokens; pass more text or a smaller block.")
-    return blocks
-
-
-def tokenizer_hash(tokenizer) -> str:
-    """sha256 of the tokenizer's full serialisation (vocabulary, merges, normaliser, special tokens)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    blob = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def model_fingerprint(model) -> str:
-    """sha256 over the model config and the raw bytes of every parameter (distinguishes seeds and fine-tunes)."""
-    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    for name, p in model.state_dict().items():
-        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
-        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def target_metadata(model, tokenizer, *, source: str, corpus: str, k: int, model_name: str | None = None, **params) -> dict:
-    """The cache key of a target build: what :func:`build_or_load` compares against the sidecar.
-
-    ``model`` is ``model_name`` (or the config's ``_name_or_path``) plus a fingerprint of the weights; ``params``
-    are the builder's arguments (sizes, temperature, prefix, lam, ...) and must be JSON-serialisable.
-    """
-    from . import __version__
-
-    return {
-        "model": model_name or getattr(model.config, "_name_or_path", "") or model.config.model_type,
-        "model_fingerprint": model_fingerprint(model),
-        "tokenizer_hash": tokenizer_hash(tokenizer),
-        "corpus": corpus,
-        "k": int(k),
-        "source": source,
-        "vocab_size": model_vocab_size(model, tokenizer),
-        "code_version": f"dftnb-{__version__}/targets-v{TARGET_FORMAT_VERSION}",
-        "params": json.loads(json.dumps(params)),
-    }
-
-
-def _progress(iterable, progress: bool, desc: str, total: int | None = None):
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, disable=not progress, leave=False)
-
-
-def _batches(items: list, batch_size: int):
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-
-
-def _pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists into ``(input_ids, attention_mask)`` (positions of real tokens are unaffected)."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first.")
-    return int(pad)
-
-
-@torch.no_grad()
-def _forward(model, input_ids, attention_mask, want_hidden: bool = False):
-    """Logits (float32) and, optionally, the final hidden states that enter the LM head (float32)."""
-    captured = {}
-    handle = None
-    if want_hidden:
-        head = model.get_output_embeddings()
-        handle = head.register_forward_hook(lambda mod, args, out: captured.__setitem__("h", args[0]))
-    try:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-    finally:
-        if handle is not None:
-            handle.remove()
-    return logits, (captured["h"].float() if want_hidden else None)
 
 
 @torch.no_grad()
 def reference_logits(model, tokenizer, texts_or_dataset, max_length: int = 128, batch_size: int = 4) -> list[torch.Tensor]:
     """The model's float32 logits ``(T_i, V)`` on each text (truncated to ``max_length``): the full distributions
     that :func:`truncation_kl` compares a stored top-k against."""
-    seqs = [s for s in (_encode(tokenizer, t, max_length) for t in _texts(texts_or_dataset)) if s]
+    seqs = [s for s in (_encode(tokenizer, t, max_length) for t in as_text_list(texts_or_dataset)) if s]
     out = []
-    for batch in _batches(seqs, batch_size):
-        ids, mask = _pad(batch, _pad_id(tokenizer), model.device)
-        logits, _ = _forward(model, ids, mask)
+    for batch in batches(seqs, batch_size):
+        ids, mask = pad_right(batch, pad_token_id(tokenizer), model.device)
+        logits, _ = forward_with_hidden(model, ids, mask)
         out += [logits[b, : len(s)].cpu() for b, s in enumerate(batch)]
     return out
 
@@ -561,12 +358,12 @@ def from_reference_model(
     prefix_ids = _encode(tokenizer, prefix, None) if prefix else []
     if prefix is not None and not prefix_ids:
         raise ValueError("prefix tokenises to nothing; pass None for no prefix or a non-empty style prefix.")
-    seqs = [_encode(tokenizer, t, max_length, add_special_tokens=not prefix_ids) for t in _texts(texts_or_dataset)]
+    seqs = [_encode(tokenizer, t, max_length, add_special_tokens=not prefix_ids) for t in as_text_list(texts_or_dataset)]
     kept = [s for s in seqs if len(s) >= 2]
-    pad_id, P, rows = _pad_id(tokenizer), len(prefix_ids), []
-    for batch in _progress(_batches(kept, batch_size), progress, "reference targets"):
-        ids, mask = _pad([prefix_ids + s for s in batch], pad_id, model.device)
-        logits, _ = _forward(model, ids, mask)
+    pad_id, P, rows = pad_token_id(tokenizer), len(prefix_ids), []
+    for batch in progress_bar(batches(kept, batch_size), progress, "reference targets"):
+        ids, mask = pad_right([prefix_ids + s for s in batch], pad_id, model.device)
+        logits, _ = forward_with_hidden(model, ids, mask)
         for b, s in enumerate(batch):
             target = SparseTarget.from_logits(logits[b, P : P + len(s)], k, temperature)
             rows.append(_row(s, s, target))
@@ -647,7 +444,7 @@ def sample_completions(
         out = model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, num_return_sequences=n,
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=0,
-            pad_token_id=_pad_id(tokenizer),
+            pad_token_id=pad_token_id(tokenizer),
         )
     eos = _eos_ids(model, tokenizer)
     return prompt_ids, [_cut_at_eos(row[len(prompt_ids):].tolist(), eos) for row in out]
@@ -675,11 +472,11 @@ def from_samples(
     the last position's are placeholders (:meth:`SparseTarget.point_mass` on the next token / EOS) that no loss
     reads. Prompt ``i`` (a string or a list of token ids) is sampled with seed ``seed + i``.
     """
-    prompts = _texts(prompts)
+    prompts = as_text_list(prompts)
     V = model_vocab_size(model, tokenizer)
-    end = _pad_id(tokenizer) if tokenizer.eos_token_id is None else int(tokenizer.eos_token_id)
+    end = pad_token_id(tokenizer) if tokenizer.eos_token_id is None else int(tokenizer.eos_token_id)
     rows, distinct = [], []
-    for i, prompt in enumerate(_progress(prompts, progress, "sampled targets")):
+    for i, prompt in enumerate(progress_bar(prompts, progress, "sampled targets")):
         prompt_ids, completions = sample_completions(model, tokenizer, prompt, n, max_new_tokens, temperature, top_p,
                                                      seed + i)
         trie = prefix_trie_counts(completions)
@@ -702,87 +499,6 @@ def from_samples(
 # ----------------------------------------------------------------------------------------------------------------
 # Source (c): curated corpus -> kNN-LM datastore, mixed with the reference model
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class KNNDatastore:
-    """kNN-LM datastore: ``keys`` (N, d) final hidden states (the LM head's input) at each corpus position and
-    ``values`` (N,) the token that followed."""
-
-    keys: torch.Tensor
-    values: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.values.shape[0])
-
-
-@torch.no_grad()
-def build_datastore(
-    model, tokenizer, corpus_texts, max_datastore_tokens: int = 20_000, block_size: int = 128, batch_size: int = 8,
-    progress: bool = False,
-) -> KNNDatastore:
-    """Run the reference model over ``corpus_texts`` packed into ``block_size`` blocks (:func:`pack_texts`) and
-    store (hidden state at position t, token t + 1) for up to ``max_datastore_tokens`` positions.
-
-    Cost: one forward pass per token (~600 tokens/s for the 135M model on 2 CPU cores) and ``4 d`` bytes per key
-    (2.3 KB at d = 576), so the CPU default holds tens of thousands of tokens, not a whole corpus.
-    """
-    if max_datastore_tokens < 1:
-        raise ValueError(f"max_datastore_tokens must be >= 1, got {max_datastore_tokens}.")
-    n_blocks = math.ceil(max_datastore_tokens / (block_size - 1))
-    blocks = pack_texts(tokenizer, corpus_texts, block_size, n_blocks)
-    keys, values, n = [], [], 0
-    for batch in _progress(_batches(blocks, batch_size), progress, "kNN datastore"):
-        ids, mask = _pad(batch, _pad_id(tokenizer), model.device)
-        _, hidden = _forward(model, ids, mask, want_hidden=True)
-        keys.append(hidden[:, :-1].reshape(-1, hidden.shape[-1]).cpu())
-        values.append(ids[:, 1:].reshape(-1).cpu())
-        n += values[-1].numel()
-        if n >= max_datastore_tokens:
-            break
-    return KNNDatastore(torch.cat(keys)[:max_datastore_tokens], torch.cat(values)[:max_datastore_tokens])
-
-
-@torch.no_grad()
-def knn_neighbours(
-    queries: torch.Tensor, datastore: KNNDatastore, k_neighbors: int, temperature: float,
-    distance: str = "squared_l2", chunk: int = 512,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kNN-LM retrieval: for each query the ``k_neighbors`` nearest keys, returned as their ``values``
-    (M, K) and normalised weights ``softmax(-d(key, query) / temperature)`` (M, K), float32.
-
-    ``d`` is the squared Euclidean distance (what the reference implementation's FAISS index returns) or, with
-    ``distance="l2"``, the Euclidean distance. Search is exact: candidates from ``||q||^2 - 2 q.k + ||k||^2`` by
-    matrix product, then their distances recomputed directly; at scale one uses an approximate FAISS index
-    (IVF/PQ) instead, as Khandelwal et al. do for 100M+ keys.
-    """
-    if distance not in ("squared_l2", "l2"):
-        raise ValueError(f"distance must be 'squared_l2' or 'l2', got {distance!r}.")
-    if temperature <= 0:
-        raise ValueError(f"knn_temperature must be > 0, got {temperature}.")
-    if not 1 <= k_neighbors <= len(datastore):
-        raise ValueError(f"k_neighbors must be in [1, {len(datastore)}] (datastore size), got {k_neighbors}.")
-    keys = datastore.keys.to(queries.device, torch.float32)
-    key_sq = (keys * keys).sum(-1)
-    vals, weights = [], []
-    for i in range(0, queries.shape[0], chunk):
-        q = queries[i : i + chunk].float()
-        approx = (q * q).sum(-1, keepdim=True) - 2 * q @ keys.T + key_sq
-        idx = approx.topk(k_neighbors, dim=-1, largest=False).indices
-        d = ((keys[idx] - q.unsqueeze(1)) ** 2).sum(-1)
-        d = d if distance == "squared_l2" else d.sqrt()
-        weights.append(torch.softmax(-d / temperature, dim=-1))
-        vals.append(datastore.values.to(queries.device)[idx])
-    return torch.cat(vals), torch.cat(weights)
-
-
-def knn_lm_mixture(ref_logits: torch.Tensor, nbr_values: torch.Tensor, nbr_weights: torch.Tensor, lam: float) -> torch.Tensor:
-    """``q = lam p_kNN + (1 - lam) p_ref`` as dense (M, V) float32 probabilities, where
-    ``p_kNN(w) = sum_{neighbours with value w} weight`` and ``p_ref = softmax(ref_logits)`` (Khandelwal et al., eq. 2)."""
-    if not 0 <= lam <= 1:
-        raise ValueError(f"lam must be in [0, 1], got {lam}.")
-    q = (1 - lam) * torch.softmax(ref_logits.float(), dim=-1)
-    return q.scatter_add_(-1, nbr_values.long(), lam * nbr_weights.float())
 
 
 @torch.no_grad()
@@ -817,11 +533,11 @@ def from_corpus(
     V = model_vocab_size(model, tokenizer)
     if datastore is None:
         datastore = build_datastore(model, tokenizer, corpus_texts, max_datastore_tokens, block_size, progress=progress)
-    seqs = [s for s in (_encode(tokenizer, t, max_length) for t in _texts(query_texts)) if len(s) >= 2]
+    seqs = [s for s in (_encode(tokenizer, t, max_length) for t in as_text_list(query_texts)) if len(s) >= 2]
     rows = []
-    for batch in _progress(_batches(seqs, batch_size), progress, "kNN-LM targets"):
-        ids, mask = _pad(batch, _pad_id(tokenizer), model.device)
-        logits, hidden = _forward(model, ids, mask, want_hidden=True)
+    for batch in progress_bar(batches(seqs, batch_size), progress, "kNN-LM targets"):
+        ids, mask = pad_right(batch, pad_token_id(tokenizer), model.device)
+        logits, hidden = forward_with_hidden(model, ids, mask, want_hidden=True)
         for b, s in enumerate(batch):
             nbr_values, nbr_weights = knn_neighbours(hidden[b, : len(s)], datastore, k_neighbors, knn_temperature,
                                                      distance)
@@ -830,142 +546,3 @@ def from_corpus(
     info = {"source": "knn", "k_neighbors": k_neighbors, "lam": lam, "knn_temperature": knn_temperature,
             "distance": distance, "datastore_tokens": len(datastore), "max_length": max_length}
     return rows_to_dataset(rows, k, V, info)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Offline cache
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class StaleTargetCacheError(RuntimeError):
-    """A target cache on disk was built from something else (model, tokenizer, corpus, k, code, parameters)."""
-
-
-def target_cache_path(cache: str | os.PathLike) -> Path:
-    """A bare name goes under ``cache_dir()/targets/``; anything with a path separator is used as given."""
-    from .models import cache_dir
-
-    cache = str(cache)
-    return Path(cache) if (os.sep in cache or "/" in cache) else cache_dir() / "targets" / cache
-
-
-def read_sidecar(path: str | os.PathLike) -> dict | None:
-    side = Path(path) / SIDECAR
-    return json.loads(side.read_text()) if side.exists() else None
-
-
-def _mismatched_keys(stored: dict, wanted: dict) -> list[str]:
-    return sorted(key for key in set(stored) | set(wanted) if stored.get(key) != wanted.get(key))
-
-
-def build_or_load(
-    cache: str | os.PathLike, metadata: dict, builder: Callable[[], object], rebuild: str = "auto"
-):
-    """Load a cached target dataset whose sidecar matches ``metadata``, otherwise build, save and load it.
-
-    ``cache``: a name under ``cache_dir()/targets`` or a folder path. ``metadata``: the cache key, normally from
-    :func:`target_metadata` (must hold ``model, tokenizer_hash, corpus, k, source, vocab_size``). ``rebuild``:
-
-    * ``"auto"``  - a missing or mismatching cache is (re)built; a matching one is loaded;
-    * ``"never"`` - a mismatching or missing cache raises :class:`StaleTargetCacheError` naming the keys;
-    * ``"always"`` - rebuild regardless.
-
-    A folder without a sidecar was not written here and is never overwritten. The dataset is written to a
-    temporary folder and renamed into place, so an interrupted build leaves the previous cache intact.
-    Returns the memory-mapped dataset from ``datasets.load_from_disk``.
-    """
-    import datasets
-
-    if rebuild not in ("auto", "never", "always"):
-        raise ValueError(f"rebuild must be 'auto', 'never' or 'always', got {rebuild!r}.")
-    missing = [key for key in REQUIRED_METADATA if key not in metadata]
-    if missing:
-        raise ValueError(f"target cache metadata lacks {missing}; build it with dftnb.targets.target_metadata(...).")
-    wanted = json.loads(json.dumps(metadata))
-    path = target_cache_path(cache)
-    how = f"call build_or_load(..., rebuild='auto') to rebuild it, or delete {path}"
-    if path.exists():
-        side = read_sidecar(path)
-        if side is None:
-            raise StaleTargetCacheError(
-                f"{path} exists but has no {SIDECAR}: it was not written by dftnb.targets and will not be "
-                "overwritten; move it away or choose another cache name."
-            )
-        stale = _mismatched_keys(side.get("metadata", {}), wanted)
-        if not stale and rebuild != "always":
-            return datasets.load_from_disk(str(path))
-        if stale and rebuild == "never":
-            diffs = "; ".join(f"{key}: cached {side['metadata'].get(key)!r} != wanted {wanted.get(key)!r}"
-                              for key in stale)
-            raise StaleTargetCacheError(f"target cache {path} is stale ({diffs}); {how}.")
-    elif rebuild == "never":
-        raise StaleTargetCacheError(f"no target cache at {path} and rebuild='never'; {how}.")
-    dataset = builder()
-    absent = [c for c in TARGET_COLUMNS if c not in getattr(dataset, "column_names", [])]
-    if absent:
-        raise ValueError(f"the builder returned no target dataset (missing columns {absent}); return a Dataset "
-                         "from from_reference_model / from_samples / from_corpus.")
-    info = target_info(dataset)
-    if info["k"] != wanted["k"] or info["vocab_size"] != wanted["vocab_size"]:
-        raise ValueError(f"built k={info['k']}, V={info['vocab_size']} but the metadata says k={wanted['k']}, "
-                         f"V={wanted['vocab_size']}: pass the same k to the builder and to target_metadata.")
-    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset.save_to_disk(str(tmp))
-    tokens = int(sum(len(x) for x in dataset["input_ids"]))
-    (tmp / SIDECAR).write_text(json.dumps({"metadata": wanted, "rows": len(dataset), "tokens": tokens,
-                                           "builder_info": info}, indent=2))
-    if path.exists():
-        shutil.rmtree(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(path)
-    return datasets.load_from_disk(str(path))
-
-
-def arrow_bytes(path: str | os.PathLike) -> int:
-    """Total size of the ``.arrow`` data files of a dataset saved with ``save_to_disk``."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*.arrow"))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# From a collated batch (dftnb.trainer.SparseTargetCollator) back to a SparseTarget
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def batch_sparse_target(batch: dict, vocab_size: int) -> SparseTarget:
-    """The ``SparseTarget`` (B, T, k) of a collated batch (validated: ids in range, unique, mass <= 1)."""
-    return SparseTarget(batch["target_ids"].long(), batch["target_logprobs"].float(), vocab_size)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The targets the training chapter uses
-# ----------------------------------------------------------------------------------------------------------------
-
-SHAKESPEARE_TARGET_SIZES = {  # (sequences, tokens per sequence) of the shakespeare train targets per profile
-    "smoke": (16, 32),
-    "default": (96, 64),
-    "gpu": (1024, 128),
-}
-
-
-def shakespeare_targets(profile: str, model, tokenizer, k: int = 64, rebuild: str = "auto", progress: bool = False,
-                        model_name: str | None = None):
-    """Reference-model targets (k = 64) for packed blocks of the Shakespeare train split, cached under
-    ``cache_dir()/targets/shakespeare-train-reference-k<k>-<profile>``: the dataset notebook 02 trains on.
-
-    Sizes per profile: :data:`SHAKESPEARE_TARGET_SIZES`. Built on first use (a few seconds on the smoke profile,
-    ~15 s for the 135M model on the default one), loaded afterwards while model, tokenizer and code match.
-    """
-    from .data import corpus_texts
-
-    if profile not in SHAKESPEARE_TARGET_SIZES:
-        raise ValueError(f"profile must be one of {tuple(SHAKESPEARE_TARGET_SIZES)}, got {profile!r}.")
-    n_seqs, seq_len = SHAKESPEARE_TARGET_SIZES[profile]
-    meta = target_metadata(model, tokenizer, source="reference", corpus="shakespeare/train", k=k,
-                           model_name=model_name, sequences=n_seqs, seq_len=seq_len, packing="\n\n", prefix=None)
-
-    def build():
-        blocks = pack_texts(tokenizer, corpus_texts("shakespeare", "train"), seq_len, n_seqs)
-        return from_reference_model(model, tokenizer, blocks, k=k, max_length=seq_len, progress=progress)
-
-    return build_or_load(f"shakespeare-train-reference-k{k}-{profile}", meta, build, rebuild)

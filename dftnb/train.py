@@ -10,10 +10,10 @@ Config keys (unknown keys are an error, at every level)::
     model: embedded            # "embedded" (SmolLM2-135M), "tiny" (random 2-layer Llama), an HF id or a local folder
     dtype: float32             # float32 | bfloat16 | float16
     seed: 0                    # seeds the tiny model's init (TrainingArguments.seed seeds training)
-    method: dft_reverse_kl     # sft | gem | dft_reverse_kl | dft_forward_kl | dft_wasserstein | ... or a divergence
+    method: dft_reverse_kl     # sft | gem | dft_reverse_kl | dft_forward_kl | dft_sorted_w1 | ... or a divergence
     dft: {temperature: 1.0, ce_weight: 0.0, chunk_size: 1024, divergence_kwargs: {}}
     data:
-      dataset: path/to/saved   # a target dataset saved with save_to_disk (e.g. by targets.build_or_load), or:
+      dataset: path/to/saved   # a target dataset saved with save_to_disk (e.g. by target_cache.build_or_load), or:
       corpus: shakespeare      # shakespeare | dialogue | techdocs, packed into blocks
       split: train
       block_size: 64
@@ -104,7 +104,7 @@ def validate_config(config: dict) -> None:
         if data["targets"].get("source", "reference") != "reference":
             raise ValueError(
                 "the CLI builds targets with source 'reference' only; build other sources (samples, corpus kNN) "
-                "with dftnb.targets.build_or_load and pass the saved folder as data.dataset."
+                "with dftnb.target_cache.build_or_load and pass the saved folder as data.dataset."
             )
     training = config["training"]
     if not isinstance(training, dict) or "output_dir" not in training:
@@ -148,14 +148,14 @@ def load_dataset(config: dict, model, tokenizer):
     if "dataset" in data:
         path = Path(data["dataset"])
         if not path.exists():
-            raise FileNotFoundError(f"data.dataset {path} does not exist; build it with dftnb.targets.build_or_load.")
+            raise FileNotFoundError(f"data.dataset {path} does not exist; build it with dftnb.target_cache.build_or_load.")
         return load_from_disk(str(path))
 
-    from . import targets
-    from .data import corpus_texts
+    from . import target_cache, targets
+    from .data import corpus_texts, pack_texts
 
     texts = corpus_texts(data["corpus"], data.get("split", "train"))
-    blocks = targets.pack_texts(tokenizer, texts, int(data.get("block_size", 64)), data.get("max_blocks"))
+    blocks = pack_texts(tokenizer, texts, int(data.get("block_size", 64)), data.get("max_blocks"))
     spec = data.get("targets")
     if spec is None:
         if dft_config(config).needs_target:
@@ -174,12 +174,12 @@ def load_dataset(config: dict, model, tokenizer):
 
     if spec.get("cache") is None:
         return build()
-    meta = targets.target_metadata(
+    meta = target_cache.target_metadata(
         reference, ref_tokenizer, source="reference", corpus=f"{data['corpus']}/{data.get('split', 'train')}",
         k=k, model_name=str(spec.get("reference_model") or config["model"]), sequences=len(blocks),
         seq_len=block_size, **params,
     )
-    return targets.build_or_load(spec["cache"], meta, build, spec.get("rebuild", "auto"))
+    return target_cache.build_or_load(spec["cache"], meta, build, spec.get("rebuild", "auto"))
 
 
 def run(config: dict, resume: bool | str | None = None) -> DFTTrainer:

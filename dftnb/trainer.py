@@ -1,4 +1,4 @@
-"""Distribution Fine-Tuning with the Hugging Face ``Trainer`` (DESIGN.md §6, §9).
+"""Distribution Fine-Tuning with the Hugging Face ``Trainer`` (docs/design.md: divergences, bad inputs).
 
 ``DFTTrainer`` swaps the one-hot cross-entropy of supervised fine-tuning for a divergence between the student's
 next-token distribution ``p = softmax(z / τ)`` and a target ``q`` (a :class:`~dftnb.targets.SparseTarget` stored with
@@ -8,7 +8,7 @@ the dataset), optionally mixed with cross-entropy::
 
 Everything else (optimiser, schedule, gradient accumulation, checkpoint/resume, DDP through ``torchrun`` or
 ``accelerate launch``) is the stock ``transformers.Trainer``. The loss never materialises ``(B·T, V)`` logits: the
-model body returns hidden states and :func:`dftnb.losses.dft_loss` applies the LM head chunk by chunk.
+model body returns hidden states and :func:`dftnb.objective.dft_loss` applies the LM head chunk by chunk.
 
 Dataset rows (one per sequence) hold ``input_ids`` (T), ``labels`` (T, -100 = no loss) and, for divergences that
 need a target, ``target_ids`` / ``target_logprobs`` (T × k). Row ``t`` of the target is the distribution of token
@@ -27,19 +27,14 @@ import pandas as pd
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from .losses import BASELINES, LOSSES, dft_loss, loss_function
-from .targets import SparseTarget, batch_sparse_target
+from .losses import BASELINES, LOSSES, loss_options
+from .objective import dft_loss
+from .targets import IGNORE_INDEX, SparseTarget, batch_sparse_target
 
-IGNORE_INDEX = -100
-# Objectives that only need the labels (no target columns in the dataset).
-TARGET_FREE = BASELINES
-DIVERGENCES = LOSSES
-# Arguments dft_loss fills itself; everything else in a divergence's signature is a divergence_kwargs option.
-_FIXED_ARGS = {"student_logits", "target", "labels", "temperature", "embeddings"}
 # Config fields of HF models whose logits are transformed after the LM head (Gemma 2/3 soft-capping, Cohere and
 # Granite scaling); a value of None (or 1 for the scales) means no transformation.
 LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-# Method names used by the notebooks and the CLI -> the divergence they train with.
+# Method names used by the notebooks and the CLI -> the loss of dftnb.losses they train with (one of LOSSES).
 METHODS = {
     "sft": "ce",
     "gem": "gem",
@@ -47,7 +42,7 @@ METHODS = {
     "dft_forward_kl": "forward_kl",
     "dft_jsd": "jsd",
     "dft_tvd": "tvd",
-    "dft_wasserstein": "wasserstein_sorted",
+    "dft_sorted_w1": "wasserstein_sorted",
     "dft_sinkhorn": "sinkhorn",
 }
 
@@ -57,7 +52,7 @@ class DFTConfig:
     """What ``DFTTrainer.compute_loss`` optimises: ``λ · CE + (1 − λ) · divergence(p_τ, q)``.
 
     Attributes:
-        divergence: one of :data:`DIVERGENCES` (``"ce"`` is SFT, ``"gem"`` is GEM; these need no target).
+        divergence: one of :data:`dftnb.losses.LOSSES` (``"ce"`` is SFT, ``"gem"`` is GEM; these need no target).
         temperature: τ in ``p = softmax(z / τ)`` inside the divergence.
         ce_weight: λ ∈ [0, 1], the weight of the one-hot cross-entropy on the labels.
         chunk_size: tokens per chunk when the LM head is applied inside the loss (memory knob, not maths).
@@ -77,9 +72,9 @@ class DFTConfig:
     def __post_init__(self):
         if self.divergence in METHODS:
             self.divergence = METHODS[self.divergence]
-        if self.divergence not in DIVERGENCES:
+        if self.divergence not in LOSSES:
             raise ValueError(
-                f"unknown divergence {self.divergence!r}; choose one of {DIVERGENCES} or a method name {tuple(METHODS)}."
+                f"unknown divergence {self.divergence!r}; choose one of {LOSSES} or a method name {tuple(METHODS)}."
             )
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
@@ -88,7 +83,7 @@ class DFTConfig:
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}.")
         self.divergence_kwargs = dict(self.divergence_kwargs or {})
-        options = [n for n in inspect.signature(loss_function(self.divergence)).parameters if n not in _FIXED_ARGS]
+        options = loss_options(self.divergence)
         unknown = sorted(set(self.divergence_kwargs) - set(options))
         if unknown:
             raise ValueError(f"{self.divergence} does not take {unknown}; its divergence_kwargs are {options or 'none'}.")
@@ -96,10 +91,10 @@ class DFTConfig:
     @property
     def needs_target(self) -> bool:
         """Whether the objective reads ``target_ids``/``target_logprobs`` (false for CE, label smoothing, GEM)."""
-        return self.divergence not in TARGET_FREE and self.ce_weight < 1.0
+        return self.divergence not in BASELINES and self.ce_weight < 1.0
 
     def loss(self, hidden, target, lm_head_weight, labels, embeddings=None, num_items_in_batch=None, ce_weight=None):
-        """:func:`dftnb.losses.dft_loss` of this objective on already shifted ``hidden`` states and ``labels``.
+        """:func:`dftnb.objective.dft_loss` of this objective on already shifted ``hidden`` states and ``labels``.
 
         ``embeddings`` is the input embedding table (Sinkhorn's ground cost, unless ``divergence_kwargs`` sets one);
         ``ce_weight`` overrides λ (the trainer logs the divergence alone with ``ce_weight=0``).
@@ -256,7 +251,7 @@ def student_stats(
 
 
 class DFTTrainer(Trainer):
-    """``transformers.Trainer`` whose loss is ``λ · CE + (1 − λ) · D(p_τ ‖ q)`` from :func:`dftnb.losses.dft_loss`.
+    """``transformers.Trainer`` whose loss is ``λ · CE + (1 − λ) · D(p_τ ‖ q)`` from :func:`dftnb.objective.dft_loss`.
 
     Usage::
 
@@ -390,7 +385,7 @@ class DFTTrainer(Trainer):
             divergence_mean = loss.detach().double()
             if num_items_in_batch is not None:
                 divergence_mean = divergence_mean * torch.as_tensor(num_items_in_batch).double() / count.clamp_min(1)
-        elif target is None and cfg.divergence not in TARGET_FREE:
+        elif target is None and cfg.divergence not in BASELINES:
             # λ = 1: pure CE, the divergence term is not part of the objective (and no target was read)
             divergence_mean = torch.tensor(float("nan"), dtype=torch.float64, device=hidden.device)
         else:
@@ -482,7 +477,7 @@ def recorded_vocab_size(dataset) -> int | None:
     """
     if "target_ids" not in dataset.column_names:
         return None
-    from .targets import target_info
+    from .target_cache import target_info
 
     return int(target_info(dataset)["vocab_size"])
 

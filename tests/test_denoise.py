@@ -44,7 +44,7 @@ def test_simplex_representation_and_top_mass():
         z[0] = k
         p = np.exp(z - z.max())
         assert top_token_mass(k, v) == pytest.approx(p[0] / p.sum(), rel=1e-12)
-    assert round(top_token_mass(5.0, 49_152), 2) == 0.31  # DESIGN §7: K = 5 is far from one-hot
+    assert round(top_token_mass(5.0, 49_152), 2) == 0.31  # docs/design.md, denoiser: K = 5 is far from one-hot
 
 
 @pytest.mark.parametrize("block_size,n", [(4, 10), (3, 6), (1, 3)])

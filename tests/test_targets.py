@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from dftnb import data, datastore, experiments, target_cache
 from dftnb import targets as T
 from dftnb.models import tiny_model
 from dftnb.targets import SparseTarget
@@ -161,15 +162,15 @@ def test_storage_at_k64_measured_from_arrow_files(tiny, tmp_path):
     """Bytes per extra token in the saved Arrow files: rows of 32 vs 16 tokens, same row count (the per-file and
     per-row framing cancels), so this is the real on-disk cost of a target token."""
     model, tok = tiny
-    short = T.pack_texts(tok, CORPUS * 3, 16, 6)
-    long = T.pack_texts(tok, CORPUS * 3, 32, 6)
+    short = data.pack_texts(tok, CORPUS * 3, 16, 6)
+    long = data.pack_texts(tok, CORPUS * 3, 32, 6)
     sizes, totals = {}, {}
     for name, blocks in (("short", short), ("long", long)):
         ds = T.from_reference_model(model, tok, blocks, k=64, max_length=64)
         ds.select_columns(["target_ids", "target_logprobs"]).save_to_disk(str(tmp_path / f"{name}-target"))
         ds.save_to_disk(str(tmp_path / f"{name}-all"))
-        sizes[name] = T.arrow_bytes(tmp_path / f"{name}-target")
-        totals[name] = T.arrow_bytes(tmp_path / f"{name}-all")
+        sizes[name] = target_cache.arrow_bytes(tmp_path / f"{name}-target")
+        totals[name] = target_cache.arrow_bytes(tmp_path / f"{name}-all")
     extra_tokens = 6 * (32 - 16)
     per_token_target = (sizes["long"] - sizes["short"]) / extra_tokens
     per_token_row = (totals["long"] - totals["short"]) / extra_tokens
@@ -187,7 +188,7 @@ def test_from_reference_model_equals_softmax_of_model_logits(tiny):
     model, tok = tiny
     k = 8
     ds = T.from_reference_model(model, tok, TEXTS, k=k, max_length=12, batch_size=3)
-    info = T.target_info(ds)
+    info = target_cache.target_info(ds)
     assert (info["source"], info["k"], info["vocab_size"], info["skipped"]) == ("reference", k, V, 1)
     kept = [t for t in TEXTS if len(tok(t)["input_ids"]) >= 2]
     assert len(ds) == len(kept)
@@ -241,13 +242,13 @@ def test_reference_model_input_errors(tiny):
 
 def test_pack_texts_cuts_the_joined_tokenisation(tiny):
     _, tok = tiny
-    blocks = T.pack_texts(tok, CORPUS, 10)
+    blocks = data.pack_texts(tok, CORPUS, 10)
     joined = []
     for text in CORPUS:
         joined += tok(text, add_special_tokens=False)["input_ids"] + tok("\n\n", add_special_tokens=False)["input_ids"]
     assert all(len(b) == 10 for b in blocks) and len(blocks) == len(joined) // 10
     assert sum(blocks, []) == joined[: 10 * len(blocks)]
-    assert len(T.pack_texts(tok, CORPUS, 10, max_blocks=2)) == 2
+    assert len(data.pack_texts(tok, CORPUS, 10, max_blocks=2)) == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -349,9 +350,9 @@ def test_knn_neighbours_match_brute_force_loop(distance):
     torch.manual_seed(3)
     keys = torch.randn(60, 5)
     values = torch.randint(0, 9, (60,))
-    store = T.KNNDatastore(keys, values)
+    store = datastore.KNNDatastore(keys, values)
     queries = torch.cat([torch.randn(4, 5), keys[7:8]])  # the last query is a stored key
-    vals, weights = T.knn_neighbours(queries, store, k_neighbors=6, temperature=2.0, distance=distance, chunk=2)
+    vals, weights = datastore.knn_neighbours(queries, store, k_neighbors=6, temperature=2.0, distance=distance, chunk=2)
     for q, v_got, w_got in zip(queries.double(), vals, weights):
         dists = []
         for key, value in zip(keys.double(), values.tolist()):  # loop over every datastore entry
@@ -363,9 +364,9 @@ def test_knn_neighbours_match_brute_force_loop(distance):
         torch.testing.assert_close(w_got.double(), w / w.sum(), rtol=1e-5, atol=1e-7)
     assert vals[-1, 0] == values[7] and weights[-1, 0] == weights[-1].max()
     with pytest.raises(ValueError, match="k_neighbors"):
-        T.knn_neighbours(queries, store, 61, 1.0)
+        datastore.knn_neighbours(queries, store, 61, 1.0)
     with pytest.raises(ValueError, match="knn_temperature"):
-        T.knn_neighbours(queries, store, 2, 0.0)
+        datastore.knn_neighbours(queries, store, 2, 0.0)
 
 
 def test_from_corpus_equals_brute_force_knn_lm(tiny):
@@ -374,10 +375,10 @@ def test_from_corpus_equals_brute_force_knn_lm(tiny):
     query = ["Thou art more lovely than the summer rain.", "Rough winds do shake the darling buds."]
     ds = T.from_corpus(model, tok, CORPUS, query, k_neighbors=kn, lam=lam, knn_temperature=temp, k=k,
                        max_datastore_tokens=40, block_size=16)
-    assert T.target_info(ds)["datastore_tokens"] == 40
+    assert target_cache.target_info(ds)["datastore_tokens"] == 40
     # brute force in float64: keys from a float64 copy of the model, one loop over datastore entries per query
     m64 = copy.deepcopy(model).double()
-    blocks = T.pack_texts(tok, CORPUS, 16)
+    blocks = data.pack_texts(tok, CORPUS, 16)
     entries = []
     for block in blocks:
         with torch.no_grad():
@@ -408,11 +409,11 @@ def test_knn_lm_mixture_sums_to_one_and_checks_lam():
     logits = torch.randn(3, 12)
     vals = torch.tensor([[1, 1, 4], [0, 2, 2], [5, 6, 7]])
     w = torch.softmax(torch.randn(3, 3), -1)
-    q = T.knn_lm_mixture(logits, vals, w, 0.3)
+    q = datastore.knn_lm_mixture(logits, vals, w, 0.3)
     torch.testing.assert_close(q.sum(-1), torch.ones(3))
     torch.testing.assert_close(q[0, 1], 0.7 * torch.softmax(logits[0], -1)[1] + 0.3 * (w[0, 0] + w[0, 1]))
     with pytest.raises(ValueError, match="lam"):
-        T.knn_lm_mixture(logits, vals, w, 1.5)
+        datastore.knn_lm_mixture(logits, vals, w, 1.5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -431,39 +432,39 @@ def test_cache_hit_mismatch_and_foreign_folder(tiny, tmp_path):
 
         return build
 
-    meta4 = T.target_metadata(model, tok, source="reference", corpus="toy", k=4, texts=2)
+    meta4 = target_cache.target_metadata(model, tok, source="reference", corpus="toy", k=4, texts=2)
     path = tmp_path / "toy-targets"
-    first = T.build_or_load(path, meta4, builder(4))
-    again = T.build_or_load(path, meta4, builder(4))
+    first = target_cache.build_or_load(path, meta4, builder(4))
+    again = target_cache.build_or_load(path, meta4, builder(4))
     assert calls == [4] and again["target_ids"] == first["target_ids"]
-    side = json.loads((path / T.SIDECAR).read_text())
-    assert side["metadata"]["k"] == 4 and side["metadata"]["tokenizer_hash"] == T.tokenizer_hash(tok)
+    side = json.loads((path / target_cache.SIDECAR).read_text())
+    assert side["metadata"]["k"] == 4 and side["metadata"]["tokenizer_hash"] == target_cache.tokenizer_hash(tok)
 
     meta8 = {**meta4, "k": 8}
-    with pytest.raises(T.StaleTargetCacheError, match=r"stale \(k: cached 4 != wanted 8\).*rebuild='auto'"):
-        T.build_or_load(path, meta8, builder(8), rebuild="never")
+    with pytest.raises(target_cache.StaleTargetCacheError, match=r"stale \(k: cached 4 != wanted 8\).*rebuild='auto'"):
+        target_cache.build_or_load(path, meta8, builder(8), rebuild="never")
     assert calls == [4]  # refused, nothing rebuilt or lost
-    rebuilt = T.build_or_load(path, meta8, builder(8))
+    rebuilt = target_cache.build_or_load(path, meta8, builder(8))
     assert calls == [4, 8] and len(rebuilt[0]["target_ids"][0]) == 8
 
     foreign_tok = {**meta8, "tokenizer_hash": "0" * 64}
-    with pytest.raises(T.StaleTargetCacheError, match="tokenizer_hash"):
-        T.build_or_load(path, foreign_tok, builder(8), rebuild="never")
-    T.build_or_load(path, foreign_tok, builder(8))
+    with pytest.raises(target_cache.StaleTargetCacheError, match="tokenizer_hash"):
+        target_cache.build_or_load(path, foreign_tok, builder(8), rebuild="never")
+    target_cache.build_or_load(path, foreign_tok, builder(8))
     assert calls == [4, 8, 8]
 
     other_model, _ = tiny_model(seed=1, tokenizer=tok)
-    assert T.target_metadata(other_model, tok, source="reference", corpus="toy", k=4, texts=2) != meta4
+    assert target_cache.target_metadata(other_model, tok, source="reference", corpus="toy", k=4, texts=2) != meta4
 
     (tmp_path / "foreign").mkdir()
-    with pytest.raises(T.StaleTargetCacheError, match="not written by dftnb"):
-        T.build_or_load(tmp_path / "foreign", meta4, builder(4))
-    with pytest.raises(T.StaleTargetCacheError, match="no target cache"):
-        T.build_or_load(tmp_path / "missing", meta4, builder(4), rebuild="never")
+    with pytest.raises(target_cache.StaleTargetCacheError, match="not written by dftnb"):
+        target_cache.build_or_load(tmp_path / "foreign", meta4, builder(4))
+    with pytest.raises(target_cache.StaleTargetCacheError, match="no target cache"):
+        target_cache.build_or_load(tmp_path / "missing", meta4, builder(4), rebuild="never")
     with pytest.raises(ValueError, match="same k"):
-        T.build_or_load(tmp_path / "wrong-k", meta8, builder(4))
+        target_cache.build_or_load(tmp_path / "wrong-k", meta8, builder(4))
     with pytest.raises(ValueError, match="lacks"):
-        T.build_or_load(tmp_path / "x", {"k": 4}, builder(4))
+        target_cache.build_or_load(tmp_path / "x", {"k": 4}, builder(4))
     assert not (tmp_path / "wrong-k").exists()
 
 
@@ -507,7 +508,7 @@ def test_loss_positions_and_target_entropies():
     target = SparseTarget.from_logits(logits, 3)
     row = {"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4],
            "target_ids": target.ids.numpy(), "target_logprobs": target.logprobs.numpy()}
-    ds = T.rows_to_dataset([row], 3, 30)
+    ds = target_cache.rows_to_dataset([row], 3, 30)
     stored = SparseTarget.from_stored(ds[0]["target_ids"], ds[0]["target_logprobs"], 30).to_dense()[[1, 2]]
     np.testing.assert_allclose(T.target_entropies(ds), -(stored * stored.log()).sum(-1).numpy(), rtol=1e-9)
 
@@ -524,12 +525,12 @@ def test_reference_logits_match_model_and_samples_accept_token_prompts(peaked):
 
 def test_shakespeare_targets_built_once_then_loaded(tiny, tmp_path, monkeypatch):
     model, tok = tiny
-    monkeypatch.setattr(T, "target_cache_path", lambda name: tmp_path / name)
-    ds = T.shakespeare_targets("smoke", model, tok)
-    n_seqs, seq_len = T.SHAKESPEARE_TARGET_SIZES["smoke"]
+    monkeypatch.setattr(target_cache, "target_cache_path", lambda name: tmp_path / name)
+    ds = experiments.shakespeare_targets("smoke", model, tok)
+    n_seqs, seq_len = experiments.SHAKESPEARE_TARGET_SIZES["smoke"]
     assert len(ds) == n_seqs and all(len(x) == seq_len for x in ds["input_ids"])
     assert len(ds[0]["target_ids"][0]) == 64
-    stamp = (tmp_path / "shakespeare-train-reference-k64-smoke" / T.SIDECAR).stat().st_mtime_ns
-    again = T.shakespeare_targets("smoke", model, tok, rebuild="never")
+    stamp = (tmp_path / "shakespeare-train-reference-k64-smoke" / target_cache.SIDECAR).stat().st_mtime_ns
+    again = experiments.shakespeare_targets("smoke", model, tok, rebuild="never")
     assert again["target_ids"] == ds["target_ids"]
-    assert (tmp_path / "shakespeare-train-reference-k64-smoke" / T.SIDECAR).stat().st_mtime_ns == stamp
+    assert (tmp_path / "shakespeare-train-reference-k64-smoke" / target_cache.SIDECAR).stat().st_mtime_ns == stamp

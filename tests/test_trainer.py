@@ -292,7 +292,7 @@ def test_config_validation():
         DFTConfig(ce_weight=1.5)
     with pytest.raises(ValueError, match="temperature"):
         DFTConfig(temperature=0.0)
-    assert DFTConfig(divergence="dft_wasserstein").divergence == "wasserstein_sorted"
+    assert DFTConfig(divergence="dft_sorted_w1").divergence == "wasserstein_sorted"
     assert not DFTConfig(divergence="gem").needs_target
 
 
