@@ -1,8 +1,10 @@
-"""Measures of generated and held-out text: diversity and perplexity (docs/design.md, metrics).
+"""Measures of generated and held-out text: diversity, perplexity, fidelity (docs/design.md, metrics).
 
 * Lexical diversity: :func:`distinct_n`, :func:`self_bleu`, :func:`compression_diversity`; semantic diversity:
   :func:`vendi_score`; together the Style Diversity Score :func:`style_diversity_score` (0-100, bootstrap CI).
 * Sliding-window perplexity: :func:`perplexity`, :func:`perplexity_by_corpus` (macro over the three corpora).
+* Style fidelity to human text: :func:`mauve_score` and the classifier two-sample test
+  :func:`classifier_two_sample_test` on sentence embeddings; :func:`shuffle_words` for their calibration rows.
 
 Accuracy harnesses (HumanEval, MMLU) are :mod:`dftnb.evals`; the loops that evaluate whole models and build the
 tables are :mod:`dftnb.experiments`. Whitespace tokens are the unit of every lexical diversity measure here
@@ -11,8 +13,10 @@ tables are :mod:`dftnb.experiments`. Whitespace tokens are the unit of every lex
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -240,6 +244,108 @@ def style_diversity_score(
         unit=unit,
         per_prompt=per_prompt,
     )
+
+
+# ------------------------------------------------------------------------------------- style fidelity to human text
+def _features(x) -> np.ndarray:
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if x.ndim != 2 or len(x) < 2 or not np.isfinite(x).all():
+        raise ValueError(f"features must be a finite (n >= 2, dim) array, e.g. embedder.encode(texts); got {x.shape}.")
+    return x.astype(np.float32)
+
+
+@contextlib.contextmanager
+def _silent_stderr():
+    """Silence file descriptor 2 (FAISS's k-means prints its size warnings from C++, past ``sys.stderr``)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def mauve_score(p_features, q_features, num_buckets: int | str = "auto", seeds: Sequence[int] = range(5)) -> float:
+    """MAUVE (Pillutla et al., NeurIPS 2021) between two sets of texts given as feature vectors, in (0, 1].
+
+    Both sets are quantised together by k-means (``num_buckets`` clusters; ``"auto"`` = a tenth of the points),
+    and MAUVE is the area under the divergence curve ``(exp(−5 KL(Q‖R_λ)), exp(−5 KL(P‖R_λ)))``,
+    ``R_λ = λP + (1−λ)Q``: 1 when the two histograms coincide, near 0 when they do not overlap. Computed by the
+    ``mauve-text`` package on the given features (e.g. MiniLM sentence embeddings), so no model is downloaded.
+    With a few hundred texts per side one k-means run moves the score by ±0.1, so the score is the mean over the
+    k-means ``seeds``; compare it with calibration rows (two halves of the human set, shuffled-word text) computed
+    the same way.
+    """
+    import mauve
+
+    p, q = _features(p_features), _features(q_features)
+    scores = []
+    with _silent_stderr():
+        for seed in seeds:
+            out = mauve.compute_mauve(p_features=p, q_features=q, num_buckets=num_buckets, device_id=-1,
+                                      verbose=False, seed=int(seed))
+            scores.append(float(out.mauve))
+    if not scores:
+        raise ValueError("mauve_score needs at least one k-means seed.")
+    return float(np.mean(scores))
+
+
+@dataclass
+class TwoSampleTest:
+    """Cross-validated accuracy of a classifier telling two sets apart (0.5 = indistinguishable)."""
+
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    n: int  # texts classified (both sets, after balancing)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default; Wilson 1927)."""
+    if n <= 0:
+        raise ValueError("wilson_interval needs n >= 1 trials.")
+    phat = successes / n
+    centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def classifier_two_sample_test(p_features, q_features, folds: int = 5, seed: int = 0) -> TwoSampleTest:
+    """The "blind test": can a logistic regression on the features tell set ``p`` (model samples) from set ``q``
+    (human text)? Classifier two-sample test (Lopez-Paz & Oquab, ICLR 2017).
+
+    The larger set is subsampled (seeded) to the size of the smaller, so chance is exactly 50%; every text is
+    predicted once by a model trained on the other ``folds − 1`` stratified folds, and the accuracy comes with a
+    Wilson 95% interval. 50% means indistinguishable, 100% trivially separable.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    p, q = _features(p_features), _features(q_features)
+    n = min(len(p), len(q))
+    if n < folds:
+        raise ValueError(f"need at least folds={folds} texts per set, got {len(p)} and {len(q)}.")
+    rng = np.random.default_rng(seed)
+    p, q = p[rng.permutation(len(p))[:n]], q[rng.permutation(len(q))[:n]]
+    x, y = np.vstack([p, q]), np.r_[np.zeros(n), np.ones(n)]
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    pred = cross_val_predict(LogisticRegression(max_iter=2000), x, y, cv=cv)
+    correct = int((pred == y).sum())
+    lo, hi = wilson_interval(correct, 2 * n)
+    return TwoSampleTest(correct / (2 * n), lo, hi, 2 * n)
+
+
+def shuffle_words(texts: Sequence[str], seed: int = 0) -> list[str]:
+    """Each text with its words in a random order: same vocabulary, no syntax (a calibration row that a fidelity
+    measure must score as clearly worse than the text itself)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for text in texts:
+        words = text.split()
+        out.append(" ".join(words[i] for i in rng.permutation(len(words))))
+    return out
 
 
 def human_reference_samples(
