@@ -14,12 +14,12 @@ def setup(context: str = "notebook") -> None:
     sns.set_theme(context=context, style="whitegrid", palette="colorblind")
 
 
-def save_figure(fig, name: str, out_dir: str | Path) -> Path:
-    """Save ``fig`` as ``<out_dir>/figures/<name>.png`` (150 dpi) and return the path."""
+def save_figure(fig, name: str, out_dir: str | Path) -> None:
+    """Save ``fig`` as ``<out_dir>/figures/<name>.png`` (150 dpi). The figure stays open, so a notebook (JupyterLab
+    or papermill, inline backend) shows it under the cell; returns nothing, so no path is echoed."""
     path = Path(out_dir) / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150, bbox_inches="tight")
-    return path
 
 
 def save_table(df: pd.DataFrame, name: str, out_dir: str | Path, floatfmt: str = ".4g") -> Path:

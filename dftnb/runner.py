@@ -12,6 +12,7 @@ import csv
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 import warnings
@@ -21,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 PROFILES = ("smoke", "default", "gpu")
 KERNEL = "dftnb"
+# Set by run_all (papermill) and by `make nbval`: the chapter runs headless, so progress bars stay off stderr.
+HEADLESS_ENV = "DFTNB_HEADLESS"
 
 
 def resolve(path: str | Path) -> Path:
@@ -29,11 +32,19 @@ def resolve(path: str | Path) -> Path:
     return path if path.is_absolute() else REPO / path
 
 
-def quiet() -> None:
-    """Keep progress bars and library warnings off stderr, so nbval compares only what a chapter prints."""
+def interactive() -> bool:
+    """Whether a person is watching: true in JupyterLab and plain Python, false under the runner, nbval and CI
+    (which set ``DFTNB_HEADLESS=1``). Decides whether long loops show progress bars."""
+    return os.environ.get(HEADLESS_ENV, "0") != "1"
+
+
+def quiet(progress: bool = False) -> None:
+    """Keep library warnings (and, unless ``progress``, progress bars) off stderr, so nbval compares only what a
+    chapter prints."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not progress:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
@@ -41,9 +52,10 @@ def quiet() -> None:
         import transformers
 
         transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        datasets.disable_progress_bars()
         datasets.logging.set_verbosity_error()
+        if not progress:
+            transformers.utils.logging.disable_progress_bar()
+            datasets.disable_progress_bars()
     except ImportError:  # pragma: no cover - both are dependencies
         pass
 
@@ -58,10 +70,11 @@ def seed_everything(seed: int) -> None:
 
 
 def setup_chapter(profile: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Validate ``profile``, silence stderr noise, seed every RNG, apply the plot theme; return the output folder."""
+    """Validate ``profile``, silence warnings (and progress bars when headless, see :func:`interactive`), seed every
+    RNG, apply the plot theme; return the output folder."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}.")
-    quiet()
+    quiet(progress=interactive())
     seed_everything(seed)
     from . import plots
 
@@ -94,20 +107,44 @@ def write_timings(path: Path, rows: list[dict]) -> None:
         writer.writerows(merged[name] for name in sorted(merged))
 
 
+def ipc_kernel_manager(socket_dir: str | Path):
+    """A ``KernelManager`` class whose kernels talk over local IPC sockets (files under ``socket_dir``) instead of
+    TCP on loopback: nothing listens on a port, and ipykernel has no reason to warn about unencrypted TCP."""
+    from jupyter_client.manager import KernelManager
+    from traitlets import CaselessStrEnum, Float, default
+
+    class IPCKernelManager(KernelManager):
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+        # a busy machine can take more than the default 5 s to let a kernel exit; then it gets interrupted and logs
+        shutdown_wait_time = Float(30.0, config=True)
+
+        @default("ip")
+        def _ip_default(self) -> str:
+            return str(Path(socket_dir) / f"kernel-{os.getpid()}-{id(self)}")
+
+    return IPCKernelManager
+
+
 def run_all(profile: str, out_dir: str | Path, only: list[str] | None = None, timeout: int | None = None) -> list[dict]:
     """Execute each chapter with papermill into ``out_dir`` (profile injected), printing one progress line each.
 
     Writes ``<out_dir>/timings-<profile>.csv``. Stops at the first failing notebook; its partly executed copy is
-    kept in ``out_dir`` so the failing cell can be read there.
+    kept in ``out_dir`` so the failing cell can be read there. Chapters run headless (``DFTNB_HEADLESS=1``: no
+    progress bars) on kernels connected over IPC.
     """
+    import tempfile
+
     import papermill as pm
 
+    os.environ[HEADLESS_ENV] = "1"  # inherited by the kernels papermill starts
+    sockets = tempfile.mkdtemp(prefix="dftnb-kernels-")  # the IPC socket files live here, not in notebooks/
+    manager = ipc_kernel_manager(sockets)
     out = resolve(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     chapters = notebooks(only)
     for i, nb in enumerate(chapters, 1):
-        print(f"[{i}/{len(chapters)}] {nb.name} (profile {profile}) ...", flush=True)
+        print(f"[{i}/{len(chapters)}] {nb.name} (profile {profile}) ...", end=" ", flush=True)
         start = time.perf_counter()
         try:
             pm.execute_notebook(
@@ -119,13 +156,15 @@ def run_all(profile: str, out_dir: str | Path, only: list[str] | None = None, ti
                 log_output=False,
                 cwd=str(NOTEBOOKS),
                 execution_timeout=timeout,
+                kernel_manager_class=manager,
             )
         except Exception as err:  # papermill raises PapermillExecutionError with the failing cell
-            print(f"[{i}/{len(chapters)}] {nb.name} FAILED after {time.perf_counter() - start:.0f} s:\n{err}", flush=True)
+            print(f"FAILED after {time.perf_counter() - start:.0f} s:\n{err}", flush=True)
             raise SystemExit(1) from None
         seconds = time.perf_counter() - start
         rows.append({"notebook": nb.name, "profile": profile, "seconds": round(seconds, 1)})
-        print(f"[{i}/{len(chapters)}] {nb.name} done in {seconds:.0f} s -> {out / nb.name}", flush=True)
+        print(f"done in {seconds:.0f} s -> {out / nb.name}", flush=True)
+    shutil.rmtree(sockets, ignore_errors=True)
     timings = out / f"timings-{profile}.csv"
     write_timings(timings, rows)
     total = sum(r["seconds"] for r in rows)
