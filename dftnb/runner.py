@@ -108,19 +108,23 @@ def write_timings(path: Path, rows: list[dict]) -> None:
 
 
 def ipc_kernel_manager(socket_dir: str | Path):
-    """A ``KernelManager`` class whose kernels talk over local IPC sockets (files under ``socket_dir``) instead of
-    TCP on loopback: nothing listens on a port, and ipykernel has no reason to warn about unencrypted TCP."""
-    from jupyter_client.manager import KernelManager
-    from traitlets import CaselessStrEnum, Float, default
+    """A kernel manager class for papermill whose kernels talk over local IPC sockets (files under ``socket_dir``)
+    instead of TCP on loopback: nothing listens on a port, and ipykernel has no reason to warn about unencrypted TCP.
+    It also skips the SIGINT that jupyter_client sends an idle kernel right before asking it to shut down, which
+    only makes the kernel log "KeyboardInterrupt caught in kernel" to the runner's stderr."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import CaselessStrEnum, default
 
-    class IPCKernelManager(KernelManager):
+    class IPCKernelManager(AsyncKernelManager):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
-        # a busy machine can take more than the default 5 s to let a kernel exit; then it gets interrupted and logs
-        shutdown_wait_time = Float(30.0, config=True)
 
         @default("ip")
         def _ip_default(self) -> str:
             return str(Path(socket_dir) / f"kernel-{os.getpid()}-{id(self)}")
+
+        async def _async_interrupt_kernel(self) -> None:
+            if not self.shutting_down:  # interrupts asked for by a timeout still go through
+                await super()._async_interrupt_kernel()
 
     return IPCKernelManager
 
