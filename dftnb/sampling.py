@@ -21,6 +21,7 @@ Entropies are in nats except mirostat, whose surprise is in bits as in the paper
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -41,12 +42,36 @@ def _extends_by_one(previous: torch.Tensor | None, input_ids: torch.Tensor | Non
 
 
 def _check_finite_scores(scores: torch.Tensor, who: str) -> None:
-    top = scores.max()  # one pass: NaN propagates through max, +Inf is the max
-    if not bool(top < float("inf")):
+    """Refuse NaN/+Inf logits and rows with no finite score (every token masked: nothing left to sample)."""
+    top = scores.max(-1).values.reshape(-1)  # one pass: NaN propagates through max, +Inf is the max
+    if bool(torch.isfinite(top).all()):
+        return
+    if not bool((top < float("inf")).all()):
         raise ValueError(
             f"{who}: logits contain NaN or +Inf; run the model in float32 (or bfloat16 on GPU, not float16) and check "
             "the inputs, or add InfNanRemoveLogitsProcessor (generate(..., remove_invalid_values=True)) before it."
         )
+    rows = torch.nonzero(top == float("-inf")).reshape(-1).tolist()
+    more = f" (and {len(rows) - 1} more row(s))" if len(rows) > 1 else ""
+    raise ValueError(
+        f"{who}: row {rows[0]} of {top.numel()}{more} has no finite score: every token is -inf, so there is nothing "
+        "to sample. The model's logits or an earlier processor (a bad-words or forced-token processor, top-k/top-p, "
+        "another sampler) masked everything; check the model's output for that row and loosen or drop the earlier "
+        "processor."
+    )
+
+
+def _real(name: str, value) -> float:
+    """``value`` as a finite float, or a ValueError naming the parameter (NaN, Inf, strings and bools are refused)."""
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (numbers.Real, torch.Tensor, np.ndarray)):
+        raise ValueError(f"{name} must be a finite number, got {value!r} ({type(value).__name__}).")
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.") from None
+    if not math.isfinite(result):
+        raise ValueError(f"{name} must be a finite number, got {result}.")
+    return result
 
 
 NEGLIGIBLE_LOG_RATIO = -80.0  # e^-80 ≈ 1.8e-35: below it a token's share of the mass cannot move an entropy
@@ -94,6 +119,9 @@ class DynamicTemperatureLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, min_temperature: float, max_temperature: float, exponent: float = 1.0):
+        min_temperature = _real("min_temperature", min_temperature)
+        max_temperature = _real("max_temperature", max_temperature)
+        exponent = _real("exponent", exponent)
         if not min_temperature > 0:
             raise ValueError(f"min_temperature must be > 0, got {min_temperature}; use e.g. 0.5.")
         if min_temperature > max_temperature:
@@ -141,6 +169,8 @@ class EDTLogitsProcessor(LogitsProcessor):
     def __init__(
         self, temperature0: float = 1.0, theta: float = 1.0, base: float = 0.8, min_temperature: float = 1e-2
     ):
+        temperature0, theta = _real("temperature0", temperature0), _real("theta", theta)
+        base, min_temperature = _real("base", base), _real("min_temperature", min_temperature)
         if not temperature0 > 0:
             raise ValueError(f"temperature0 (T0) must be > 0, got {temperature0}.")
         if not theta > 0:
@@ -182,6 +212,7 @@ class TopNSigmaLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, n: float = 1.0):
+        n = _real("n", n)
         if not n >= 0:
             raise ValueError(f"n must be >= 0 (the paper uses n = 1), got {n}.")
         self.n = float(n)
@@ -224,6 +255,7 @@ class MirostatV2LogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, tau: float = 5.0, eta: float = 0.1):
+        tau, eta = _real("tau", tau), _real("eta", eta)
         if not tau > 0:
             raise ValueError(f"tau (target surprise, bits) must be > 0, got {tau}; llama.cpp's default is 5.0.")
         if not eta > 0:
@@ -296,6 +328,12 @@ class TargetEntropyLogitsProcessor(LogitsProcessor):
         max_iter: int = 100,
         on_unreachable: str = "clamp",
     ):
+        target_entropy = _real("target_entropy", target_entropy)
+        min_temperature = _real("min_temperature", min_temperature)
+        max_temperature = _real("max_temperature", max_temperature)
+        tolerance = _real("tolerance", tolerance)
+        if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
+            raise ValueError(f"max_iter must be an integer >= 1 (the search's step limit), got {max_iter!r}.")
         if not target_entropy >= 0:
             raise ValueError(f"target_entropy (nats) must be >= 0, got {target_entropy}.")
         if not 0 < min_temperature < max_temperature:
@@ -398,7 +436,7 @@ class TargetEntropyLogitsProcessor(LogitsProcessor):
 
 
 def _check_probability(name: str, value: float, low_open: bool = False) -> float:
-    value = float(value)
+    value = _real(name, value)
     ok = (0 < value <= 1) if low_open else (0 <= value <= 1)
     if not ok:
         interval = "(0, 1]" if low_open else "[0, 1]"
@@ -407,7 +445,7 @@ def _check_probability(name: str, value: float, low_open: bool = False) -> float
 
 
 def _check_temperature(value: float) -> float:
-    value = float(value)
+    value = _real("temperature", value)
     if not value > 0:
         raise ValueError(f"temperature must be > 0, got {value}; for greedy decoding use do_sample=False.")
     return value
@@ -439,7 +477,7 @@ def sampler_kwargs(name: str, **params) -> dict:
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}.")
     unknown = set(params) - set(SAMPLERS[name])
-    if "temperature" in unknown and float(params["temperature"]) == 1.0:
+    if "temperature" in unknown and _real("temperature", params["temperature"]) == 1.0:
         unknown.discard("temperature")
         params = {k: v for k, v in params.items() if k != "temperature"}
     if unknown:

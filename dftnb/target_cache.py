@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,7 +44,8 @@ TARGET_COLUMNS = ("input_ids", "labels", "target_ids", "target_logprobs")
 
 
 def target_features(k: int, vocab_size: int):
-    """``datasets.Features`` of a target dataset; targets are fixed-size lists (no per-token Arrow offsets)."""
+    """``datasets.Features`` of a target dataset; targets are fixed-size lists (no per-token Arrow offsets), and the
+    tail mass ``r`` of every position is one float32 (``target_tail_mass``): ``4k + 4`` bytes of target per token."""
     from datasets import Features, List, Value
 
     ids = id_dtype(vocab_size)
@@ -53,14 +55,25 @@ def target_features(k: int, vocab_size: int):
             "labels": List(Value("int32")),
             "target_ids": List(List(Value(ids), length=k)),
             "target_logprobs": List(List(Value("float16"), length=k)),
+            "target_tail_mass": List(Value("float32")),
         }
     )
 
 
+def row_tail_mass(row: dict) -> np.ndarray:
+    """A row's ``target_tail_mass`` (T,) as float32: the stored one, or (a row built without it)
+    ``1 - sum(exp(target_logprobs))`` summed in float64 from the row's log-probabilities before float16 storage."""
+    if row.get("target_tail_mass") is not None:
+        return np.asarray(row["target_tail_mass"], dtype=np.float32).reshape(-1)
+    logprobs = np.asarray(row["target_logprobs"], dtype=np.float64)
+    return np.clip(1.0 - np.exp(logprobs).sum(-1), 0.0, 1.0).astype(np.float32)
+
+
 def rows_to_dataset(rows: list[dict], k: int, vocab_size: int, info: dict | None = None):
     """Build a target ``datasets.Dataset`` from per-sequence NumPy rows (``input_ids`` (T,), ``labels`` (T,),
-    ``target_ids`` (T, k), ``target_logprobs`` (T, k)); ``info`` (plus ``k`` and ``vocab_size``) is kept as JSON
-    in ``dataset.info.description`` (read it back with :func:`target_info`)."""
+    ``target_ids`` (T, k), ``target_logprobs`` (T, k) and ``target_tail_mass`` (T,), which :func:`row_tail_mass`
+    fills in when a row lacks it); ``info`` (plus ``k`` and ``vocab_size``) is kept as JSON in
+    ``dataset.info.description`` (read it back with :func:`target_info`)."""
     import datasets
     import pyarrow as pa
     from datasets.table import InMemoryTable
@@ -73,7 +86,8 @@ def rows_to_dataset(rows: list[dict], k: int, vocab_size: int, info: dict | None
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
 
     def column(name, dtype, width=None):
-        flat = np.concatenate([np.asarray(r[name]).reshape(-1) for r in rows]).astype(dtype)
+        get = row_tail_mass if name == "target_tail_mass" else (lambda r: np.asarray(r[name]).reshape(-1))
+        flat = np.concatenate([get(r) for r in rows]).astype(dtype)
         values = pa.array(flat)
         if width is not None:
             values = pa.FixedSizeListArray.from_arrays(values, width)
@@ -82,12 +96,16 @@ def rows_to_dataset(rows: list[dict], k: int, vocab_size: int, info: dict | None
     for r in rows:
         if np.asarray(r["target_ids"]).shape != (len(r["input_ids"]), k):
             raise ValueError(f"target rows must be (T, k={k}); got {np.asarray(r['target_ids']).shape}.")
+        if row_tail_mass(r).shape != (len(r["input_ids"]),):
+            raise ValueError(f"target_tail_mass must hold one value per token (T={len(r['input_ids'])},); got "
+                             f"{row_tail_mass(r).shape}.")
     table = pa.Table.from_arrays(
         [
             column("input_ids", ids_np),
             column("labels", np.int32),
             column("target_ids", ids_np, k),
             column("target_logprobs", np.float16, k),
+            column("target_tail_mass", np.float32),
         ],
         schema=features.arrow_schema,
     )
@@ -114,9 +132,31 @@ def tokenizer_hash(tokenizer) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+# Config entries that change how a model runs, not what it outputs: the Trainer flips ``use_cache`` (gradient
+# checkpointing), loaders set the attention kernel, the name and the library version; parameter dtypes are hashed
+# with the weights. They are left out of :func:`model_fingerprint`, at every level of nested (composite) configs.
+RUNTIME_CONFIG_KEYS = frozenset({
+    "use_cache", "output_attentions", "output_hidden_states", "return_dict", "torchscript", "_name_or_path",
+    "transformers_version", "_commit_hash", "_attn_implementation", "_attn_implementation_autoset",
+    "_attn_implementation_internal", "attn_implementation", "torch_dtype", "dtype", "gradient_checkpointing",
+})
+
+
+def _output_config(value):
+    """A config dict without :data:`RUNTIME_CONFIG_KEYS`, recursively."""
+    if isinstance(value, dict):
+        return {k: _output_config(v) for k, v in value.items() if k not in RUNTIME_CONFIG_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_output_config(v) for v in value]
+    return value
+
+
 def model_fingerprint(model) -> str:
-    """sha256 over the model config and the raw bytes of every parameter (distinguishes seeds and fine-tunes)."""
-    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    """sha256 over what determines the model's outputs: its config without runtime flags (``use_cache``, the
+    attention kernel, ... : :data:`RUNTIME_CONFIG_KEYS`) and the raw bytes of every parameter (distinguishes seeds
+    and fine-tunes). A Trainer setting ``use_cache=False`` therefore does not make a valid target cache stale."""
+    config = json.dumps(_output_config(model.config.to_dict()), sort_keys=True, default=str)
+    h = hashlib.sha256(config.encode())
     for name, p in model.state_dict().items():
         h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
         h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -148,6 +188,123 @@ class StaleTargetCacheError(RuntimeError):
     """A target cache on disk was built from something else (model, tokenizer, corpus, k, code, parameters)."""
 
 
+class CorruptTargetCacheError(StaleTargetCacheError):
+    """A target cache on disk cannot be trusted: a data file is truncated, changed since it was saved (its sha256
+    differs from the one in the sidecar) or unreadable, or the sidecar itself is."""
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's bytes, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def data_checksums(path: str | os.PathLike) -> dict[str, str]:
+    """``{relative file name: sha256}`` of every file under ``path`` except the sidecar (what ``save_to_disk`` wrote)."""
+    root = Path(path)
+    return {f.relative_to(root).as_posix(): file_sha256(f) for f in sorted(root.rglob("*"))
+            if f.is_file() and f.name != SIDECAR}
+
+
+def checksum_problem(path: str | os.PathLike, side: dict) -> str | None:
+    """Why the data files under ``path`` differ from the checksums recorded in ``side`` (the sidecar), or None.
+
+    Only the recorded files are checked, so files added next to them later (``datasets`` cache files) do not count.
+    """
+    files = side.get("files")
+    if not isinstance(files, dict) or not files:
+        return f"its {SIDECAR} records no checksum of the data files (it was written by an older dftnb)"
+    for name, digest in sorted(files.items()):
+        f = Path(path) / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if file_sha256(f) != digest:
+            return (f"{name} is corrupt or truncated: its sha256 differs from the one recorded in {SIDECAR} when it "
+                    "was saved")
+    return None
+
+
+def record_tokenizer_hash(dataset, digest: str | None):
+    """Add the tokenizer hash to a target dataset's builder record (in ``dataset.info``) when it lacks one."""
+    if not digest or "target_ids" not in getattr(dataset, "column_names", []):
+        return dataset
+    try:
+        info = target_info(dataset)
+    except ValueError:
+        return dataset
+    if "tokenizer_hash" not in info:
+        dataset.info.description = json.dumps({"dftnb_target": {**info, "tokenizer_hash": digest}})
+    return dataset
+
+
+def check_target_tokenizer(dataset, tokenizer, student_vocab_size: int | None = None) -> None:
+    """Refuse a target dataset whose builder record names another tokenizer than ``tokenizer``.
+
+    The vocabulary-size check cannot see a tokenizer of the same size with other tokens (or the same tokens in
+    another order); the tokenizer hash can. A dataset without one (built outside :func:`build_or_load`) gets a
+    warning saying the check could not be made.
+    """
+    if "target_ids" not in getattr(dataset, "column_names", []):
+        return
+    info = target_info(dataset)
+    recorded = info.get("tokenizer_hash")
+    if recorded is None:
+        warnings.warn(
+            "the target dataset records no tokenizer hash, so it cannot be checked that its targets were built with "
+            "the student's tokenizer (only the vocabulary size is checked); build it through "
+            "dftnb.target_cache.build_or_load, which records the hash.", UserWarning, stacklevel=3)
+        return
+    try:
+        mine = tokenizer_hash(tokenizer)
+    except (AttributeError, TypeError):
+        warnings.warn(f"the student's tokenizer ({type(tokenizer).__name__}) has neither a backend tokenizer nor "
+                      "get_vocab(), so it cannot be compared with the targets' tokenizer.", UserWarning, stacklevel=3)
+        return
+    if mine != recorded:
+        same = student_vocab_size is not None and int(student_vocab_size) == int(info["vocab_size"])
+        size = f" of the same vocabulary size (V={info['vocab_size']})" if same else ""
+        raise ValueError(
+            f"the targets were built with another tokenizer{size} than the student's (tokenizer sha256 "
+            f"{recorded[:12]}... recorded in the dataset, {mine[:12]}... for the student's): the same token id "
+            "stands for another token, so training would teach the wrong distribution; rebuild the targets with the "
+            "student's tokenizer (build_or_load with target_metadata(reference, student_tokenizer, ...)), or train "
+            "the student that goes with the targets' tokenizer."
+        )
+
+
+def load_target_dataset(path: str | os.PathLike, verify: bool = True):
+    """``datasets.load_from_disk(path)`` with the checks a saved target dataset needs.
+
+    When the folder has a sidecar (a :func:`build_or_load` cache) its data files must match the sha256 recorded
+    there (``verify``), and the builder record gets the tokenizer hash from it. A data file that Arrow cannot read
+    (truncated, overwritten) raises :class:`CorruptTargetCacheError` naming the folder and the fix, not a raw
+    ``OSError``/``ArrowInvalid``.
+    """
+    import datasets
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; build it with dftnb.target_cache.build_or_load.")
+    side = read_sidecar(path)
+    fix = ("rebuild it with build_or_load(..., rebuild='auto') or delete it" if side is not None else
+           "save it again (Dataset.save_to_disk) or rebuild it")
+    if side is not None and verify and "files" in side:
+        problem = checksum_problem(path, side)
+        if problem:
+            raise CorruptTargetCacheError(f"target cache {path}: {problem}; {fix}.")
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError, a truncated stream an OSError
+        raise CorruptTargetCacheError(
+            f"cannot read the saved dataset {path} ({type(err).__name__}: {err}): a data file is truncated or corrupt "
+            f"(an interrupted save or copy?); {fix}."
+        ) from err
+    return record_tokenizer_hash(dataset, (side or {}).get("metadata", {}).get("tokenizer_hash"))
+
+
 def target_cache_path(cache: str | os.PathLike) -> Path:
     """A bare name goes under ``cache_dir()/targets/``; anything with a path separator is used as given."""
     from .models import cache_dir
@@ -157,8 +314,22 @@ def target_cache_path(cache: str | os.PathLike) -> Path:
 
 
 def read_sidecar(path: str | os.PathLike) -> dict | None:
+    """The sidecar of a cache folder, ``None`` when there is none; an unreadable one raises
+    :class:`CorruptTargetCacheError` naming it."""
     side = Path(path) / SIDECAR
-    return json.loads(side.read_text()) if side.exists() else None
+    if not side.exists():
+        return None
+    try:
+        record = json.loads(side.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CorruptTargetCacheError(
+            f"{side} is not valid JSON ({err}; an interrupted write?): the cache cannot be checked; rebuild it with "
+            f"build_or_load(..., rebuild='auto') or delete {Path(path)}."
+        ) from None
+    if not isinstance(record, dict):
+        raise CorruptTargetCacheError(f"{side} holds a {type(record).__name__}, not a cache record; rebuild it with "
+                                      f"build_or_load(..., rebuild='auto') or delete {Path(path)}.")
+    return record
 
 
 def _mismatched_keys(stored: dict, wanted: dict) -> list[str]:
@@ -177,30 +348,47 @@ def build_or_load(
     * ``"never"`` - a mismatching or missing cache raises :class:`StaleTargetCacheError` naming the keys;
     * ``"always"`` - rebuild regardless.
 
-    A folder without a sidecar was not written here and is never overwritten. The dataset is written to a
-    temporary folder and renamed into place, so an interrupted build leaves the previous cache intact.
+    A folder without a sidecar was not written here and is never overwritten. The sidecar records the sha256 of
+    every data file; a cache whose files no longer match (truncated, bytes flipped), whose sidecar is unreadable or
+    holds no checksum counts as corrupt: rebuilt under ``"auto"`` (with a warning), :class:`CorruptTargetCacheError`
+    under ``"never"``. The dataset is written to a temporary folder and renamed into place, so an interrupted build
+    leaves the previous cache intact. The builder record of the saved dataset gets the tokenizer hash, which
+    :func:`dftnb.trainer.build_trainer` compares with the student's tokenizer.
     Returns the memory-mapped dataset from ``datasets.load_from_disk``.
     """
-    import datasets
-
     if rebuild not in ("auto", "never", "always"):
         raise ValueError(f"rebuild must be 'auto', 'never' or 'always', got {rebuild!r}.")
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing:
-        raise ValueError(f"target cache metadata lacks {missing}; build it with dftnb.targets.target_metadata(...).")
+        raise ValueError(f"target cache metadata lacks {missing}; build it with dftnb.target_cache.target_metadata(...).")
     wanted = json.loads(json.dumps(metadata))
     path = target_cache_path(cache)
     how = f"call build_or_load(..., rebuild='auto') to rebuild it, or delete {path}"
     if path.exists():
-        side = read_sidecar(path)
+        problem = None
+        try:
+            side = read_sidecar(path)
+        except CorruptTargetCacheError as err:
+            side, problem = {}, str(err)
         if side is None:
             raise StaleTargetCacheError(
                 f"{path} exists but has no {SIDECAR}: it was not written by dftnb.targets and will not be "
                 "overwritten; move it away or choose another cache name."
             )
-        stale = _mismatched_keys(side.get("metadata", {}), wanted)
-        if not stale and rebuild != "always":
-            return datasets.load_from_disk(str(path))
+        stale = [] if problem else _mismatched_keys(side.get("metadata", {}), wanted)
+        if not stale and not problem and rebuild != "always":
+            problem = checksum_problem(path, side)
+            if problem is None:
+                try:
+                    return load_target_dataset(path, verify=False)
+                except CorruptTargetCacheError as err:
+                    problem = str(err)
+            else:
+                problem = f"target cache {path}: {problem}"
+        if problem and rebuild == "never":
+            raise CorruptTargetCacheError(problem if "rebuild='auto'" in problem else f"{problem}; {how}.")
+        if problem and rebuild == "auto":
+            warnings.warn(f"rebuilding the target cache: {problem}", stacklevel=2)
         if stale and rebuild == "never":
             diffs = "; ".join(f"{key}: cached {side['metadata'].get(key)!r} != wanted {wanted.get(key)!r}"
                               for key in stale)
@@ -213,20 +401,25 @@ def build_or_load(
         raise ValueError(f"the builder returned no target dataset (missing columns {absent}); return a Dataset "
                          "from from_reference_model / from_samples / from_corpus.")
     info = target_info(dataset)
+    if info.get("tokenizer_hash", wanted["tokenizer_hash"]) != wanted["tokenizer_hash"]:
+        raise ValueError("the builder recorded another tokenizer than the metadata: build the targets and "
+                         "target_metadata with the same tokenizer.")
     if info["k"] != wanted["k"] or info["vocab_size"] != wanted["vocab_size"]:
         raise ValueError(f"built k={info['k']}, V={info['vocab_size']} but the metadata says k={wanted['k']}, "
                          f"V={wanted['vocab_size']}: pass the same k to the builder and to target_metadata.")
+    info = {**info, "tokenizer_hash": wanted["tokenizer_hash"]}  # checked against the student by build_trainer
+    dataset.info.description = json.dumps({"dftnb_target": info})
     tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     dataset.save_to_disk(str(tmp))
     tokens = int(sum(len(x) for x in dataset["input_ids"]))
     (tmp / SIDECAR).write_text(json.dumps({"metadata": wanted, "rows": len(dataset), "tokens": tokens,
-                                           "builder_info": info}, indent=2))
+                                           "builder_info": info, "files": data_checksums(tmp)}, indent=2))
     if path.exists():
         shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(path)
-    return datasets.load_from_disk(str(path))
+    return load_target_dataset(path, verify=False)
 
 
 def arrow_bytes(path: str | os.PathLike) -> int:

@@ -1,22 +1,25 @@
-"""Target distributions for DFT: the sparse format and three ways to build it (docs/design.md, targets).
+"""Target distributions for DFT: three ways to build them, their storage and truncation (docs/design.md, targets).
 
-``SparseTarget`` stores, per position, the top-k token ids and their log-probabilities; the remaining tail mass
-``r = 1 - sum(exp(logprobs))`` is spread uniformly over the other ``V - k`` tokens, so every target is a proper
-full-vocabulary distribution ``q_j = r / (V - k)`` off-support without ever storing ``V`` numbers per token.
+The format is :class:`~dftnb.sparse_target.SparseTarget` (re-exported here): per position ``k`` token ids, their
+log-probabilities and the tail mass ``r`` off the support, stored exactly (``1 - sum(exp(logprobs))`` from float16
+log-probabilities loses every digit of a small ``r``). How a divergence reads the tail is its ``tail`` mode
+(``"uniform"``, ``"bucket"``, ``"renormalize"``; :mod:`dftnb.sparse_target`).
 
 A target dataset holds one row per sequence: ``input_ids`` (T,), ``labels`` (T,; ``-100`` where no loss) and
 ``target_ids``/``target_logprobs`` (T, k), where row ``t`` is the distribution of token ``t + 1`` given tokens
 ``<= t``, aligned with the model's logits at position ``t`` (``logits[:, :-1]`` vs ``labels[:, 1:]`` vs
-``targets[:, :-1]``). Its Arrow layout and the on-disk cache are :mod:`dftnb.target_cache`: a token costs ``4k``
-bytes of target (256 B at k = 64) against ``2V`` bytes (98,304 B at V = 49,152) for a dense fp16 row. A target
-built with fewer than ``k`` distinct tokens (a trie node that saw 3 continuations, a point mass) fills the unused
-slots with distinct unused ids at :func:`pad_logprob`, the floored tail log-probability, so the slots carry
-(numerically) no mass and everything stays finite in fp16.
+``targets[:, :-1]``), plus ``target_tail_mass`` (T,). Its Arrow layout and the on-disk cache are
+:mod:`dftnb.target_cache`: a token costs ``4k + 4`` bytes of target (260 B at k = 64, :func:`storage_bytes`) against
+``2V`` bytes (98,304 B at V = 49,152) for a dense fp16 row. A target built with fewer than ``k`` distinct tokens
+(a trie node that saw 3 continuations, a point mass, a few sampled tokens) fills the unused slots with distinct unused
+ids at :func:`pad_logprob`, the floored tail log-probability, so the slots carry (numerically) no mass and everything
+stays finite in fp16.
 
 Sources:
 
 * :func:`from_reference_model` - teacher forcing through a reference model, optionally behind a style prefix
-  (context distillation, Askell et al. 2021; Snell et al. 2022).
+  (context distillation, Askell et al. 2021; Snell et al. 2022); its top-k, or ``n`` tokens sampled from it
+  (:meth:`SparseTarget.sampled_from_logits`, Anshumann et al., ACL 2025).
 * :func:`from_samples` - ``n`` sampled completions per prompt, a prefix trie, and the empirical next-token
   distribution at each trie node.
 * :func:`from_corpus` - a kNN-LM (Khandelwal et al., ICLR 2020, :mod:`dftnb.datastore`) over a curated corpus
@@ -31,7 +34,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,20 +41,21 @@ import torch
 from .data import as_text_list
 from .datastore import KNNDatastore, build_datastore, knn_lm_mixture, knn_neighbours
 from .models import batches, forward_with_hidden, model_vocab_size, pad_right, pad_token_id, progress_bar
+from .sparse_target import (  # noqa: F401  (re-exported: the format is part of this module's API)
+    IGNORE_INDEX,
+    TAIL_EPS,
+    TAIL_MODES,
+    SparseTarget,
+    TailParts,
+    _as_float,
+    batch_sparse_target,
+    check_tail,
+    pad_logprob,
+    target_parts,
+)
 from .target_cache import id_dtype, rows_to_dataset, target_info
 
-TAIL_EPS = 1e-12  # floor on the tail mass so log(r) stays finite
-IGNORE_INDEX = -100  # label of a position without loss (the Hugging Face convention)
-
-
-def pad_logprob(vocab_size: int, k: int) -> float:
-    """Log-probability stored in unused target slots: ``log(eps / (V - k))``, the floored tail log-probability.
-
-    A slot at this value carries ``eps / (V - k)`` mass (1e-12 / 49,088 ~ 2e-17 at k = 64), the same as any
-    off-support token of a target whose tail mass is floored, so padding never changes the dense distribution
-    beyond float precision; the value (about -38.4) survives float16 storage to within 0.02.
-    """
-    return math.log(TAIL_EPS / max(vocab_size - k, 1))
+SAMPLING = ("topk", "sampled")  # what a builder stores: the top-k of the distribution, or n tokens drawn from it
 
 
 def _filler_ids(support: Sequence[int], n: int) -> list[int]:
@@ -65,175 +68,15 @@ def _filler_ids(support: Sequence[int], n: int) -> list[int]:
     return out
 
 
-@dataclass
-class SparseTarget:
-    """Top-k target distribution with an implicit uniform tail.
-
-    Attributes:
-        ids: ``(..., k)`` int64 token ids, unique along the last axis (sorted by descending probability when built
-            by :meth:`from_logits`).
-        logprobs: ``(..., k)`` float log-probabilities of those ids; ``sum(exp(logprobs)) <= 1``.
-        vocab_size: ``V``, the size of the full vocabulary.
-    """
-
-    ids: torch.Tensor
-    logprobs: torch.Tensor
-    vocab_size: int
-
-    def __post_init__(self):
-        self.validate()
-
-    @property
-    def k(self) -> int:
-        return int(self.ids.shape[-1])
-
-    def tail_mass(self) -> torch.Tensor:
-        """``r = max(1 - sum_i exp(logprobs_i), eps)``, shape ``(...)``; zero tail tokens when ``k == V``."""
-        r = 1.0 - self.logprobs.exp().sum(-1)
-        return r.clamp_min(TAIL_EPS)
-
-    def tail_logprob(self) -> torch.Tensor:
-        """Log-probability of each off-support token, ``log(r / (V - k))``; ``-inf`` when ``k == V``."""
-        n_tail = self.vocab_size - self.k
-        if n_tail == 0:
-            return torch.full(self.logprobs.shape[:-1], float("-inf"), dtype=self.logprobs.dtype)
-        return self.tail_mass().log() - torch.log(torch.tensor(float(n_tail), dtype=self.logprobs.dtype))
-
-    @classmethod
-    def from_logits(cls, logits: torch.Tensor, k: int, temperature: float = 1.0) -> SparseTarget:
-        """Keep the exact top-k log-probabilities of ``softmax(logits / temperature)`` (the tail mass is what is left)."""
-        if k < 1 or k > logits.shape[-1]:
-            raise ValueError(f"k must be in [1, V={logits.shape[-1]}], got k={k}.")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
-        if not torch.isfinite(logits).all():
-            raise ValueError("logits contain NaN or Inf; check the reference model's dtype (use float32) and inputs.")
-        logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-        top, ids = logp.topk(k, dim=-1)
-        return cls(ids=ids, logprobs=top, vocab_size=logits.shape[-1])
-
-    @classmethod
-    def from_probs(cls, probs: torch.Tensor, k: int) -> SparseTarget:
-        """Top-k of a dense ``(..., V)`` probability tensor; zero-probability slots get :func:`pad_logprob`.
-
-        Used for mixtures built in probability space (the kNN-LM ``q = lam p_kNN + (1 - lam) p_ref``) and for
-        empirical distributions with fewer than ``k`` non-zero entries.
-        """
-        V = probs.shape[-1]
-        if k < 1 or k > V:
-            raise ValueError(f"k must be in [1, V={V}], got k={k}.")
-        if not torch.isfinite(probs).all() or (probs < 0).any():
-            raise ValueError("probs must be finite and >= 0; pass probabilities (softmax output), not logits.")
-        mass = probs.double().sum(-1)
-        if ((mass - 1).abs() > 1e-3).any():
-            raise ValueError(
-                f"probs sum to {float(mass.min()):.4f}..{float(mass.max()):.4f}, not 1; normalise them first."
-            )
-        top, ids = probs.float().topk(k, dim=-1)
-        floor = pad_logprob(V, k)
-        logprobs = torch.where(top > 0, top.clamp_min(1e-45).log(), torch.full_like(top, floor))
-        return cls(ids=ids, logprobs=logprobs, vocab_size=V)
-
-    @classmethod
-    def point_mass(cls, token_ids: torch.Tensor, k: int, vocab_size: int) -> SparseTarget:
-        """All mass on ``token_ids`` (shape ``(...)``): slot 0 holds the token at logprob 0, the ``k - 1`` other
-        slots hold the smallest other ids at :func:`pad_logprob` (placeholder for positions that carry no loss)."""
-        token_ids = torch.as_tensor(token_ids, dtype=torch.long)
-        fill = torch.arange(k - 1, dtype=torch.long)
-        fill = fill + (fill >= token_ids.unsqueeze(-1)).long()  # skip the token itself: ids stay distinct
-        ids = torch.cat([token_ids.unsqueeze(-1), fill.expand(*token_ids.shape, k - 1)], dim=-1)
-        logprobs = torch.full(ids.shape, pad_logprob(vocab_size, k), dtype=torch.float32)
-        logprobs[..., 0] = 0.0
-        return cls(ids=ids, logprobs=logprobs, vocab_size=vocab_size)
-
-    @classmethod
-    def from_stored(cls, ids, logprobs, vocab_size: int) -> SparseTarget:
-        """From stored columns (uint16/int32 ids, float16 logprobs; tensors, arrays or lists): int64 + float32."""
-        ids = torch.as_tensor(np.asarray(ids).astype(np.int64))
-        logprobs = torch.as_tensor(np.asarray(logprobs, dtype=np.float32))
-        return cls(ids=ids, logprobs=logprobs, vocab_size=vocab_size)
-
-    def to_dense(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """Full ``(..., V)`` probabilities (tests and plots only: this is what the sparse form avoids storing)."""
-        n_tail = self.vocab_size - self.k
-        r = (1.0 - self.logprobs.to(dtype).exp().sum(-1)).clamp_min(TAIL_EPS)  # tail_mass() in ``dtype``
-        fill = r / n_tail if n_tail else torch.zeros(self.logprobs.shape[:-1], dtype=dtype)
-        dense = fill.unsqueeze(-1).expand(*self.logprobs.shape[:-1], self.vocab_size).clone()
-        dense.scatter_(-1, self.ids.long(), self.logprobs.to(dtype).exp())
-        return dense
-
-    def entropy(self) -> torch.Tensor:
-        """Shannon entropy in nats of the full distribution, support plus uniform tail, in float64:
-        ``H = -sum_i q_i log q_i - r log(r / (V - k))``, shape ``(...)``."""
-        lp = self.logprobs.double()
-        h = -(lp.exp() * lp).sum(-1)
-        if self.vocab_size > self.k:
-            r = (1.0 - lp.exp().sum(-1)).clamp_min(TAIL_EPS)  # the floored tail mass, as in to_dense
-            h = h - r * torch.log(r / (self.vocab_size - self.k))
-        return h
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the fix if ids/logprobs are malformed or the mass is outside [0, 1]."""
-        if self.ids.shape != self.logprobs.shape:
-            raise ValueError(f"ids {tuple(self.ids.shape)} and logprobs {tuple(self.logprobs.shape)} must have the same shape.")
-        if self.ids.ndim == 0 or self.k == 0:
-            raise ValueError("a SparseTarget needs at least one id per position (k >= 1).")
-        if self.k > self.vocab_size:
-            raise ValueError(f"k={self.k} exceeds vocab_size={self.vocab_size}.")
-        if self.ids.numel():
-            lo, hi = int(self.ids.min()), int(self.ids.max())
-            if lo < 0 or hi >= self.vocab_size:
-                raise ValueError(
-                    f"target ids span [{lo}, {hi}] but vocab_size is {self.vocab_size}: the target was built with a "
-                    "different tokenizer; rebuild it with the student's tokenizer."
-                )
-        if torch.isnan(self.logprobs).any() or (self.logprobs == float("inf")).any():
-            raise ValueError("target logprobs contain NaN or +Inf; rebuild the target (use float32 reference logits).")
-        if (self.logprobs > 1e-6).any():
-            raise ValueError("target logprobs must be <= 0 (probabilities <= 1); pass log-probabilities, not logits.")
-        mass = self.logprobs.double().exp().sum(-1)
-        if (mass > 1 + 1e-3).any():
-            raise ValueError(
-                f"target mass sums to {float(mass.max()):.4f} > 1 at some position; the logprobs are not normalised "
-                "(use SparseTarget.from_logits or log_softmax before top-k)."
-            )
-        if self.k > 1:
-            srt = self.ids.sort(-1).values
-            if (srt[..., 1:] == srt[..., :-1]).any():
-                raise ValueError("target ids must be unique per position; merge duplicate ids before building the target.")
-
-    def __getitem__(self, index) -> SparseTarget:
-        return SparseTarget(self.ids[index], self.logprobs[index], self.vocab_size)
-
-    def to(self, device=None, dtype: torch.dtype | None = None) -> SparseTarget:
-        return SparseTarget(self.ids.to(device), self.logprobs.to(device=device, dtype=dtype), self.vocab_size)
-
-
-def target_parts(target: SparseTarget, dtype: torch.dtype):
-    """``(ids, log q_S, log t, V - k)`` with ``log t = log(r / (V - k))`` per row, or ``None`` when ``k == V``."""
-    ids = target.ids.long()
-    logq = target.logprobs.to(dtype)
-    n_tail = target.vocab_size - target.k
-    if n_tail == 0:
-        return ids, logq, None, 0
-    tail_mass = (1.0 - logq.exp().sum(-1)).clamp_min(TAIL_EPS)
-    return ids, logq, tail_mass.log() - math.log(n_tail), n_tail
-
-
-def batch_sparse_target(batch: dict, vocab_size: int) -> SparseTarget:
-    """The ``SparseTarget`` (B, T, k) of a collated batch (validated: ids in range, unique, mass <= 1)."""
-    return SparseTarget(batch["target_ids"].long(), batch["target_logprobs"].float(), vocab_size)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Storage and truncation error
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def storage_bytes(k: int, vocab_size: int) -> int:
-    """Bytes per token of a stored top-k target: ``k`` ids (2 B uint16 if ``V <= 65,536``, else 4 B int32) plus
-    ``k`` float16 logprobs. The tail mass is implied, so nothing else is stored."""
-    return k * (2 if id_dtype(vocab_size) == "uint16" else 4) + 2 * k
+    """Bytes per token of a stored target: ``k`` ids (2 B uint16 if ``V <= 65,536``, else 4 B int32), ``k`` float16
+    logprobs and the tail mass ``r`` as one float32 (4 B): ``4k + 4`` = 260 B at k = 64 and V = 49,152."""
+    return k * (2 if id_dtype(vocab_size) == "uint16" else 4) + 2 * k + 4
 
 
 def dense_storage_bytes(vocab_size: int, bytes_per_value: int = 2) -> int:
@@ -293,7 +136,9 @@ def target_entropies(dataset) -> np.ndarray:
     out = []
     for row in dataset:
         t = loss_positions(row["labels"])
-        target = SparseTarget.from_stored(np.asarray(row["target_ids"])[t], np.asarray(row["target_logprobs"])[t], V)
+        tail = row.get("target_tail_mass")
+        target = SparseTarget.from_stored(np.asarray(row["target_ids"])[t], np.asarray(row["target_logprobs"])[t], V,
+                                          None if tail is None else np.asarray(tail)[t])
         out.append(target.entropy().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -304,7 +149,16 @@ def _row(input_ids, labels, target: SparseTarget) -> dict:
         "labels": np.asarray(labels, dtype=np.int64),
         "target_ids": target.ids.cpu().numpy(),
         "target_logprobs": target.logprobs.float().cpu().numpy(),
+        "target_tail_mass": target.stored_tail_mass().float().cpu().numpy(),
     }
+
+
+def _check_sampling(sampling: str, n: int | None, k: int) -> None:
+    if sampling not in SAMPLING:
+        raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}.")
+    if sampling == "sampled" and n is not None and not (isinstance(n, int) and 1 <= n <= k):
+        raise ValueError(f"n (tokens drawn per position) must be an int in [1, k={k}] so that every distinct token "
+                         f"has a slot, got {n!r}; raise k or lower n.")
 
 
 def _encode(tokenizer, item, max_length: int | None, add_special_tokens: bool = True) -> list[int]:
@@ -313,15 +167,19 @@ def _encode(tokenizer, item, max_length: int | None, add_special_tokens: bool = 
 
 
 @torch.no_grad()
-def reference_logits(model, tokenizer, texts_or_dataset, max_length: int = 128, batch_size: int = 4) -> list[torch.Tensor]:
+def reference_logits(model, tokenizer, texts_or_dataset, max_length: int = 128, batch_size: int = 4,
+                     prefix: str | None = None) -> list[torch.Tensor]:
     """The model's float32 logits ``(T_i, V)`` on each text (truncated to ``max_length``): the full distributions
-    that :func:`truncation_kl` compares a stored top-k against."""
-    seqs = [s for s in (_encode(tokenizer, t, max_length) for t in as_text_list(texts_or_dataset)) if s]
-    out = []
+    that :func:`truncation_kl` compares a stored top-k against. With ``prefix`` the model reads ``prefix + text`` and
+    the logits at the text's positions are returned, as :func:`from_reference_model` builds its targets."""
+    prefix_ids = _encode(tokenizer, prefix, None) if prefix else []
+    seqs = [s for s in (_encode(tokenizer, t, max_length, add_special_tokens=not prefix_ids)
+                        for t in as_text_list(texts_or_dataset)) if s]
+    out, P = [], len(prefix_ids)
     for batch in batches(seqs, batch_size):
-        ids, mask = pad_right(batch, pad_token_id(tokenizer), model.device)
+        ids, mask = pad_right([prefix_ids + s for s in batch], pad_token_id(tokenizer), model.device)
         logits, _ = forward_with_hidden(model, ids, mask)
-        out += [logits[b, : len(s)].cpu() for b, s in enumerate(batch)]
+        out += [logits[b, P : P + len(s)].cpu() for b, s in enumerate(batch)]
     return out
 
 
@@ -341,9 +199,17 @@ def from_reference_model(
     batch_size: int = 4,
     temperature: float = 1.0,
     progress: bool = False,
+    sampling: str = "topk",
+    n: int | None = None,
+    seed: int = 0,
 ):
     """Targets from a reference model under teacher forcing: ``q_t = top-k(softmax(z_t / T))`` of the reference
-    logits ``z_t`` at every position of every text.
+    logits ``z_t`` at every position of every text, with the exact tail mass ``r`` off the top-k.
+
+    ``sampling="sampled"`` stores instead ``n`` tokens (default ``k``; ``n <= k``) drawn from ``softmax(z_t / T)``
+    with their empirical frequencies and no tail (:meth:`SparseTarget.sampled_from_logits`, Anshumann et al., ACL
+    2025): unbiased for the forward-KL gradient, biased for the other divergences. Draws are seeded with ``seed``
+    (one ``torch.Generator`` for the whole call, so the result does not depend on the global RNG).
 
     With ``prefix`` (a few style exemplars, as text) this is context distillation (Askell et al., 2021; Snell et
     al., 2022, "Learning by Distilling Context"): the reference reads ``prefix + text`` and the target at text
@@ -355,6 +221,8 @@ def from_reference_model(
     than 2 tokens carry no next-token target and are skipped (``target_info(ds)["skipped"]`` counts them).
     """
     V = model_vocab_size(model, tokenizer)
+    _check_sampling(sampling, n, k)
+    generator = torch.Generator().manual_seed(seed) if sampling == "sampled" else None
     prefix_ids = _encode(tokenizer, prefix, None) if prefix else []
     if prefix is not None and not prefix_ids:
         raise ValueError("prefix tokenises to nothing; pass None for no prefix or a non-empty style prefix.")
@@ -365,10 +233,15 @@ def from_reference_model(
         ids, mask = pad_right([prefix_ids + s for s in batch], pad_id, model.device)
         logits, _ = forward_with_hidden(model, ids, mask)
         for b, s in enumerate(batch):
-            target = SparseTarget.from_logits(logits[b, P : P + len(s)], k, temperature)
+            z = logits[b, P : P + len(s)]
+            if sampling == "sampled":
+                target = SparseTarget.sampled_from_logits(z.cpu(), n or k, temperature=temperature, k=k,
+                                                          generator=generator)
+            else:
+                target = SparseTarget.from_logits(z, k, temperature)
             rows.append(_row(s, s, target))
     info = {"source": "reference", "max_length": max_length, "prefix": prefix, "temperature": temperature,
-            "skipped": len(seqs) - len(kept)}
+            "skipped": len(seqs) - len(kept), "sampling": sampling, "n": (n or k) if sampling == "sampled" else None}
     return rows_to_dataset(rows, k, V, info)
 
 
@@ -407,6 +280,12 @@ def counts_to_target(counts: Counter, k: int, vocab_size: int) -> tuple[np.ndarr
     fill = _filler_ids(ids, k - len(ids))
     return (np.array(ids + fill, dtype=np.int64),
             np.array(logprobs + [pad_logprob(vocab_size, k)] * len(fill), dtype=np.float32))
+
+
+def counts_tail_mass(counts: Counter, k: int) -> float:
+    """The mass :func:`counts_to_target` drops: ``1 - (sum of the top-k counts) / total``, exact from the counts."""
+    kept = sorted(counts.values(), reverse=True)[:k]
+    return 1.0 - sum(kept) / sum(counts.values())
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -480,17 +359,18 @@ def from_samples(
         prompt_ids, completions = sample_completions(model, tokenizer, prompt, n, max_new_tokens, temperature, top_p,
                                                      seed + i)
         trie = prefix_trie_counts(completions)
-        node_target = {node: counts_to_target(c, k, V) for node, c in trie.items()}
+        node_target = {node: (*counts_to_target(c, k, V), counts_tail_mass(c, k)) for node, c in trie.items()}
         distinct.append(len(set(map(tuple, completions))))
         P = len(prompt_ids)
         for comp in completions:
             seq = prompt_ids + comp
             placeholder = SparseTarget.point_mass(torch.tensor(seq[1:] + [end]), k, V)
             ids, logprobs = placeholder.ids.numpy().copy(), placeholder.logprobs.numpy().copy()
+            tail = np.zeros(len(seq), dtype=np.float32)
             for j in range(len(comp)):
-                ids[P - 1 + j], logprobs[P - 1 + j] = node_target[tuple(comp[:j])]
+                ids[P - 1 + j], logprobs[P - 1 + j], tail[P - 1 + j] = node_target[tuple(comp[:j])]
             rows.append({"input_ids": np.array(seq), "labels": np.array([IGNORE_INDEX] * P + comp),
-                         "target_ids": ids, "target_logprobs": logprobs})
+                         "target_ids": ids, "target_logprobs": logprobs, "target_tail_mass": tail})
     info = {"source": "samples", "n": n, "max_new_tokens": max_new_tokens, "temperature": temperature,
             "top_p": top_p, "seed": seed, "distinct_completions": distinct}
     return rows_to_dataset(rows, k, V, info)
@@ -518,6 +398,9 @@ def from_corpus(
     batch_size: int = 4,
     datastore: KNNDatastore | None = None,
     progress: bool = False,
+    sampling: str = "topk",
+    n: int | None = None,
+    seed: int = 0,
 ):
     """Targets from a curated corpus through a kNN-LM (Khandelwal et al., ICLR 2020, "Generalization through
     Memorization"): ``q(w | x) = lam p_kNN(w | x) + (1 - lam) p_ref(w | x)`` with
@@ -528,9 +411,12 @@ def from_corpus(
     ``corpus_texts``: a query that is in the datastore retrieves itself and its own next token. ``knn_temperature``
     is on the scale of ``d``: SmolLM2-135M's squared distances to the nearest keys are ~400-2,500, so ``T = 100``
     spreads the weight over several neighbours (``T = 10`` puts ~80% on the nearest). ``block_size`` is the
-    datastore's packing length; pass a prebuilt ``datastore`` to reuse one across query sets.
+    datastore's packing length; pass a prebuilt ``datastore`` to reuse one across query sets. ``sampling="sampled"``
+    stores ``n`` tokens drawn from ``q`` instead of its top-k (as in :func:`from_reference_model`).
     """
     V = model_vocab_size(model, tokenizer)
+    _check_sampling(sampling, n, k)
+    generator = torch.Generator().manual_seed(seed) if sampling == "sampled" else None
     if datastore is None:
         datastore = build_datastore(model, tokenizer, corpus_texts, max_datastore_tokens, block_size, progress=progress)
     seqs = [s for s in (_encode(tokenizer, t, max_length) for t in as_text_list(query_texts)) if len(s) >= 2]
@@ -542,7 +428,10 @@ def from_corpus(
             nbr_values, nbr_weights = knn_neighbours(hidden[b, : len(s)], datastore, k_neighbors, knn_temperature,
                                                      distance)
             q = knn_lm_mixture(logits[b, : len(s)], nbr_values, nbr_weights, lam)
-            rows.append(_row(s, s, SparseTarget.from_probs(q, k)))
+            target = (SparseTarget.sampled_from_probs(q.cpu(), n or k, k=k, generator=generator)
+                      if sampling == "sampled" else SparseTarget.from_probs(q, k))
+            rows.append(_row(s, s, target))
     info = {"source": "knn", "k_neighbors": k_neighbors, "lam": lam, "knn_temperature": knn_temperature,
-            "distance": distance, "datastore_tokens": len(datastore), "max_length": max_length}
+            "distance": distance, "datastore_tokens": len(datastore), "max_length": max_length, "sampling": sampling,
+            "n": (n or k) if sampling == "sampled" else None}
     return rows_to_dataset(rows, k, V, info)

@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 2 -m dftnb.train --config configs/dft_reverse_kl.yaml
     python -m dftnb.train --config configs/dft_reverse_kl.yaml --set training.max_steps=5 --resume
 
-Config keys (unknown keys are an error, at every level)::
+Config keys (unknown keys are an error, at every level; so is a value of the wrong type)::
 
     model: embedded            # "embedded" (SmolLM2-135M), "tiny" (random 2-layer Llama), an HF id or a local folder
     dtype: float32             # float32 | bfloat16 | float16
@@ -15,9 +15,9 @@ Config keys (unknown keys are an error, at every level)::
     data:
       dataset: path/to/saved   # a target dataset saved with save_to_disk (e.g. by target_cache.build_or_load), or:
       corpus: shakespeare      # shakespeare | dialogue | techdocs, packed into blocks
-      split: train
-      block_size: 64
-      max_blocks: 96
+      split: train             # train | validation | test
+      block_size: 64           # tokens per block, >= 2
+      max_blocks: 96           # >= 1, or null for every block of the split
       targets:                 # omit for sft/gem
         source: reference      # teacher forcing through a reference model (targets.from_reference_model)
         reference_model: null  # defaults to `model`
@@ -27,8 +27,14 @@ Config keys (unknown keys are an error, at every level)::
         cache: null            # a name under .cache/targets or a folder; built once, reused while it matches
         rebuild: auto          # auto | never | always
     training: {...}            # any transformers.TrainingArguments field; output_dir is required
-    resume_from_checkpoint: null   # true (latest in output_dir) or a checkpoint folder
+    resume_from_checkpoint: null   # true (latest complete checkpoint in output_dir) or a checkpoint folder
     save_final: true           # save model + tokenizer to <output_dir>/final
+
+Flags: ``--set key.path=value`` (repeatable; each flag may hold several overrides, values are YAML), ``--resume``
+[folder] and ``--overwrite``. An output_dir that already holds a run (``checkpoint-*``, ``final``,
+``log_history.json``) is refused unless the run is resumed (``--resume``) or replaced (``--overwrite``, which deletes
+those entries first). ``--resume`` without a folder resumes from the last *complete* checkpoint, skipping (and
+naming) any that an interrupted save left incomplete.
 
 The run writes ``<output_dir>/log_history.json`` (the Trainer's log, one entry per logged step) on the main process.
 """
@@ -37,8 +43,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
+import functools
 import json
+import re
+import shutil
 import sys
+import types
+import typing
+import zipfile
 from pathlib import Path
 
 import torch
@@ -51,8 +64,21 @@ DATA_KEYS = {"dataset", "corpus", "split", "block_size", "max_blocks", "targets"
 TARGET_KEYS = {"source", "reference_model", "k", "prefix", "temperature", "cache", "rebuild"}
 DFT_KEYS = {f.name for f in dataclasses.fields(DFTConfig)} - {"divergence"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+REBUILD = ("auto", "never", "always")
+
+# The type of every scalar key (the sections dft and training take theirs from DFTConfig / TrainingArguments).
+TOP_TYPES = {"model": str, "seed": int, "method": str, "save_final": bool}
+DATA_TYPES = {"dataset": str, "corpus": str, "split": str, "block_size": int, "max_blocks": int | None}
+TARGET_TYPES = {"source": str, "reference_model": str | None, "k": int, "prefix": str | None, "temperature": float,
+                "cache": str | None, "rebuild": str}
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+RUN_ENTRIES = ("log_history.json", "final")  # with checkpoint-*: what a run leaves in its output_dir
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
+# -- config ------------------------------------------------------------------------------------------------------------
 def _check_keys(section: dict, allowed: set, where: str) -> None:
     if not isinstance(section, dict):
         raise ValueError(f"config section {where!r} must be a mapping, got {type(section).__name__}.")
@@ -61,16 +87,103 @@ def _check_keys(section: dict, allowed: set, where: str) -> None:
         raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)} (see `python -m dftnb.train -h`).")
 
 
+def _matches(value, hint) -> bool:
+    """Whether a YAML value has the type ``hint`` (no coercion: ``'5'`` is not an int, ``1`` is a float)."""
+    if hint is typing.Any:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    base = origin or hint
+    if base is dict:
+        return isinstance(value, dict)
+    if base in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if isinstance(base, type) and issubclass(base, enum.Enum):
+        return isinstance(value, (str, base))
+    return True  # a class a YAML file cannot write (an accelerate config, ...): left to its consumer
+
+
+def _describe(hint) -> str:
+    if hint is None or hint is type(None):
+        return "null"
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(h) for h in typing.get_args(hint)))
+    if typing.get_origin(hint) is typing.Literal:
+        return f"one of {list(typing.get_args(hint))}"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+             list: "a list", tuple: "a list"}
+    return names.get(typing.get_origin(hint) or hint, getattr(hint, "__name__", str(hint)))
+
+
+def _yaml_hint(value) -> str:
+    """Why a number came out of YAML as a string, and how to write it."""
+    if not isinstance(value, str):
+        return ""
+    exponent = re.fullmatch(r"([+-]?\d+(?:\.\d*)?)[eE]([+-]?)(\d+)", value.strip())
+    if exponent:
+        mantissa, sign, digits = exponent.groups()
+        written = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{sign or '+'}{digits}"
+        return f"; YAML reads {value} as a string: write {written} (a dot and a signed exponent)"
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return "; it is quoted, so YAML reads it as a string: remove the quotes"
+
+
+def _check_type(where: str, value, hint) -> None:
+    if not _matches(value, hint):
+        raise ValueError(
+            f"{where} must be {_describe(hint)}, got {value!r} ({type(value).__name__}){_yaml_hint(value)}."
+        )
+
+
+def _check_choice(where: str, value, choices) -> None:
+    if not (isinstance(value, str) and value in choices):
+        raise ValueError(f"{where} must be one of {sorted(choices)}, got {value!r}.")
+
+
+def _check_section_types(section: dict, hints: dict, where: str) -> None:
+    for key, value in section.items():
+        if key in hints:
+            _check_type(f"{where}.{key}" if where else key, value, hints[key])
+
+
+@functools.cache
+def _training_hints() -> dict:
+    from transformers import TrainingArguments
+
+    return typing.get_type_hints(TrainingArguments)
+
+
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
-    """``--set a.b=value`` overrides (YAML-parsed values) on a nested config dict."""
+    """``--set a.b=value`` overrides (YAML-parsed values) on a nested config dict, in order."""
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set expects key.path=value, got {item!r}.")
-        path, value = item.split("=", 1)
+        path, sep, value = item.partition("=")
+        keys = path.strip().split(".")
+        if not sep or not all(keys):
+            raise ValueError(f"--set expects key.path=value (e.g. training.max_steps=5), got {item!r}.")
         node = config
-        keys = path.split(".")
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
+        for depth, key in enumerate(keys[:-1]):
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+            if not isinstance(node, dict):
+                where = ".".join(keys[: depth + 1])
+                raise ValueError(f"--set {item}: {where} is {node!r}, not a mapping, so it has no key {keys[depth + 1]!r}.")
         node[keys[-1]] = yaml.safe_load(value)
     return config
 
@@ -81,34 +194,65 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"config {path} does not exist; see configs/ for examples.")
     config = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"config {path} must be a mapping of keys (model, method, data, training, ...), "
+                         f"got a {type(config).__name__}; see configs/ for examples.")
     config = apply_overrides(config, overrides or [])
     validate_config(config)
     return config
 
 
 def validate_config(config: dict) -> None:
-    """Raise ``ValueError`` naming the offending key for anything the CLI would not use."""
+    """Raise ``ValueError`` naming the offending key for anything the CLI would not use: unknown keys, values of the
+    wrong type (no coercion), out-of-range sizes and unknown choices."""
+    from .data import CORPORA, SPLITS
+
     _check_keys(config, TOP_KEYS, "the top level")
     for required in ("model", "method", "data", "training"):
         if required not in config:
             raise ValueError(f"config needs a {required!r} key (see configs/ for examples).")
-    if config.get("dtype", "float32") not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {config['dtype']!r}.")
-    _check_keys(config.get("dft", {}), DFT_KEYS, "dft")
+    _check_section_types(config, TOP_TYPES, "")
+    _check_choice("dtype", config.get("dtype", "float32"), DTYPES)
+    resume = config.get("resume_from_checkpoint")
+    if not (resume is None or isinstance(resume, (bool, str))):
+        raise ValueError(f"resume_from_checkpoint must be true, false, null or a checkpoint folder, got {resume!r}.")
+    dft = config.get("dft", {})
+    _check_keys(dft, DFT_KEYS, "dft")
+    _check_section_types(dft, typing.get_type_hints(DFTConfig), "dft")
+
     data = config["data"]
     _check_keys(data, DATA_KEYS, "data")
     if ("dataset" in data) == ("corpus" in data):
         raise ValueError("data needs exactly one of 'dataset' (a saved target dataset) or 'corpus' (a corpus name).")
+    _check_section_types(data, DATA_TYPES, "data")
+    if "corpus" in data:
+        _check_choice("data.corpus", data["corpus"], CORPORA)
+    _check_choice("data.split", data.get("split", "train"), SPLITS)
+    if data.get("block_size", 64) < 2:
+        raise ValueError(f"data.block_size must be >= 2 (tokens per training row), got {data['block_size']}.")
+    if data.get("max_blocks") is not None and data["max_blocks"] < 1:
+        raise ValueError(f"data.max_blocks must be >= 1 (or null for all blocks), got {data['max_blocks']}.")
     if "targets" in data:
-        _check_keys(data["targets"], TARGET_KEYS, "data.targets")
-        if data["targets"].get("source", "reference") != "reference":
+        spec = data["targets"]
+        _check_keys(spec, TARGET_KEYS, "data.targets")
+        _check_section_types(spec, TARGET_TYPES, "data.targets")
+        if spec.get("source", "reference") != "reference":
             raise ValueError(
                 "the CLI builds targets with source 'reference' only; build other sources (samples, corpus kNN) "
                 "with dftnb.target_cache.build_or_load and pass the saved folder as data.dataset."
             )
+        if spec.get("k", 64) < 1:
+            raise ValueError(f"data.targets.k must be >= 1 (target tokens per position), got {spec['k']}.")
+        if not spec.get("temperature", 1.0) > 0:
+            raise ValueError(f"data.targets.temperature must be > 0, got {spec['temperature']}.")
+        _check_choice("data.targets.rebuild", spec.get("rebuild", "auto"), REBUILD)
+
     training = config["training"]
     if not isinstance(training, dict) or "output_dir" not in training:
         raise ValueError("training needs at least output_dir (any transformers.TrainingArguments field is allowed).")
+    _check_section_types(training, _training_hints(), "training")
+    if not isinstance(training["output_dir"], str) or not training["output_dir"]:
+        raise ValueError(f"training.output_dir must be a string (a folder), got {training['output_dir']!r}.")
     dft_config(config)  # unknown methods / bad loss options fail here, before any model is loaded
 
 
@@ -128,6 +272,137 @@ def training_arguments(section: dict):
     return args
 
 
+# -- output directory and checkpoints ---------------------------------------------------------------------------------
+def previous_run(output_dir: str | Path) -> list[str]:
+    """The entries of an earlier run in ``output_dir`` (``checkpoint-*``, ``final``, ``log_history.json``)."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir() if p.name in RUN_ENTRIES or CHECKPOINT.match(p.name))
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 0 or 8 + n > size:
+            return f"{path.name} is truncated ({size} bytes, shorter than its header)"
+        header = json.loads(f.read(n))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        return f"{path.name} is truncated ({size} bytes where its header describes {8 + n + end})"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why a checkpoint file is unusable (empty, truncated, not parseable), or None. Cheap: headers and zip
+    directories only, never the tensors."""
+    try:
+        if path.stat().st_size == 0:
+            return f"{path.name} is empty"
+        if path.suffix == ".safetensors":
+            return _safetensors_problem(path)
+        if path.suffix == ".json":
+            record = json.loads(path.read_text())
+            if path.name.endswith(".index.json"):
+                missing = sorted({s for s in record.get("weight_map", {}).values() if not (path.parent / s).is_file()})
+                if missing:
+                    return f"{path.name} lists {missing[0]}, which is missing"
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            with open(path, "rb") as f:
+                zipped = f.read(2) == b"PK"  # torch.save's zip format; an old pickle file is not checked
+            if zipped:
+                with zipfile.ZipFile(path):  # its directory is at the end: a truncated file has none
+                    pass
+    except zipfile.BadZipFile:
+        return f"{path.name} is truncated (its zip directory is missing)"
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return f"{path.name} is truncated or not valid (it does not parse)"
+    return None
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why a ``checkpoint-N`` folder cannot be resumed from (typically a save that was interrupted), or None.
+
+    A complete checkpoint has ``trainer_state.json`` (the Trainer writes it last), model weights, and no empty,
+    truncated or unparseable file.
+    """
+    folder = Path(folder)
+    if not (folder / "trainer_state.json").is_file():
+        return "it has no trainer_state.json"
+    entries = list(folder.iterdir())
+    if not any((folder / w).is_file() for w in WEIGHT_FILES) and not any(p.is_dir() for p in entries):
+        return "it has no model weights (model.safetensors)"
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and (problem := _file_problem(path)):
+            return problem
+    return None
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    """``checkpoint-N`` folders of ``output_dir``, latest (highest N) first."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)), reverse=True)
+
+
+def resolve_resume(resume: bool | str | None, output_dir: str | Path, verbose: bool = True) -> str | None:
+    """The checkpoint folder to resume from: ``None`` (no resume), the last complete ``checkpoint-N`` of
+    ``output_dir`` for ``True`` (incomplete ones are skipped and named on stderr), or the given folder once checked.
+    """
+    if resume is None or resume is False:
+        return None
+    out = Path(output_dir)
+    if resume is True:
+        checkpoints = _checkpoints(out)
+        if not checkpoints:
+            raise FileNotFoundError(
+                f"--resume: no checkpoint-* folder in {out} to resume from; run without --resume to start training "
+                "(training.save_strategy / save_steps set how often checkpoints are written)."
+            )
+        skipped = []
+        for folder in checkpoints:
+            problem = checkpoint_problem(folder)
+            if problem is None:
+                if verbose:
+                    for name, why in skipped:
+                        print(f"--resume: skipped {name}: {why} (an interrupted save?)", file=sys.stderr)
+                    if skipped:
+                        print(f"--resume: resuming from {folder.name}, the last complete checkpoint", file=sys.stderr)
+                return str(folder)
+            skipped.append((folder.name, problem))
+        details = "; ".join(f"{name}: {why}" for name, why in skipped)
+        raise ValueError(
+            f"--resume: none of the {len(skipped)} checkpoints in {out} is complete ({details}); they are interrupted "
+            "saves: start again with --overwrite, or without --resume into another training.output_dir."
+        )
+    folder = Path(resume)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--resume {folder}: no such checkpoint folder; pass --resume alone to resume from "
+                                "the last complete checkpoint in training.output_dir.")
+    problem = checkpoint_problem(folder)
+    if problem:
+        complete = next((c.name for c in _checkpoints(folder.parent) if checkpoint_problem(c) is None), None)
+        other = f"resume from {folder.parent / complete}" if complete else "start again with --overwrite"
+        raise ValueError(
+            f"checkpoint {folder} is incomplete: {problem} (an interrupted save?); {other}, or pass --resume without "
+            "a folder to pick the last complete checkpoint."
+        )
+    return str(folder)
+
+
+def _clear_previous_run(output_dir: Path, entries: list[str]) -> None:
+    for name in entries:
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+# -- model, data, run ------------------------------------------------------------------------------------------------
 def load_student(config: dict):
     """``(model, tokenizer)`` for ``config['model']`` (``"tiny"`` gives a random 2-layer Llama seeded by ``seed``)."""
     from .models import load_model, tiny_model
@@ -142,16 +417,17 @@ def load_student(config: dict):
 
 def load_dataset(config: dict, model, tokenizer):
     """The training dataset: a saved target dataset, or corpus blocks (with reference-model targets if asked)."""
-    from datasets import Dataset, load_from_disk
+    from datasets import Dataset
+
+    from . import target_cache, targets
 
     data = config["data"]
     if "dataset" in data:
         path = Path(data["dataset"])
         if not path.exists():
             raise FileNotFoundError(f"data.dataset {path} does not exist; build it with dftnb.target_cache.build_or_load.")
-        return load_from_disk(str(path))
+        return target_cache.load_target_dataset(path)
 
-    from . import target_cache, targets
     from .data import corpus_texts, pack_texts
 
     texts = corpus_texts(data["corpus"], data.get("split", "train"))
@@ -172,8 +448,8 @@ def load_dataset(config: dict, model, tokenizer):
     def build():
         return targets.from_reference_model(reference, ref_tokenizer, blocks, k=k, max_length=block_size, **params)
 
-    if spec.get("cache") is None:
-        return build()
+    if spec.get("cache") is None:  # record the reference's tokenizer, which build_trainer checks against the student
+        return target_cache.record_tokenizer_hash(build(), target_cache.tokenizer_hash(ref_tokenizer))
     meta = target_cache.target_metadata(
         reference, ref_tokenizer, source="reference", corpus=f"{data['corpus']}/{data.get('split', 'train')}",
         k=k, model_name=str(spec.get("reference_model") or config["model"]), sequences=len(blocks),
@@ -182,36 +458,80 @@ def load_dataset(config: dict, model, tokenizer):
     return target_cache.build_or_load(spec["cache"], meta, build, spec.get("rebuild", "auto"))
 
 
-def run(config: dict, resume: bool | str | None = None) -> DFTTrainer:
-    """Build everything from a validated ``config`` and train; returns the trainer."""
+def _note_unchecked_tokenizer(dataset, objective: DFTConfig) -> None:
+    """Say on stderr (the CLI silences warnings) when build_trainer cannot compare the targets' tokenizer with the
+    student's because the dataset records none."""
+    from .target_cache import target_info
+
+    if not objective.needs_target or "target_ids" not in dataset.column_names:
+        return
+    try:
+        recorded = target_info(dataset).get("tokenizer_hash")
+    except ValueError:
+        return  # no builder record at all: build_trainer refuses the dataset with its own message
+    if recorded is None:
+        print("note: the target dataset records no tokenizer hash, so it cannot be checked that its targets were built "
+              "with the student's tokenizer (only the vocabulary size is checked); save it through "
+              "dftnb.target_cache.build_or_load, which records the hash.", file=sys.stderr)
+
+
+def run(config: dict, resume: bool | str | None = None, overwrite: bool = False) -> DFTTrainer:
+    """Build everything from a validated ``config`` and train; returns the trainer.
+
+    ``resume``: ``True`` (last complete checkpoint in output_dir), a checkpoint folder, or ``None`` for the config's
+    ``resume_from_checkpoint``. An output_dir that holds an earlier run is refused unless resuming or ``overwrite``.
+    """
     args = training_arguments(config["training"])
-    # rank 0 first: it fills the model and target caches that the other ranks then read
+    out = Path(args.output_dir)
+    resume = resume if resume is not None else config.get("resume_from_checkpoint")
+    existing = previous_run(out)
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in output_dir and --overwrite deletes it: pass one of them.")
+    if existing and not resume and not overwrite:
+        raise FileExistsError(
+            f"training.output_dir {out} already holds a run ({', '.join(existing)}): training again would overwrite "
+            "it. Pass --overwrite to replace it, --resume to continue it, or choose another directory "
+            "(--set training.output_dir=...)."
+        )
+    checkpoint = resolve_resume(resume, out, verbose=args.process_index == 0)
+    # rank 0 first: it clears a run being overwritten and fills the model and target caches the other ranks read
     with args.main_process_first(desc="model and target dataset"):
+        if overwrite and existing and args.process_index == 0:
+            _clear_previous_run(out, existing)
         model, tokenizer = load_student(config)
         dataset = load_dataset(config, model, tokenizer)
+    if args.process_index == 0:
+        _note_unchecked_tokenizer(dataset, dft_config(config))
     trainer = build_trainer(model, tokenizer, dataset, dft_config(config), args)
-    resume = resume if resume is not None else config.get("resume_from_checkpoint")
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=checkpoint)
     if trainer.is_world_process_zero():
-        out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     if config.get("save_final", True):
-        trainer.save_model(str(Path(args.output_dir) / "final"))
+        trainer.save_model(str(out / "final"))
     return trainer
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override, e.g. training.max_steps=5")
+    parser.add_argument("--set", action="extend", nargs="+", default=None, metavar="KEY=VALUE",
+                        help="override, e.g. training.max_steps=5; repeat the flag (or list several) for more")
     parser.add_argument("--resume", nargs="?", const=True, default=None,
-                        help="resume from the latest checkpoint in output_dir, or from the given checkpoint folder")
+                        help="resume from the last complete checkpoint in output_dir, or from the given checkpoint folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier run in output_dir (its checkpoint-*, final and log_history.json)")
     args = parser.parse_args(argv)
+    args.set = args.set or []
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     from .runner import quiet
 
     quiet()
-    run(load_config(args.config, args.set), resume=args.resume)
+    run(load_config(args.config, args.set), resume=args.resume, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from .losses import BASELINES, LOSSES, loss_options
 from .objective import dft_loss
+from .sparse_target import check_tail
 from .targets import IGNORE_INDEX, SparseTarget, batch_sparse_target
 
 # Config fields of HF models whose logits are transformed after the LM head (Gemma 2/3 soft-capping, Cohere and
@@ -57,6 +58,9 @@ class DFTConfig:
         ce_weight: λ ∈ [0, 1], the weight of the one-hot cross-entropy on the labels.
         chunk_size: tokens per chunk when the LM head is applied inside the loss (memory knob, not maths).
         divergence_kwargs: extra keyword arguments of the divergence (``beta`` for JSD, ``alpha`` for skew KL, ...).
+        tail: how the divergence reads the target's tail mass, one of :data:`dftnb.sparse_target.TAIL_MODES`
+            (``"uniform"``, the default, ``"bucket"`` or ``"renormalize"``; docs/design.md, targets); passed to
+            :func:`dftnb.objective.dft_loss`, ignored by the baselines.
         target_vocab_size: ``V`` the targets were built with; checked against the student's LM head.
         log_stats: log ``divergence``, ``ce`` and the student's mean ``entropy`` next to ``loss``.
     """
@@ -68,6 +72,7 @@ class DFTConfig:
     divergence_kwargs: dict = field(default_factory=dict)
     target_vocab_size: int | None = None
     log_stats: bool = True
+    tail: str = "uniform"
 
     def __post_init__(self):
         if self.divergence in METHODS:
@@ -82,6 +87,7 @@ class DFTConfig:
             raise ValueError(f"ce_weight (λ in λ·CE + (1−λ)·D) must be in [0, 1], got {self.ce_weight}.")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}.")
+        check_tail(self.tail)
         self.divergence_kwargs = dict(self.divergence_kwargs or {})
         options = loss_options(self.divergence)
         unknown = sorted(set(self.divergence_kwargs) - set(options))
@@ -112,6 +118,7 @@ class DFTConfig:
             ce_weight=self.ce_weight if ce_weight is None else ce_weight,
             num_items_in_batch=num_items_in_batch,
             chunk_size=self.chunk_size,
+            tail=self.tail,
             **extra,
         )
 
@@ -484,9 +491,16 @@ def recorded_vocab_size(dataset) -> int | None:
 
 def build_trainer(model, tokenizer, dataset, dft_config: DFTConfig, args: TrainingArguments, **kwargs) -> DFTTrainer:
     """``DFTTrainer`` on ``dataset`` with the sparse-target collator; fills ``dft_config.target_vocab_size`` from the
-    dataset's builder record so a student with another vocabulary is refused before the first step."""
+    dataset's builder record so a student with another vocabulary is refused before the first step, and compares
+    the record's tokenizer hash with ``tokenizer`` so one with another tokenizer of the same size is refused too
+    (:func:`dftnb.target_cache.check_target_tokenizer`; a dataset without the hash gets a warning)."""
     if dft_config.target_vocab_size is None and dft_config.needs_target:
         dft_config.target_vocab_size = recorded_vocab_size(dataset)
+    if dft_config.needs_target and "target_ids" in dataset.column_names:
+        from .target_cache import check_target_tokenizer
+
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        check_target_tokenizer(dataset, tokenizer, None if head is None else head.weight.shape[0])
     return DFTTrainer(
         model=model,
         args=args,
@@ -499,7 +513,10 @@ def build_trainer(model, tokenizer, dataset, dft_config: DFTConfig, args: Traini
 
 
 def default_training_args(output_dir: str | Path, **overrides) -> TrainingArguments:
-    """Quiet, reproducible ``TrainingArguments`` for the notebooks: log every step, no reports, no progress bar."""
+    """Reproducible ``TrainingArguments`` for the notebooks: log every step, no reports; the Trainer's progress bar
+    only when a person is watching (:func:`dftnb.runner.interactive`)."""
+    from .runner import interactive
+
     args = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=4,
@@ -510,7 +527,7 @@ def default_training_args(output_dir: str | Path, **overrides) -> TrainingArgume
         logging_steps=1,
         save_strategy="no",
         report_to="none",
-        disable_tqdm=True,
+        disable_tqdm=not interactive(),
         seed=0,
         data_seed=0,
         use_cpu=not torch.cuda.is_available(),

@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .targets import SparseTarget, target_parts
+from .sparse_target import SparseTarget, target_parts
 
 
 def embedding_cost(embeddings: torch.Tensor, ids_a: torch.Tensor, ids_b: torch.Tensor | None = None) -> torch.Tensor:
@@ -40,6 +40,7 @@ def sinkhorn_support(
     embeddings: torch.Tensor,
     k: int = 64,
     bucket_cost: float = 1.0,
+    tail: str = "uniform",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reduce each row to an OT problem on ``U = S ∪ top-k(p)`` plus one bucket for the rest of the vocabulary.
 
@@ -49,6 +50,11 @@ def sinkhorn_support(
     id is the tail value ``t``. The bucket holds the remaining mass of each side: ``1 − Σ_U p`` and
     ``t·(V − |U|)``. ``cost`` ``(N, K+1, K+1)`` is ``1 − cos`` between token embeddings, ``bucket_cost`` between the
     bucket and any token (1 = the cost between orthogonal embeddings) and 0 from the bucket to itself.
+
+    ``tail`` (the target's tail mode, docs/design.md): ``"uniform"`` as above; ``"bucket"``: the problem is the
+    target's ``k + 1`` categories, ``S`` and the bucket, with masses ``(p_S, 1 − P_S)`` and ``(q_S, r)`` (the
+    student-only slots get mass 0 on both sides, their ``p`` is in the bucket); ``"renormalize"``: ``q̃ = q_S / (1 − r)``
+    on ``S`` and no target mass on the student-only ids or in the bucket.
     """
     vocab = logp.shape[-1]
     if embeddings is None:
@@ -61,23 +67,31 @@ def sinkhorn_support(
         )
     if not (isinstance(k, int) and 1 <= k <= vocab):
         raise ValueError(f"sinkhorn support size k must be an int in [1, V={vocab}], got {k!r}.")
-    ids_q, logq, log_t, n_tail = target_parts(target, logp.dtype)
+    ids_q, logq, n_tail, log_t, log_r = target_parts(target, logp.dtype, tail)
     ids_p = logp.detach().topk(k, dim=-1).indices
     duplicate = (ids_p.unsqueeze(-1) == ids_q.unsqueeze(-2)).any(-1)
     ids = torch.cat([ids_q, ids_p], dim=-1)
-    keep = torch.cat([torch.ones_like(ids_q, dtype=torch.bool), ~duplicate], dim=-1)
     neg_inf = torch.tensor(float("-inf"), dtype=logp.dtype, device=logp.device)
+    if tail == "bucket":  # the target's k + 1 categories only: every student-only id belongs to the bucket
+        duplicate = torch.ones_like(duplicate)
+    keep = torch.cat([torch.ones_like(ids_q, dtype=torch.bool), ~duplicate], dim=-1)
 
     log_a = torch.where(keep, logp.gather(-1, ids), neg_inf)
-    rest_p = (1.0 - log_a.exp().sum(-1)).clamp_min(0.0)
-    log_rest_p = torch.where(rest_p > 0, torch.where(rest_p > 0, rest_p, 1.0).log(), neg_inf)
+    if tail == "bucket" and n_tail:
+        log_rest_p = logp.scatter(-1, ids_q, float("-inf")).logsumexp(-1)  # log(1 − P_S), accurate for any P_S
+    else:
+        rest_p = (1.0 - log_a.exp().sum(-1)).clamp_min(0.0)
+        log_rest_p = torch.where(rest_p > 0, torch.where(rest_p > 0, rest_p, 1.0).log(), neg_inf)
     log_a = torch.cat([log_a, log_rest_p.unsqueeze(-1)], dim=-1)
 
-    if n_tail:
+    if log_r is not None:  # bucket
+        log_b_extra = torch.full_like(ids_p, float("-inf"), dtype=logp.dtype)
+        log_rest_q = log_r
+    elif log_t is not None:
         log_b_extra = torch.where(duplicate, neg_inf, log_t.unsqueeze(-1))
         n_rest = (n_tail - (~duplicate).sum(-1)).to(logp.dtype)
         log_rest_q = torch.where(n_rest > 0, log_t + n_rest.clamp_min(1.0).log(), neg_inf)
-    else:  # k == V: every student id is a target id, nothing is left over
+    else:  # k == V (every student id is a target id, nothing is left over) or renormalize (no mass off S)
         log_b_extra = torch.full_like(ids_p, float("-inf"), dtype=logp.dtype)
         log_rest_q = neg_inf.expand(logp.shape[0])
     log_b = torch.cat([logq, log_b_extra, log_rest_q.unsqueeze(-1)], dim=-1)

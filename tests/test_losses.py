@@ -31,9 +31,10 @@ def random_logits(n: int, vocab: int, seed: int, scale: float = 2.0) -> torch.Te
     return (torch.randn(n, vocab, generator=g, dtype=torch.float64) * scale).requires_grad_(True)
 
 
-# Dense references: p and q are full (N, V) float64 probability tensors.
+# Dense references: p and q are full (N, C) float64 probability tensors over C categories (the V tokens, or the
+# k + 1 categories of the bucket); 0 log 0 = 0.
 def ref_forward_kl(p, q):
-    return (q * (q.log() - p.log())).sum(-1)
+    return (torch.xlogy(q, q) - q * p.log()).sum(-1)
 
 
 def ref_reverse_kl(p, q):
@@ -42,11 +43,11 @@ def ref_reverse_kl(p, q):
 
 def ref_jsd(p, q, beta):
     m = beta * q + (1 - beta) * p
-    return beta * (q * (q / m).log()).sum(-1) + (1 - beta) * (p * (p / m).log()).sum(-1)
+    return beta * (torch.xlogy(q, q) - q * m.log()).sum(-1) + (1 - beta) * (p * (p / m).log()).sum(-1)
 
 
 def ref_skew_kl(p, q, alpha):
-    return (q * (q.log() - (alpha * q + (1 - alpha) * p).log())).sum(-1)
+    return (torch.xlogy(q, q) - q * (alpha * q + (1 - alpha) * p).log()).sum(-1)
 
 
 def ref_tvd(p, q):
@@ -69,21 +70,64 @@ CASES = [
 ]
 
 
+def dense_tail_reference(name, reference, p, target, tail):
+    """The loss in ``tail`` mode from the plain formula on dense float64 tensors (docs/design.md, targets).
+
+    uniform: ``reference(p, q)`` with the full uniform-tail ``q``; bucket: ``reference`` over the k + 1 categories
+    ``(p_S, 1 − P_S)`` vs ``(q_S, r)`` (sorted W: the student's k largest sorted, plus its rest); renormalize:
+    ``q_S / Σ q_S`` on S and 0 elsewhere, against the full ``p`` (reverse KL: ``p`` renormalised over S too)."""
+    if tail == "uniform" or target.k == p.shape[-1]:  # k = V: every mode reads the full distribution as stored
+        return reference(p, target.to_dense())
+    k, ids = target.k, target.ids
+    q_s = target.logprobs.double().exp()
+    on_support = torch.zeros_like(p, dtype=torch.bool).scatter(-1, ids, True)
+    p_s = p.gather(-1, ids)
+    if tail == "renormalize":
+        q_tilde = q_s / q_s.sum(-1, keepdim=True)
+        if name == "reverse_kl":
+            return reference(p_s / p_s.sum(-1, keepdim=True), q_tilde)
+        return reference(p, torch.zeros_like(p).scatter(-1, ids, q_tilde))
+    r = target.tail_mass().unsqueeze(-1)
+    if name == "wasserstein_sorted":
+        p_sorted = p.sort(-1, descending=True).values
+        q_sorted = q_s.sort(-1, descending=True).values
+        rest = p_sorted[:, k:].sum(-1, keepdim=True)  # the rest is compared with r, not sorted in with the top k
+        return (p_sorted[:, :k] - q_sorted).abs().sum(-1) + (rest - r).abs().squeeze(-1)
+    rest = torch.where(on_support, 0.0, p).sum(-1, keepdim=True)
+    return reference(torch.cat([p_s, rest], -1), torch.cat([q_s, r], -1))
+
+
+TAILS = ["uniform", "bucket", "renormalize"]
+
+
 @pytest.mark.parametrize("name,kwargs,reference", CASES, ids=[f"{c[0]}{c[1]}" for c in CASES])
 @pytest.mark.parametrize("k", [1, 6, V - 1, V])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_divergence_matches_dense_reference(name, kwargs, reference, k, temperature):
+@pytest.mark.parametrize("tail", TAILS)
+def test_divergence_matches_dense_reference(name, kwargs, reference, k, temperature, tail):
     z = random_logits(N, V, seed=k)
     target = random_target(N, V, k, seed=100 + k)
     fn = L.loss_function(name)
-    got = fn(z, target, temperature, **kwargs)
+    got = fn(z, target, temperature, **kwargs, tail=tail)
     p = torch.softmax(z / temperature, -1)
-    want = reference(p, target.to_dense())
+    want = dense_tail_reference(name, reference, p, target, tail)
     assert got.shape == (N,)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
     (g_got,) = torch.autograd.grad(got.sum(), z)
     (g_want,) = torch.autograd.grad(want.sum(), z)
     torch.testing.assert_close(g_got, g_want, rtol=1e-8, atol=1e-10)
+
+
+def test_tail_modes_differ_and_default_is_uniform():
+    z, target = random_logits(N, V, seed=1), random_target(N, V, 6, seed=2)
+    values = {tail: L.forward_kl(z, target, tail=tail) for tail in TAILS}
+    torch.testing.assert_close(L.forward_kl(z, target), values["uniform"], rtol=0, atol=0)
+    assert (values["uniform"] - values["bucket"]).abs().min() > 1e-3
+    assert (values["bucket"] - values["renormalize"]).abs().min() > 1e-3
+    with pytest.raises(ValueError, match="tail must be one of"):
+        L.reverse_kl(z, target, tail="flat")
+    with pytest.raises(ValueError, match="tail must be one of"):
+        objective.dft_loss(z, target, "reverse_kl", tail="zero")
 
 
 CLOSED_FORM_CASES = [c for c in CASES if c[0] in objective._WITH_GRAD_FNS] + [("ce", {}, None)]
@@ -92,16 +136,20 @@ CLOSED_FORM_CASES = [c for c in CASES if c[0] in objective._WITH_GRAD_FNS] + [("
 @pytest.mark.parametrize("name,kwargs,reference", CLOSED_FORM_CASES, ids=[f"{c[0]}{c[1]}" for c in CLOSED_FORM_CASES])
 @pytest.mark.parametrize("k", [1, 6, V - 1, V])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_closed_form_gradient_matches_dense_reference(name, kwargs, reference, k, temperature):
+@pytest.mark.parametrize("tail", TAILS)
+def test_closed_form_gradient_matches_dense_reference(name, kwargs, reference, k, temperature, tail):
     # what dft_loss trains with: value and ∂/∂logits in closed form, against autograd of the dense float64 formula
     z = random_logits(N, V, seed=k)
     target = random_target(N, V, k, seed=100 + k)
     labels = torch.randint(0, V, (N,), generator=torch.Generator().manual_seed(k))
     p = torch.softmax(z / temperature, -1)
-    want = -p.log()[torch.arange(N), labels] if name == "ce" else reference(p, target.to_dense())
+    want = -p.log()[torch.arange(N), labels] if name == "ce" else dense_tail_reference(name, reference, p, target, tail)
     (g_want,) = torch.autograd.grad(want.sum(), z)
     logits = z.detach().clone()
-    got, g_got = objective._WITH_GRAD_FNS[name](logits, labels if name == "ce" else target, temperature, **kwargs)
+    if name == "ce":
+        got, g_got = objective._ce_with_grad(logits, labels, temperature)
+    else:
+        got, g_got = objective._WITH_GRAD_FNS[name](logits, target, temperature, **kwargs, tail=tail)
     torch.testing.assert_close(logits, z.detach(), rtol=0, atol=0)  # the input is left as it was
     torch.testing.assert_close(got, want.detach(), rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(g_got, g_want, rtol=1e-8, atol=1e-10)
@@ -459,3 +507,232 @@ def test_bad_inputs_raise_with_a_fix():
         objective.dft_loss(z[0], flat_target[0], "reverse_kl")
     with pytest.raises(ValueError, match="gem h"):
         L.gem(z, torch.zeros(N, dtype=torch.long), h="tanh")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tail modes: dft_loss, Sinkhorn support, the trainer's config
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,kwargs", [c for c in DFT_CASES if c[0] in L.DIVERGENCES], ids=lambda c: str(c))
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+def test_dft_loss_tail_modes_chunked_equal_per_row_reference(name, kwargs, tail):
+    hidden, weight, target, labels, emb = make_batch()
+    mask = labels != -100
+    extra = {"embeddings": emb} if name == "sinkhorn" else {}
+    per_row = L.loss_function(name)((hidden @ weight.T)[mask], target[mask], 1.3, **extra, **kwargs, tail=tail)
+    want = per_row.sum() / mask.sum()
+    want_grads = torch.autograd.grad(want, (hidden, weight))
+    got = objective.dft_loss(hidden, target, name, lm_head_weight=weight, labels=labels, temperature=1.3,
+                             chunk_size=3, embeddings=emb, tail=tail, **kwargs)
+    torch.testing.assert_close(got, want)
+    for g_got, g_want in zip(torch.autograd.grad(got, (hidden, weight)), want_grads):
+        torch.testing.assert_close(g_got, g_want)
+
+
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+def test_sinkhorn_support_masses_per_tail_mode(tail):
+    z, target = random_logits(N, V, seed=9), random_target(N, V, 6, seed=10)
+    emb = torch.randn(V, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    logp = torch.log_softmax(z.detach(), -1)
+    log_a, log_b, _, ids = transport.sinkhorn_support(logp, target, emb, k=8, tail=tail)
+    p, q_s = logp.exp(), target.logprobs.exp()
+    a, b = log_a.exp(), log_b.exp()
+    for row in range(N):
+        support = target.ids[row].tolist()
+        off = [j for j in range(V) if j not in support]
+        torch.testing.assert_close(a[row, :6], p[row, support])
+        torch.testing.assert_close(a.sum(-1), torch.ones(N, dtype=torch.float64))
+        if tail == "bucket":  # S and the bucket only: (p_S, 1 − P_S) vs (q_S, r)
+            assert (a[row, 6:-1] == 0).all() and (b[row, 6:-1] == 0).all()
+            torch.testing.assert_close(a[row, -1], p[row, off].sum())
+            torch.testing.assert_close(b[row, :6], q_s[row])
+            torch.testing.assert_close(b[row, -1], target.tail_mass()[row])
+        else:  # q̃ on S, no target mass anywhere else
+            torch.testing.assert_close(b[row, :6], q_s[row] / q_s[row].sum())
+            assert (b[row, 6:] == 0).all()
+    assert ids.shape == (N, 14)
+
+
+def test_dft_config_takes_and_checks_tail():
+    from dftnb.trainer import DFTConfig
+
+    with pytest.raises(ValueError, match="tail must be one of"):
+        DFTConfig(divergence="forward_kl", tail="flat")
+    hidden, weight, target, labels, _ = make_batch()
+    shifted = (hidden[:, :-1], target[:, :-1], labels[:, 1:])
+    for tail in TAILS:
+        got = DFTConfig(divergence="reverse_kl", tail=tail).loss(shifted[0], shifted[1], weight, shifted[2])
+        want = objective.dft_loss(shifted[0], shifted[1], "reverse_kl", lm_head_weight=weight, labels=shifted[2],
+                                  tail=tail)
+        torch.testing.assert_close(got, want)
+    assert DFTConfig().tail == "uniform"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The self-target fixed point: D(p ‖ target built from p) has zero gradient exactly when the target is neutral
+# ---------------------------------------------------------------------------------------------------------------
+FIXED_POINT = ["forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd", "wasserstein_sorted"]
+
+
+def self_target_gradient(name, k, tail, seed=0):
+    z = random_logits(N, V, seed=seed, scale=3.0)
+    target = SparseTarget.from_logits(z.detach(), k)  # float64 throughout: built from the student's own logits
+    (grad,) = torch.autograd.grad(L.loss_function(name)(z, target, tail=tail).sum(), z)
+    return grad
+
+
+@pytest.mark.parametrize("name", FIXED_POINT)
+def test_self_target_gradient_is_zero_for_the_bucket_and_not_for_the_uniform_tail(name):
+    bucket = self_target_gradient(name, 6, "bucket")
+    assert bucket.abs().max() < 1e-13, name
+    uniform = self_target_gradient(name, 6, "uniform")
+    assert uniform.norm(dim=-1).min() > 1e-3, name  # the uniform tail pulls the student's tail flat
+    for tail in TAILS:  # k = V: nothing is truncated, every mode is neutral
+        assert self_target_gradient(name, V, tail).abs().max() < 1e-13, (name, tail)
+
+
+def test_self_target_gradient_in_renormalize_mode():
+    # reverse KL compares p and q both renormalised over S: neutral; forward KL pulls P_S toward 1: not neutral
+    assert self_target_gradient("reverse_kl", 6, "renormalize").abs().max() < 1e-13
+    forward = self_target_gradient("forward_kl", 6, "renormalize")
+    z = random_logits(N, V, seed=0, scale=3.0).detach()
+    p = torch.softmax(z, -1)
+    q_tilde = torch.zeros_like(p).scatter(-1, p.topk(6).indices, p.topk(6).values / p.topk(6).values.sum(-1, True))
+    torch.testing.assert_close(forward, p - q_tilde)  # ∇ KL(q̃‖p) = p − q̃
+
+
+def test_self_target_closed_form_gradients_in_float32_at_full_vocab():
+    """What training sees: float32 logits, V = 49,152, the closed forms of dft_loss. The bucket's gradient is at
+    float32 rounding level (log(1 − P_S) as a log-sum-exp keeps it there even for a tail of 1e-9); the uniform
+    tail's is orders of magnitude larger."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 49_152, generator=g) * 3
+    z[0, :8] += 30  # a peaked row: tail mass ~1e-9
+    target = SparseTarget.from_logits(z, 64)
+    assert target.tail_mass()[0] < 1e-8
+    for name in ("forward_kl", "reverse_kl", "jsd", "tvd"):
+        bucket = objective._WITH_GRAD_FNS[name](z.clone(), target, 1.0, tail="bucket")[1]
+        uniform = objective._WITH_GRAD_FNS[name](z.clone(), target, 1.0, tail="uniform")[1]
+        assert bucket.norm(dim=-1).max() < 1e-5, name
+        assert uniform.norm(dim=-1)[1:].min() > 100 * bucket.norm(dim=-1).max(), name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sampled targets: unbiased for the forward-KL gradient, biased for reverse KL
+# ---------------------------------------------------------------------------------------------------------------
+def test_sampled_targets_give_an_unbiased_forward_kl_gradient():
+    """Monte Carlo: the mean forward-KL gradient over M sampled targets of n draws equals the dense gradient
+    s − p within 6 standard errors per coordinate, sqrt(p_j (1 − p_j) / (n M)) (the variance of an empirical
+    frequency), in every tail mode; a top-k target and reverse KL are biased far beyond that band."""
+    n, M = 8, 4000
+    g = torch.Generator().manual_seed(0)
+    zt = torch.randn(3, V, generator=g, dtype=torch.float64) * 1.5  # reference
+    zs = torch.randn(3, V, generator=g, dtype=torch.float64)  # student
+    p, s = torch.softmax(zt, -1), torch.softmax(zs, -1)
+    dense = s - p
+    band = 6 * (p * (1 - p) / (n * M)).sqrt() + 1e-9
+    target = SparseTarget.sampled_from_logits(zt.repeat(M, 1), n, generator=torch.Generator().manual_seed(1))
+    assert target.k == n and (target.r == 0).all()
+    for tail in TAILS:
+        grad = objective._WITH_GRAD_FNS["forward_kl"](zs.repeat(M, 1), target, 1.0, tail=tail)[1]
+        mean = grad.reshape(M, 3, V).mean(0)
+        assert ((mean - dense).abs() <= band).all(), tail
+    topk = SparseTarget.from_logits(zt, n)  # same storage, deterministic: a bias the band does not cover
+    biased = objective._WITH_GRAD_FNS["forward_kl"](zs.clone(), topk, 1.0)[1]
+    assert ((biased - dense).abs() > band).any()
+    # reverse KL: E[∇ KL(s ‖ q̂)] ≠ ∇ KL(s ‖ p) (log q̂ is not unbiased for log p)
+    zs_grad = zs.clone().requires_grad_()
+    (dense_rev,) = torch.autograd.grad(ref_reverse_kl(torch.softmax(zs_grad, -1), p).sum(), zs_grad)
+    rev = objective._WITH_GRAD_FNS["reverse_kl"](zs.repeat(M, 1), target, 1.0)[1].reshape(M, 3, V).mean(0)
+    assert ((rev - dense_rev).abs() > band).any()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Silent failures that now raise, and the tail mass that survives storage
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd", "tvd", "ce"])
+def test_non_finite_logits_raise_on_the_gradient_path(name):
+    hidden, weight, target, labels, _ = make_batch()
+    logits = (hidden @ weight.T).detach().clone()
+    logits[1, 2, 5] = float("nan")  # an unmasked position
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        objective.dft_loss(logits.requires_grad_(), target, name, labels=labels)
+    broken = hidden.detach().clone()
+    broken[1, 2, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        objective.dft_loss(broken.requires_grad_(), target, name, lm_head_weight=weight, labels=labels)
+
+
+def test_out_of_range_labels_raise_a_clear_error():
+    hidden, weight, target, labels, _ = make_batch()
+    logits = (hidden @ weight.T).detach().requires_grad_()
+    for bad in (V, V + 7, -3):
+        wrong = labels.clone()
+        wrong[1, 3] = bad
+        with pytest.raises(ValueError, match=r"token ids in \[0, 40\) or -100"):
+            objective.dft_loss(logits, None, "ce", labels=wrong)
+        with pytest.raises(ValueError, match=r"token ids in \[0, 40\) or -100"):
+            objective.dft_loss(logits, target, "reverse_kl", labels=wrong, ce_weight=0.5)
+        with torch.no_grad(), pytest.raises(ValueError, match=r"token ids in \[0, 40\) or -100"):
+            objective.dft_loss(logits, None, "gem", labels=wrong)
+    # a divergence without CE reads no label values, only the mask
+    objective.dft_loss(logits, target, "reverse_kl", labels=torch.where(labels == 5, V + 1, labels))
+
+
+def test_float_target_ids_are_refused():
+    target = random_target(N, V, 5, seed=0)
+    with pytest.raises(ValueError, match="integer token ids"):
+        SparseTarget(target.ids.float(), target.logprobs, V)
+    SparseTarget(target.ids.int(), target.logprobs, V)  # any integer dtype is fine
+
+
+def tail_logits(r: float, k: int = 4, vocab: int = 49_152) -> torch.Tensor:
+    """Logits (float64) whose distribution has k equal top tokens and exactly tail mass r on the other V − k."""
+    z = torch.zeros(1, vocab, dtype=torch.float64)
+    z[0, k:] = math.log(r / (1 - r) * k / (vocab - k))
+    return z
+
+
+@pytest.mark.parametrize("r", [1e-8, 1e-6, 1e-3])
+def test_small_tail_mass_survives_float16_storage(r):
+    """r from a *stored* target (Arrow: float16 logprobs, float32 tail mass) within 1% of the exact r for r ≥ 1e-8,
+    and reverse KL toward it equal to the dense float64 value; the float16 log-probabilities alone cannot give r."""
+    from dftnb.target_cache import rows_to_dataset
+    from dftnb.targets import _row, batch_sparse_target
+
+    vocab, k = 49_152, 4
+    z = tail_logits(r, k, vocab)
+    built = SparseTarget.from_logits(z.float(), k)  # as the builders do: float32 logits
+    ds = rows_to_dataset([_row([0], [0], built)], k, vocab)
+    row = ds[0]
+    stored = SparseTarget.from_stored(row["target_ids"], row["target_logprobs"], vocab, row["target_tail_mass"])
+    assert abs(stored.tail_mass().item() / r - 1) < 0.01
+    batch = {key: torch.tensor(row[key])[None] for key in ("target_ids", "target_logprobs", "target_tail_mass")}
+    assert abs(batch_sparse_target(batch, vocab).tail_mass().item() / r - 1) < 0.01
+    student = z.clone()
+    student[0, k:] += 3.0  # a student with more tail: reverse KL reads log r
+    p = torch.softmax(student, -1)
+    # reference: the stored (float16) support log-probabilities with the exact r, so only r is under test
+    exact = SparseTarget(stored.ids, stored.logprobs.double(), vocab, torch.tensor([r], dtype=torch.float64))
+    want = ref_reverse_kl(p, exact.to_dense())
+    torch.testing.assert_close(L.reverse_kl(student, stored).double(), want, rtol=1e-3, atol=1e-6)
+    if r < 1e-5:  # without the stored column, r comes from float16 log-probabilities and is lost
+        lost = SparseTarget.from_stored(row["target_ids"], row["target_logprobs"], vocab)
+        assert abs(lost.tail_mass().item() / r - 1) > 0.5
+
+
+def test_bucket_forward_kl_when_the_students_tail_underflows_float32():
+    """A student so sure of its support that every off-support p_j underflows float32: 1 − P_S is taken as a
+    log-sum-exp, so value and gradient stay finite and equal the float64 formula."""
+    vocab, k = 50, 4
+    z = torch.zeros(2, vocab, dtype=torch.float64)
+    z[:, :k] = torch.tensor([200.0, 199.0, 198.5, 197.0], dtype=torch.float64)
+    target = random_target(2, vocab, k, seed=3)
+    target = SparseTarget(torch.arange(k).expand(2, k), target.logprobs, vocab)
+    rows, grad = objective._WITH_GRAD_FNS["forward_kl"](z.float(), target, 1.0, tail="bucket")
+    assert torch.isfinite(rows).all() and torch.isfinite(grad).all()
+    z64 = z.clone().requires_grad_()
+    want = dense_tail_reference("forward_kl", ref_forward_kl, torch.softmax(z64, -1), SparseTarget(
+        target.ids, target.logprobs.double(), vocab), "bucket")
+    (g_want,) = torch.autograd.grad(want.sum(), z64)
+    torch.testing.assert_close(rows.double(), want.detach(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grad.double(), g_want, rtol=1e-4, atol=1e-6)

@@ -283,65 +283,6 @@ def test_humaneval_runs_a_tiny_model_end_to_end(tiny):
     assert all(isinstance(r["reason"], str) and r["reason"] for r in res.per_problem)
 
 
-# -------------------------------------------------------------------------------------------------------- MMLU
-FIXTURE = "tests/fixtures/mmlu"
-
-
-def test_mmlu_prompt_format():
-    data = evals.load_mmlu(FIXTURE)
-    assert sorted(data) == ["astronomy", "high_school_geography"]
-    dev, test = data["astronomy"]
-    assert len(dev) == 5 and len(test) == 3
-    assert test[2][0] == 'Which galaxy contains the Solar System, the "home" galaxy?'  # CSV quoting survives
-    prompt = evals.mmlu_prompt(dev, "astronomy", test[0], shots=1)
-    assert prompt == (
-        "The following are multiple choice questions (with answers) about astronomy.\n\n"
-        "Which planet is closest to the Sun?\nA. Venus\nB. Mercury\nC. Earth\nD. Mars\nAnswer: B\n\n"
-        "Which planet has the most prominent ring system?\nA. Mars\nB. Saturn\nC. Venus\nD. Mercury\nAnswer:"
-    )
-    gdev, gtest = data["high_school_geography"]
-    geo = evals.mmlu_prompt(gdev, "high_school_geography", gtest[0], shots=0)
-    assert geo == (
-        "The following are multiple choice questions (with answers) about high school geography.\n\n"
-        "Which continent has the most countries?\nA. Asia\nB. Africa\nC. Europe\nD. South America\nAnswer:"
-    )
-
-
-def test_mmlu_accuracy_equals_direct_computation(tiny):
-    model, tok = tiny
-    data = evals.load_mmlu(FIXTURE)
-    letters = [tok(f" {c}", add_special_tokens=False).input_ids for c in "ABCD"]
-    assert all(len(ids) == 1 for ids in letters)
-    correct, total, per_subject = 0, 0, {}
-    for subject, (dev, test) in data.items():
-        hits = 0
-        for row in test:
-            prompt = evals.mmlu_prompt(dev, subject, row, shots=3)
-            ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
-            with torch.no_grad():
-                last = model(ids).logits[0, -1]
-            pred = "ABCD"[int(torch.stack([last[i[0]] for i in letters]).argmax())]
-            hits += pred == row[5]
-        per_subject[subject] = hits / len(test)
-        correct, total = correct + hits, total + len(test)
-    res = evals.mmlu(model, tok, FIXTURE, shots=3)
-    assert res.n_questions == total == 6
-    assert res.accuracy == pytest.approx(correct / total)
-    assert res.per_subject == pytest.approx(per_subject)
-    assert res.macro_accuracy == pytest.approx(sum(per_subject.values()) / 2)
-    one = evals.mmlu(model, tok, FIXTURE, shots=3, subjects=["astronomy"], limit=2)
-    assert one.n_questions == 2 and list(one.per_subject) == ["astronomy"]
-
-
-def test_mmlu_not_available(tiny, monkeypatch, tmp_path):
-    model, tok = tiny
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(evals.NotAvailable, match="data.tar"):
-        evals.mmlu(model, tok, str(tmp_path / "no_such_mmlu"))
-    with pytest.raises(evals.NotAvailable, match="lacks"):
-        evals.load_mmlu(FIXTURE, subjects=["virology"])
-
-
 # ------------------------------------------------------------------------------------------ chapter 06 helpers
 def _table(dft_sds, dft_ci, dft_he, dft_ppl):
     import pandas as pd

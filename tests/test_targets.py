@@ -152,9 +152,9 @@ def test_truncation_kl_matches_dense_kl_and_decreases_with_k():
 
 
 def test_storage_bytes_arithmetic():
-    assert T.storage_bytes(64, 49152) == 64 * 2 + 64 * 2 == 256
-    assert T.storage_bytes(8, 65536) == 32
-    assert T.storage_bytes(64, 65537) == 64 * 4 + 64 * 2  # ids no longer fit uint16
+    assert T.storage_bytes(64, 49152) == 64 * 2 + 64 * 2 + 4 == 260  # ids, logprobs, the tail mass r (float32)
+    assert T.storage_bytes(8, 65536) == 36
+    assert T.storage_bytes(64, 65537) == 64 * 4 + 64 * 2 + 4  # ids no longer fit uint16
     assert T.dense_storage_bytes(49152) == 98304
 
 
@@ -167,16 +167,17 @@ def test_storage_at_k64_measured_from_arrow_files(tiny, tmp_path):
     sizes, totals = {}, {}
     for name, blocks in (("short", short), ("long", long)):
         ds = T.from_reference_model(model, tok, blocks, k=64, max_length=64)
-        ds.select_columns(["target_ids", "target_logprobs"]).save_to_disk(str(tmp_path / f"{name}-target"))
+        ds.select_columns(["target_ids", "target_logprobs", "target_tail_mass"]).save_to_disk(
+            str(tmp_path / f"{name}-target"))
         ds.save_to_disk(str(tmp_path / f"{name}-all"))
         sizes[name] = target_cache.arrow_bytes(tmp_path / f"{name}-target")
         totals[name] = target_cache.arrow_bytes(tmp_path / f"{name}-all")
     extra_tokens = 6 * (32 - 16)
     per_token_target = (sizes["long"] - sizes["short"]) / extra_tokens
     per_token_row = (totals["long"] - totals["short"]) / extra_tokens
-    assert per_token_target <= 256
+    assert per_token_target <= 260
     assert per_token_target == T.storage_bytes(64, V)  # fixed-size lists: no per-token offsets
-    assert per_token_row == 256 + 2 + 4  # + input_ids (uint16) + labels (int32)
+    assert per_token_row == 260 + 2 + 4  # + input_ids (uint16) + labels (int32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -509,7 +510,8 @@ def test_loss_positions_and_target_entropies():
     row = {"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4],
            "target_ids": target.ids.numpy(), "target_logprobs": target.logprobs.numpy()}
     ds = target_cache.rows_to_dataset([row], 3, 30)
-    stored = SparseTarget.from_stored(ds[0]["target_ids"], ds[0]["target_logprobs"], 30).to_dense()[[1, 2]]
+    stored = SparseTarget.from_stored(ds[0]["target_ids"], ds[0]["target_logprobs"], 30,
+                                      ds[0]["target_tail_mass"]).to_dense()[[1, 2]]
     np.testing.assert_allclose(T.target_entropies(ds), -(stored * stored.log()).sum(-1).numpy(), rtol=1e-9)
 
 
@@ -534,3 +536,152 @@ def test_shakespeare_targets_built_once_then_loaded(tiny, tmp_path, monkeypatch)
     again = experiments.shakespeare_targets("smoke", model, tok, rebuild="never")
     assert again["target_ids"] == ds["target_ids"]
     assert (tmp_path / "shakespeare-train-reference-k64-smoke" / target_cache.SIDECAR).stat().st_mtime_ns == stamp
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stored tail mass r
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_builders_store_the_exact_tail_mass():
+    torch.manual_seed(5)
+    logits = torch.randn(3, 200, dtype=torch.float64) * 4
+    logits[0, :3] += 40  # a tail of ~1e-15: 1 - sum(top) would be pure rounding
+    p = torch.softmax(logits, -1)
+    for k in (1, 3, 50):
+        exact = p.sort(-1, descending=True).values[:, k:].sum(-1)  # float64 sum of the tail itself
+        got = SparseTarget.from_logits(logits.float(), k).r.double()
+        torch.testing.assert_close(got, exact, rtol=1e-5, atol=0)
+        torch.testing.assert_close(SparseTarget.from_probs(p.float(), k).r.double(), exact, rtol=1e-5, atol=1e-12)
+    assert (SparseTarget.from_logits(logits, 200).r == 0).all()
+    assert (SparseTarget.point_mass(torch.tensor([3, 4]), 4, 10).r == 0).all()
+    assert T.counts_tail_mass(Counter({1: 4, 2: 3, 3: 2, 4: 1}), 2) == pytest.approx(0.3)
+
+
+def test_rows_without_the_tail_column_get_it_from_float64_sums():
+    lp = np.log(np.array([[0.5, 0.3], [0.9, 0.1 - 1e-9]]))
+    row = {"input_ids": [1, 2], "labels": [1, 2], "target_ids": [[0, 1], [0, 1]], "target_logprobs": lp}
+    ds = target_cache.rows_to_dataset([row], 2, 10)
+    np.testing.assert_allclose(ds[0]["target_tail_mass"], [0.2, 1e-9], rtol=1e-4)
+    bad = {**row, "target_tail_mass": [0.2]}
+    with pytest.raises(ValueError, match="one value per token"):
+        target_cache.rows_to_dataset([bad], 2, 10)
+
+
+@pytest.mark.parametrize(
+    "r, match",
+    [(torch.tensor([0.2, 0.2]), "one value per position"), (torch.tensor([-0.1]), "in \\[0, 1\\]"),
+     (torch.tensor([float("nan")]), "finite"), (torch.tensor([0.6]), "does not belong")],
+)
+def test_tail_mass_validation(r, match):
+    with pytest.raises(ValueError, match=match):
+        SparseTarget(torch.tensor([[0, 1]]), torch.log(torch.tensor([[0.5, 0.3]])), 10, r)
+    SparseTarget(torch.tensor([[0, 1]]), torch.log(torch.tensor([[0.5, 0.3]])), 10, torch.tensor([0.2]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sampled targets (Anshumann et al., ACL 2025)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_sampled_from_logits_stores_the_empirical_frequencies_of_the_draws():
+    torch.manual_seed(6)
+    logits = torch.randn(2, 5, 30) * 2
+    n, k = 12, 16
+    got = SparseTarget.sampled_from_logits(logits, n, k=k, temperature=0.8, generator=torch.Generator().manual_seed(3))
+    # brute force: the same draws (same generator state), counted one position at a time
+    draws = torch.multinomial(torch.softmax(logits / 0.8, -1).reshape(-1, 30), n, replacement=True,
+                              generator=torch.Generator().manual_seed(3))
+    assert got.ids.shape == (2, 5, k) and (got.r == 0).all()
+    for pos, (ids, lp) in enumerate(zip(got.ids.reshape(-1, k), got.logprobs.reshape(-1, k))):
+        counts = Counter(draws[pos].tolist())
+        want = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))  # count desc, then id
+        m = len(want)
+        assert ids[:m].tolist() == [t for t, _ in want]
+        np.testing.assert_allclose(lp[:m].numpy(), [math.log(c / n) for _, c in want], rtol=1e-6)
+        assert torch.allclose(lp[m:], torch.full((k - m,), T.pad_logprob(30, k)))
+        assert ids[m:].tolist() == sorted(set(range(30)) - set(counts))[: k - m]  # smallest unused ids
+    torch.testing.assert_close(got.to_dense().sum(-1), torch.ones(2, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="slots"):
+        SparseTarget.sampled_from_logits(logits, 20, k=8)
+    with pytest.raises(ValueError, match="n \\(tokens drawn"):
+        SparseTarget.sampled_from_logits(logits, 0)
+
+
+def test_from_reference_model_sampled_and_topk(tiny):
+    model, tok = tiny
+    ds = T.from_reference_model(model, tok, TEXTS, k=8, sampling="sampled", n=6, seed=1)
+    again = T.from_reference_model(model, tok, TEXTS, k=8, sampling="sampled", n=6, seed=1)
+    assert ds["target_ids"] == again["target_ids"]  # seeded
+    info = target_cache.target_info(ds)
+    assert (info["sampling"], info["n"]) == ("sampled", 6)
+    for row in ds:
+        lp = np.array(row["target_logprobs"], dtype=np.float64)
+        used = lp > T.pad_logprob(V, 8) + 1
+        counts = np.exp(lp[used]) * 6
+        np.testing.assert_allclose(counts, np.round(counts), atol=2e-2)  # multiples of 1/n (float16 storage)
+        assert (used.sum(-1) <= 6).all() and np.allclose(row["target_tail_mass"], 0)
+    topk = T.from_reference_model(model, tok, TEXTS[:1], k=8)
+    assert (np.array(topk[0]["target_tail_mass"]) > 0).all()
+    with pytest.raises(ValueError, match="sampling must be"):
+        T.from_reference_model(model, tok, TEXTS, sampling="nucleus")
+    with pytest.raises(ValueError, match="raise k or lower n"):
+        T.from_reference_model(model, tok, TEXTS, k=4, sampling="sampled", n=9)
+
+
+def test_from_corpus_sampled(tiny):
+    model, tok = tiny
+    ds = T.from_corpus(model, tok, CORPUS, TEXTS[:2], k_neighbors=3, k=8, max_datastore_tokens=30, block_size=16,
+                       sampling="sampled", n=8, seed=0)
+    assert target_cache.target_info(ds)["sampling"] == "sampled"
+    lp = np.array(ds[0]["target_logprobs"], dtype=np.float64)
+    np.testing.assert_allclose(np.exp(lp).sum(-1), 1.0, atol=3e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bias and cost at equal storage (dftnb.target_bias)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_gradient_error_table_against_direct_computation():
+    from dftnb import target_bias
+
+    g = torch.Generator().manual_seed(0)
+    zt, zs = torch.randn(6, 50, generator=g) * 2, torch.randn(6, 50, generator=g)
+    table = target_bias.gradient_error(zt, zs, ks=(4, 50), ns=(8,), draws=4, chunk=4)
+    assert len(table) == 2 * 3 + 1 and set(table["bytes/token"]) == {T.storage_bytes(4, 50), T.storage_bytes(50, 50),
+                                                                       T.storage_bytes(8, 50)}
+    # top-4 uniform, by hand: the dense uniform-tail target q, gradient s - q, against s - p
+    p, s = torch.softmax(zt.double(), -1), torch.softmax(zs.double(), -1)
+    q = SparseTarget.from_logits(zt.double(), 4).to_dense()
+    cos = torch.nn.functional.cosine_similarity(s - q, s - p, dim=-1).mean().item()
+    rel = ((p - q).norm(dim=-1) / (s - p).norm(dim=-1)).mean().item()
+    kl = (q * (q / p).log()).sum(-1).mean().item()
+    row = table[(table["target"] == "top-k uniform") & (table["k or n"] == 4)].iloc[0]
+    assert row["cosine"] == pytest.approx(cos, rel=1e-9) and row["relative error"] == pytest.approx(rel, rel=1e-9)
+    assert row["truncation KL"] == pytest.approx(kl, rel=1e-9)
+    assert row["relative error, mean of 4"] == pytest.approx(rel, rel=1e-9)  # deterministic: no variance to average
+    bucket = table[(table["target"] == "top-k bucket") & (table["k or n"] == 4)].iloc[0]
+    assert bucket["truncation KL"] == pytest.approx(0, abs=1e-12)
+    full = table[table["k or n"] == 50]
+    assert np.allclose(full["cosine"], 1) and np.allclose(full["relative error"], 0, atol=1e-9)
+    sampled = table[table["target"] == "sampled"].iloc[0]
+    assert sampled["relative error, mean of 4"] < sampled["relative error"]  # variance averages out
+
+
+def test_self_target_gradients_table():
+    from dftnb import target_bias
+
+    z = torch.randn(8, 60, generator=torch.Generator().manual_seed(1)) * 3
+    table = target_bias.self_target_gradients(z, k=6, n=6, draws=16, chunk=3).set_index(["target", "tail",
+                                                                                           "divergence"])
+    norm = table["mean ‖∇z D‖"]
+    for d in ("forward_kl", "reverse_kl"):
+        assert norm[("top-6", "bucket", d)] < 1e-12
+        assert norm[("top-6", "uniform", d)] > 1e-2
+    assert norm[("top-6", "renormalize", "reverse_kl")] < 1e-12 and norm[("top-6", "renormalize", "forward_kl")] > 1e-2
+    single, mean = norm[("sampled n=6", "uniform", "forward_kl")], norm[("sampled n=6, mean of 16", "uniform",
+                                                                        "forward_kl")]
+    assert mean < 0.4 * single  # ~ 1/sqrt(16) of a single draw: unbiased
+    with pytest.raises(ValueError, match="closed-form"):
+        target_bias.self_target_gradients(z, divergences=("wasserstein_sorted",))
