@@ -14,17 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from dftnb import sampling as S
 from dftnb import target_cache
 from dftnb import targets as T
 from dftnb.models import tiny_model
-from dftnb.sampling import (
-    DynamicTemperatureLogitsProcessor,
-    EDTLogitsProcessor,
-    MirostatV2LogitsProcessor,
-    TargetEntropyLogitsProcessor,
-    TopNSigmaLogitsProcessor,
-    sampler_kwargs,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke_tiny.yaml"
@@ -36,28 +29,28 @@ TEXTS = ["Now, fair Hippolyta, our nuptial hour draws on apace.", "To be, or not
 @pytest.mark.parametrize(
     "make, name",
     [
-        (lambda: DynamicTemperatureLogitsProcessor(0.5, NAN), "max_temperature"),
-        (lambda: DynamicTemperatureLogitsProcessor(0.5, INF), "max_temperature"),
-        (lambda: DynamicTemperatureLogitsProcessor(INF, INF), "min_temperature"),
-        (lambda: DynamicTemperatureLogitsProcessor("hot", 1.0), "min_temperature"),
-        (lambda: EDTLogitsProcessor(temperature0=INF), "temperature0"),
-        (lambda: TopNSigmaLogitsProcessor(n=INF), "n"),
-        (lambda: MirostatV2LogitsProcessor(tau=INF), "tau"),
-        (lambda: MirostatV2LogitsProcessor(eta=INF), "eta"),
-        (lambda: MirostatV2LogitsProcessor(tau=True), "tau"),
-        (lambda: TargetEntropyLogitsProcessor(INF), "target_entropy"),
-        (lambda: TargetEntropyLogitsProcessor(1.0, max_temperature=INF), "max_temperature"),
-        (lambda: TargetEntropyLogitsProcessor(1.0, tolerance=INF), "tolerance"),
-        (lambda: TargetEntropyLogitsProcessor(1.0, max_iter=0), "max_iter"),
-        (lambda: TargetEntropyLogitsProcessor(1.0, max_iter=-3), "max_iter"),
-        (lambda: TargetEntropyLogitsProcessor(1.0, max_iter=2.5), "max_iter"),
-        (lambda: sampler_kwargs("temperature", temperature=INF), "temperature"),
-        (lambda: sampler_kwargs("temperature", temperature="0.7"), "temperature"),
-        (lambda: sampler_kwargs("top_p", top_p=0.9, temperature=INF), "temperature"),
-        (lambda: sampler_kwargs("min_p", min_p=0.1, temperature=INF), "temperature"),
-        (lambda: sampler_kwargs("top_nsigma", n=1.0, temperature=INF), "temperature"),
-        (lambda: sampler_kwargs("dynatemp", min_temperature=0.5, max_temperature=NAN), "max_temperature"),
-        (lambda: sampler_kwargs("mirostat", tau=5.0, eta=NAN), "eta"),
+        (lambda: S.DynamicTemperatureLogitsProcessor(0.5, NAN), "max_temperature"),
+        (lambda: S.DynamicTemperatureLogitsProcessor(0.5, INF), "max_temperature"),
+        (lambda: S.DynamicTemperatureLogitsProcessor(INF, INF), "min_temperature"),
+        (lambda: S.DynamicTemperatureLogitsProcessor("hot", 1.0), "min_temperature"),
+        (lambda: S.EDTLogitsProcessor(temperature0=INF), "temperature0"),
+        (lambda: S.TopNSigmaLogitsProcessor(n=INF), "n"),
+        (lambda: S.MirostatV2LogitsProcessor(tau=INF), "tau"),
+        (lambda: S.MirostatV2LogitsProcessor(eta=INF), "eta"),
+        (lambda: S.MirostatV2LogitsProcessor(tau=True), "tau"),
+        (lambda: S.TargetEntropyLogitsProcessor(INF), "target_entropy"),
+        (lambda: S.TargetEntropyLogitsProcessor(1.0, max_temperature=INF), "max_temperature"),
+        (lambda: S.TargetEntropyLogitsProcessor(1.0, tolerance=INF), "tolerance"),
+        (lambda: S.TargetEntropyLogitsProcessor(1.0, max_iter=0), "max_iter"),
+        (lambda: S.TargetEntropyLogitsProcessor(1.0, max_iter=-3), "max_iter"),
+        (lambda: S.TargetEntropyLogitsProcessor(1.0, max_iter=2.5), "max_iter"),
+        (lambda: S.sampler_kwargs("temperature", temperature=INF), "temperature"),
+        (lambda: S.sampler_kwargs("temperature", temperature="0.7"), "temperature"),
+        (lambda: S.sampler_kwargs("top_p", top_p=0.9, temperature=INF), "temperature"),
+        (lambda: S.sampler_kwargs("min_p", min_p=0.1, temperature=INF), "temperature"),
+        (lambda: S.sampler_kwargs("top_nsigma", n=1.0, temperature=INF), "temperature"),
+        (lambda: S.sampler_kwargs("dynatemp", min_temperature=0.5, max_temperature=NAN), "max_temperature"),
+        (lambda: S.sampler_kwargs("mirostat", tau=5.0, eta=NAN), "eta"),
     ],
 )
 def test_sampler_parameters_reject_nan_inf_and_non_numbers(make, name):
@@ -66,11 +59,11 @@ def test_sampler_parameters_reject_nan_inf_and_non_numbers(make, name):
 
 
 PROCESSORS = [
-    lambda: DynamicTemperatureLogitsProcessor(0.5, 1.5),
-    lambda: EDTLogitsProcessor(),
-    lambda: TopNSigmaLogitsProcessor(1.0),
-    lambda: MirostatV2LogitsProcessor(),
-    lambda: TargetEntropyLogitsProcessor(0.5),
+    lambda: S.DynamicTemperatureLogitsProcessor(0.5, 1.5),
+    lambda: S.EDTLogitsProcessor(),
+    lambda: S.TopNSigmaLogitsProcessor(1.0),
+    lambda: S.MirostatV2LogitsProcessor(),
+    lambda: S.TargetEntropyLogitsProcessor(0.5),
 ]
 
 
