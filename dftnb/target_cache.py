@@ -2,7 +2,8 @@
 
 A target dataset (``datasets.Dataset``, one row per sequence) has the columns ``input_ids`` (T,), ``labels`` (T,;
 ``-100`` where no loss), ``target_ids`` (T, k) and ``target_logprobs`` (T, k), stored as fixed-size Arrow lists of
-``uint16`` ids (``int32`` when ``V > 65,536``) and ``float16`` log-probabilities: ``4k`` bytes of target per token.
+``uint16`` ids (``int32`` when ``V > 65,536``) and ``float16`` log-probabilities, plus ``target_tail_mass`` (T,), the
+exact tail mass as one float32 per position: ``4k + 4`` bytes of target per token (260 B at k = 64).
 The builder's record (``k``, ``vocab_size``, ``source``, parameters) travels in ``dataset.info`` (:func:`target_info`).
 
 :func:`build_or_load` keeps a built dataset under ``.cache/targets/<name>`` with a ``dftnb_target.json`` sidecar
@@ -31,7 +32,7 @@ def id_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 2**16 else "int32"
 
 
-TARGET_FORMAT_VERSION = 1  # bump when the stored layout or a builder's maths changes: old caches become stale
+TARGET_FORMAT_VERSION = 2  # v2: float32 target_tail_mass column. Bump when the stored layout or a builder's maths changes: old caches become stale
 
 
 SIDECAR = "dftnb_target.json"

@@ -131,7 +131,8 @@ class DFTConfig:
                 f"divergence {self.divergence!r} needs target_ids/target_logprobs in the dataset; build them with "
                 "dftnb.targets, or train with divergence='ce' (SFT) or 'gem', which need no target."
             )
-        return batch_sparse_target({key: batch[key][:, :-1] for key in ("target_ids", "target_logprobs")}, vocab_size)
+        keys = [key for key in ("target_ids", "target_logprobs", "target_tail_mass") if key in batch]
+        return batch_sparse_target({key: batch[key][:, :-1] for key in keys}, vocab_size)
 
 
 class SparseTargetCollator:
@@ -186,6 +187,9 @@ class SparseTargetCollator:
         pad_logprobs = torch.full((k,), -math.log(k), dtype=torch.float32)
         target_ids = pad_ids.repeat(len(features), length, 1)
         target_logprobs = pad_logprobs.repeat(len(features), length, 1)
+        # the exact tail mass r when the rows store it (padding is a full uniform distribution over k ids: r = 0)
+        has_tail = features[0].get("target_tail_mass") is not None
+        tail_mass = torch.zeros(len(features), length, dtype=torch.float32)
         for i, (row, n) in enumerate(zip(features, lengths)):
             ids = torch.as_tensor(row["target_ids"], dtype=torch.long)
             logprobs = torch.as_tensor(row["target_logprobs"], dtype=torch.float32)
@@ -197,7 +201,12 @@ class SparseTargetCollator:
                 )
             target_ids[i, :n] = ids
             target_logprobs[i, :n] = logprobs
-        return {"target_ids": target_ids, "target_logprobs": target_logprobs}
+            if has_tail:
+                tail_mass[i, :n] = torch.as_tensor(row["target_tail_mass"], dtype=torch.float32).reshape(n)
+        out = {"target_ids": target_ids, "target_logprobs": target_logprobs}
+        if has_tail:
+            out["target_tail_mass"] = tail_mass
+        return out
 
 
 def final_hidden_states(model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, object]:

@@ -366,3 +366,22 @@ def test_cli_unknown_training_argument(tmp_path):
 
     with pytest.raises(ValueError, match="learning_rat.*TrainingArguments fields"):
         training_arguments({"output_dir": str(tmp_path), "learning_rat": 1e-3})
+
+
+def test_collator_carries_the_stored_tail_mass_into_the_target():
+    """The exact tail mass a dataset stores reaches the loss in training (padding gets r = 0)."""
+    import numpy as np
+
+    k, V = 3, 50
+    rows = []
+    for n, r in ((4, 1e-8), (2, 0.25)):
+        logprobs = np.log(np.full((n, k), (1 - r) / k))
+        rows.append({"input_ids": list(range(n)), "labels": list(range(n)), "target_ids": [[0, 1, 2]] * n,
+                     "target_logprobs": logprobs.tolist(), "target_tail_mass": [r] * n})
+    batch = SparseTargetCollator(pad_token_id=0)(rows)
+    assert batch["target_tail_mass"].shape == (2, 4)
+    assert batch["target_tail_mass"][1, 2:].eq(0).all()
+    target = DFTConfig("forward_kl").target(batch, V)
+    assert target.r is not None
+    assert float(target.r[0, 0]) == pytest.approx(1e-8, rel=1e-6)
+    assert float(target.r[1, 0]) == pytest.approx(0.25, rel=1e-6)
