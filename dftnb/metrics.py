@@ -279,10 +279,12 @@ def mauve_score(p_features, q_features, num_buckets: int | str = "auto", seeds: 
     the same way.
     """
     import mauve
+    from threadpoolctl import threadpool_limits
 
     p, q = _features(p_features), _features(q_features)
     scores = []
-    with _silent_stderr():
+    # one BLAS thread: the matrices are small, and threads spinning against a busy core slowed each call 100-fold
+    with _silent_stderr(), threadpool_limits(1):
         for seed in seeds:
             out = mauve.compute_mauve(p_features=p, q_features=q, num_buckets=num_buckets, device_id=-1,
                                       verbose=False, seed=int(seed))
@@ -417,8 +419,8 @@ def _enough_texts(texts: Sequence[str], max_tokens: int) -> list[str]:
 @torch.no_grad()
 def _nll_at_temperatures(
     model, tokenizer, texts, window, stride, temperatures, max_tokens, batch_size, separator="\n\n"
-) -> tuple[list[float], int]:
-    """Total NLL at each temperature (one forward pass per window serves them all) and the scored-token count."""
+) -> list[np.ndarray]:
+    """Per-token NLL at each temperature, in stream order (one forward pass per window serves them all)."""
     if isinstance(texts, str):
         texts = [texts]
     if not texts or not any(t.strip() for t in texts):
@@ -439,7 +441,7 @@ def _nll_at_temperatures(
         raise ValueError("the texts tokenise to fewer than 2 tokens; nothing to score.")
     device = model_device(model)
     plan = _window_plan(ids.numel(), window, stride)
-    nll, count = [0.0] * len(temperatures), 0
+    pieces: list[list[tuple[int, torch.Tensor]]] = [[] for _ in temperatures]
     # Windows of equal length are batched; only the last one can be shorter.
     groups: dict[int, list[tuple[int, int, int]]] = {}
     for w in plan:
@@ -454,11 +456,8 @@ def _nll_at_temperatures(
                 # log p_T(x_j | x_<j) = z_j / T - logsumexp(z / T), j = 1..len-1 (no (B, T, V) log-softmax copy)
                 token_logp = target_logits / temperature - torch.logsumexp(logits / temperature, dim=-1)
                 for row, (begin, _end, score_from) in enumerate(chunk):
-                    scored = token_logp[row, score_from - begin - 1 :]
-                    nll[t_index] -= float(scored.double().sum())
-                    if t_index == 0:
-                        count += scored.numel()
-    return nll, count
+                    pieces[t_index].append((score_from, -token_logp[row, score_from - begin - 1 :].double().cpu()))
+    return [torch.cat([x for _, x in sorted(p, key=lambda item: item[0])]).numpy() for p in pieces]
 
 
 def perplexity(
@@ -480,8 +479,8 @@ def perplexity(
     disjoint windows (cheapest, least context). ``temperature`` scores ``softmax(logits / temperature)`` instead of
     the model's own distribution.
     """
-    nll, count = _nll_at_temperatures(model, tokenizer, texts, window, stride, [temperature], max_tokens, batch_size)
-    return math.exp(nll[0] / count)
+    (nll,) = _nll_at_temperatures(model, tokenizer, texts, window, stride, [temperature], max_tokens, batch_size)
+    return math.exp(nll.mean())
 
 
 def perplexity_by_corpus(
@@ -495,6 +494,7 @@ def perplexity_by_corpus(
     temperatures: Sequence[float] = (1.0,),
     batch_size: int = 4,
     texts_by_corpus: dict[str, Sequence[str]] | None = None,
+    return_token_nll: bool = False,
 ):
     """Sliding-window perplexity per corpus split and their macro-average (unweighted mean over corpora).
 
@@ -502,21 +502,23 @@ def perplexity_by_corpus(
     ``temperature``, ``corpus``, ``perplexity``, ``tokens`` (scored tokens), ``window``, ``stride``.
     ``max_tokens`` caps each corpus's token stream (its first tokens, in the split's deterministic order) to fit a
     CPU budget. Each window is run through the model once for all ``temperatures`` (perplexity of
-    ``softmax(logits / T)``). ``texts_by_corpus`` overrides loading the splits.
+    ``softmax(logits / T)``). ``texts_by_corpus`` overrides loading the splits. ``return_token_nll=True`` returns
+    ``(df, {corpus: per-token NLL at the first temperature})`` as well, in stream order: two models with the same
+    tokenizer score the same tokens, so their differences pair token by token
+    (:func:`dftnb.stats.paired_block_bootstrap`).
     """
     import pandas as pd
 
     from .data import load_corpus
 
     temperatures = [float(t) for t in temperatures]
-    rows = []
+    rows, token_nll = [], {}
     for name in corpora:
         texts = list(texts_by_corpus[name]) if texts_by_corpus is not None else list(load_corpus(name)[split]["text"])
-        nll, count = _nll_at_temperatures(
-            model, tokenizer, texts, window, stride, temperatures, max_tokens, batch_size
-        )
+        nll = _nll_at_temperatures(model, tokenizer, texts, window, stride, temperatures, max_tokens, batch_size)
+        token_nll[name] = nll[0]
         rows += [
-            {"temperature": t, "corpus": name, "perplexity": math.exp(v / count), "tokens": count}
+            {"temperature": t, "corpus": name, "perplexity": math.exp(v.mean()), "tokens": v.size}
             for t, v in zip(temperatures, nll)
         ]
     for t in temperatures:
@@ -529,6 +531,6 @@ def perplexity_by_corpus(
         })
     df = pd.DataFrame(rows)
     df["window"], df["stride"] = window, stride
-    return df
+    return (df, token_nll) if return_token_nll else df
 
 

@@ -9,6 +9,12 @@ compared with the reference (SFT) on the differences of paired units:
   use in NLP);
 * :func:`mcnemar` - two classifiers' accuracies on the same questions: the discordant counts, McNemar's exact
   (binomial) p-value and a paired bootstrap interval of the accuracy difference (McNemar 1947);
+* :func:`paired_statistic_bootstrap` - the same resampling for a statistic of a whole set (MAUVE of a model's
+  samples against human text): prompts are resampled, and both methods' statistics are recomputed on the same
+  resampled prompts;
+* :func:`paired_block_bootstrap` - per-token differences (log-likelihoods of the same test tokens), resampled in
+  contiguous blocks because neighbouring tokens are correlated (moving-block bootstrap, Künsch 1989);
+* :func:`minimum_detectable_difference` - the accuracy difference a benchmark of ``n`` items can detect at all;
 * :func:`verdict` - reads an interval against a margin: *supported*, *refuted* or *undetermined* (the interval
   contains values on both sides of the margin).
 """
@@ -114,3 +120,81 @@ def verdict(ci_low: float, ci_high: float, margin: float = 0.0, higher_is_claime
     if ci_high < threshold:
         return "refuted"
     return "undetermined"
+
+
+def _interval(boot: np.ndarray, point: float, n: int, level: float) -> PairedDifference:
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(boot, [tail, 100 - tail])
+    return PairedDifference(float(point), float(lo), float(hi), int(n), level)
+
+
+def paired_statistic_bootstrap(
+    statistic_a, statistic_b, n_units: int, n_boot: int = 200, level: float = 0.95, seed: int = 0,
+    point: float | None = None,
+) -> PairedDifference:
+    """``statistic_a(all) − statistic_b(all)`` (or the given ``point``) with a percentile interval over resampled
+    units.
+
+    ``statistic_x(indices)`` computes a set-level score (e.g. MAUVE) from the units (prompts) at ``indices`` (with
+    repeats); each bootstrap round draws one index vector and feeds it to both, so the interval is of the
+    *paired* difference. Set-level statistics cost a computation per round: a few hundred rounds give a usable
+    95% interval. ``point`` replaces the plain difference when the statistic is itself an average a round cannot
+    afford (MAUVE over several k-means seeds; each round then uses one).
+    """
+    if n_units < 2:
+        raise ValueError(f"need at least 2 paired units for an interval, got {n_units}.")
+    if n_boot < 50:
+        raise ValueError(f"n_boot={n_boot} is too few resamples for an interval; use >= 200.")
+    if point is None:
+        everything = np.arange(n_units)
+        point = statistic_a(everything) - statistic_b(everything)
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n_units, size=n_units)
+        boot.append(statistic_a(idx) - statistic_b(idx))
+    return _interval(np.asarray(boot), point, n_units, level)
+
+
+def paired_block_bootstrap(
+    diffs_by_group: dict[str, Sequence[float]] | Sequence[Sequence[float]],
+    block: int = 64,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> PairedDifference:
+    """Mean over groups (corpora) of the mean per-token difference, with a moving-block bootstrap interval.
+
+    Each group's differences (in stream order) are cut into consecutive blocks of ``block`` tokens (the last, shorter
+    block dropped from the resampling but not from the point estimate); a round resamples each group's blocks with
+    replacement. For NLL differences ``nll_a − nll_b`` the statistic is the mean log perplexity ratio,
+    ``exp(mean) − 1`` the relative change of the (geometric-mean) perplexity.
+    """
+    groups = list(diffs_by_group.values()) if isinstance(diffs_by_group, dict) else list(diffs_by_group)
+    arrays = [np.asarray(g, dtype=np.float64) for g in groups]
+    if not arrays or any(a.ndim != 1 or a.size < 2 * block for a in arrays):
+        raise ValueError(
+            f"every group needs a 1-D array of at least 2 blocks ({2 * block} tokens); got sizes "
+            f"{[a.size for a in arrays]}. Score more tokens or lower block."
+        )
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise ValueError("per-token differences contain NaN or Inf; score both models on the same finite tokens.")
+    point = float(np.mean([a.mean() for a in arrays]))
+    rng = np.random.default_rng(seed)
+    block_means = [a[: a.size // block * block].reshape(-1, block).mean(axis=1) for a in arrays]
+    boot = np.mean([m[rng.integers(0, m.size, size=(n_boot, m.size))].mean(axis=1) for m in block_means], axis=0)
+    return _interval(boot, point, sum(a.size for a in arrays), level)
+
+
+def minimum_detectable_difference(p: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest accuracy difference (as a fraction) that a two-sided test at level ``alpha`` detects with
+    probability ``power`` on ``n`` items per model at base accuracy ``p``: ``(z_{1−α/2} + z_power) ·
+    sqrt(2 p (1 − p) / n)`` (normal approximation, two independent samples; pairing can only lower it).
+    ``p`` is clamped to ``[1/n, 1 − 1/n]`` so a 0/n benchmark still reports the resolution it has."""
+    from statistics import NormalDist
+
+    if n < 1:
+        raise ValueError(f"need n >= 1 items, got {n}.")
+    p = min(max(p, 1 / n), 1 - 1 / n) if n > 1 else 0.5
+    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+    return float(z * math.sqrt(2 * p * (1 - p) / n))

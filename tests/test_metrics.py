@@ -9,7 +9,7 @@ import string
 import pytest
 import torch
 
-from dftnb import evals, experiments, metrics
+from dftnb import evals, metrics
 from dftnb.models import tiny_model
 
 
@@ -113,6 +113,25 @@ def test_perplexity_by_corpus_matches_per_corpus_calls(tiny):
             assert rows.loc[name, "perplexity"] == pytest.approx(ref, rel=1e-6)
         assert rows.loc["macro", "perplexity"] == pytest.approx((rows.loc["a", "perplexity"] + rows.loc["b", "perplexity"]) / 2)
     assert set(df.window) == {8} and set(df.stride) == {4}
+
+
+def test_token_nll_is_each_tokens_brute_force_nll_in_stream_order(tiny):
+    model, tok = tiny
+    ids = _token_ids(tok, TEXT)[0]
+    window, stride = 8, 3
+    expected = []
+    with torch.no_grad():
+        for j in range(1, ids.numel()):  # as in test_perplexity_sliding_equals_brute_force (stride < window)
+            k = 0
+            while min(k * stride + window, ids.numel()) <= j:
+                k += 1
+            logp = torch.log_softmax(model(ids[k * stride : j + 1][None]).logits[0, -2].double(), -1)
+            expected.append(-float(logp[ids[j]]))
+    df, nll = metrics.perplexity_by_corpus(model, tok, ["a"], window=window, stride=stride, temperatures=(1.0, 2.0),
+                                           texts_by_corpus={"a": [TEXT]}, return_token_nll=True)
+    assert nll["a"].tolist() == pytest.approx(expected, rel=1e-5)
+    row = df[(df.temperature == 1.0) & (df.corpus == "a")].iloc[0]
+    assert row.tokens == len(expected) and row.perplexity == pytest.approx(math.exp(sum(expected) / len(expected)))
 
 
 # --------------------------------------------------------------------------------------------------------- SDS
@@ -281,64 +300,6 @@ def test_humaneval_runs_a_tiny_model_end_to_end(tiny):
     assert res.per_problem[0]["completion"] == greedy[0][0]
     assert res.pass_at_1_greedy == pytest.approx(sum(r["passed"] for r in res.per_problem) / 2)
     assert all(isinstance(r["reason"], str) and r["reason"] for r in res.per_problem)
-
-
-# ------------------------------------------------------------------------------------------ chapter 06 helpers
-def _table(dft_sds, dft_ci, dft_he, dft_ppl):
-    import pandas as pd
-
-    return pd.DataFrame([
-        {"model": "SFT", "mmlu": float("nan"), "humaneval_pass1": 30.0, "sds": 22.0, "sds_ci_low": 20.0,
-         "sds_ci_high": 24.0, "perplexity": 8.0},
-        {"model": "DFT (reverse KL)", "mmlu": float("nan"), "humaneval_pass1": dft_he, "sds": dft_sds,
-         "sds_ci_low": dft_ci[0], "sds_ci_high": dft_ci[1], "perplexity": dft_ppl},
-    ])
-
-
-def test_claim_verdict_follows_the_numbers():
-    supported = experiments.claim_verdict(_table(61.0, (58.0, 64.0), 29.8, 7.4))
-    assert "SUPPORTED" in supported and "PARTLY" not in supported and "NOT" not in supported
-    assert "+39.0 points" in supported and "-0.2 points" in supported and "-7.5%" in supported
-    costly = experiments.claim_verdict(_table(61.0, (58.0, 64.0), 20.0, 7.4))  # big accuracy cost
-    assert "PARTLY SUPPORTED" in costly
-    overlap = experiments.claim_verdict(_table(25.0, (21.0, 29.0), 30.0, 8.0))  # CIs overlap
-    assert "NOT SUPPORTED" in overlap and "overlap" in overlap
-    assert "MMLU data was not available" in overlap
-    with pytest.raises(ValueError, match="SFT"):
-        experiments.claim_verdict(_table(1, (0, 2), 0, 1).replace({"SFT": "base"}))
-
-
-def test_benchmark_tables_and_display(tmp_path):
-    import pandas as pd
-
-    groups_a = [["a b c d e", "a b c d e", "a b c d e", "a b c d e"]] * 2
-    groups_b = [["a b c d e", "f g h i j", "k l m n o", "p q r s t"]] * 2
-    ppl = pd.DataFrame({"temperature": [1.0, 1.0, 0.5], "corpus": ["x", "macro", "macro"],
-                        "perplexity": [9.0, 9.0, 12.0]})
-    evs = [experiments.ModelEvaluation("SFT", {1.0: groups_a, 0.5: groups_a}, ppl, None, None, "n/a"),
-           experiments.ModelEvaluation("DFT (x)", {1.0: groups_b, 0.5: groups_a}, ppl, None, None, "n/a")]
-    L = experiments.common_length([groups_a, groups_b], cap=4)
-    table, frontier = experiments.benchmark_tables(evs, BagOfWords(), L, human=groups_b, n_boot=50)
-    assert L == 4 and list(table.model) == ["SFT", "DFT (x)", "human text"]
-    direct = metrics.style_diversity_score(groups_b, BagOfWords(), length=4, n_boot=50)
-    assert table.loc[1, "sds"] == pytest.approx(direct.score) and table.loc[2, "sds"] == pytest.approx(direct.score)
-    assert table.loc[0, "perplexity"] == 9.0 and math.isnan(table.loc[0, "mmlu"])
-    assert len(frontier) == 4 and set(frontier.perplexity) == {9.0, 12.0}
-    shown = experiments.display_table(table)
-    assert shown.loc[0, "MMLU (acc %)"] == "n/a" and shown.loc[2, "perplexity (macro)"] == "-"
-    path = experiments.save_benchmark_table(table, tmp_path, "Table. machine: test box")
-    saved = pd.read_csv(path)
-    assert set(saved.machine) == {"test box"} and (tmp_path / "tables" / "benchmark_table.md").read_text().count("|") > 10
-
-
-def test_trained_model_dirs_names_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match="notebook 02"):
-        experiments.trained_model_dirs(tmp_path)
-    for run in ("sft", "gem"):
-        (tmp_path / "models" / run).mkdir(parents=True)
-        (tmp_path / "models" / run / "config.json").write_text("{}")
-    dirs = experiments.trained_model_dirs(tmp_path, {"base": None, "SFT": "sft", "GEM": "gem"})
-    assert dirs["base"] is None and dirs["GEM"] == tmp_path / "models" / "gem"
 
 
 def test_max_tokens_prefix_equals_cutting_the_whole_stream(tiny):

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from dftnb.stats import mcnemar, paired_bootstrap, verdict
+from dftnb.stats import (
+    mcnemar,
+    minimum_detectable_difference,
+    paired_block_bootstrap,
+    paired_bootstrap,
+    paired_statistic_bootstrap,
+    verdict,
+)
 
 
 def test_paired_bootstrap_constant_difference_has_a_point_interval():
@@ -62,3 +69,37 @@ def test_verdict_reads_the_interval_against_the_margin(interval, margin, higher,
 def test_verdict_refuses_a_reversed_interval():
     with pytest.raises(ValueError, match="ci_low <= ci_high"):
         verdict(2.0, 1.0)
+
+
+def test_paired_statistic_bootstrap_matches_the_mean_case_and_cancels_shared_units():
+    rng = np.random.default_rng(2)
+    units = rng.normal(scale=5.0, size=30)
+    a, b = units + 0.3 + rng.normal(scale=0.05, size=30), units
+    d = paired_statistic_bootstrap(lambda i: a[i].mean(), lambda i: b[i].mean(), 30, n_boot=500, seed=3)
+    ref = paired_bootstrap(a, b, n_boot=500, seed=3)  # same rng stream, same statistic: the same interval
+    assert d.mean == pytest.approx(ref.mean) and 0.2 < d.ci_low < d.mean < d.ci_high < 0.4
+    assert abs(d.ci_low - ref.ci_low) < 0.02 and abs(d.ci_high - ref.ci_high) < 0.02
+    with pytest.raises(ValueError, match="n_boot"):
+        paired_statistic_bootstrap(np.mean, np.mean, 30, n_boot=10)
+
+
+def test_paired_block_bootstrap_is_wider_than_iid_on_correlated_tokens():
+    rng = np.random.default_rng(4)
+    # AR(1)-like per-token differences: strongly correlated neighbours, mean 0.1
+    noise = np.repeat(rng.normal(scale=1.0, size=40), 50) + rng.normal(scale=0.1, size=2000)
+    diffs = 0.1 + noise
+    block = paired_block_bootstrap({"x": diffs}, block=50, n_boot=2000)
+    iid = paired_bootstrap(diffs, np.zeros_like(diffs), n_boot=2000)
+    assert block.mean == pytest.approx(diffs.mean())
+    assert (block.ci_high - block.ci_low) > 3 * (iid.ci_high - iid.ci_low)
+    two = paired_block_bootstrap([np.full(200, 0.5), np.full(300, -0.1)], block=20, n_boot=200)
+    assert two.mean == pytest.approx(0.2) and two.ci_low == pytest.approx(0.2) and two.ci_high == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="lower block"):
+        paired_block_bootstrap([np.zeros(50)], block=64)
+
+
+def test_minimum_detectable_difference():
+    # (1.96 + 0.8416) * sqrt(2 * 0.25 / 100) = 0.198
+    assert minimum_detectable_difference(0.5, 100) == pytest.approx(0.1981, abs=1e-3)
+    assert minimum_detectable_difference(0.3, 14042) < 0.02 < minimum_detectable_difference(0.3, 114)
+    assert minimum_detectable_difference(0.0, 10) == pytest.approx(minimum_detectable_difference(0.1, 10))

@@ -1,0 +1,171 @@
+"""dftnb.benchmark: chapter 06's rows, calibration checks, paired differences and verdict on hand-made models."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dftnb import benchmark, metrics
+from dftnb.stats import minimum_detectable_difference
+
+DIM = 64
+
+
+class HashedWords:
+    """A fixed-dimension bag of words (each word hashed to one of DIM axes): texts from disjoint vocabularies are
+    nearly orthogonal, and every call embeds into the same space."""
+
+    def encode(self, texts):
+        out = torch.zeros(len(texts), DIM)
+        for r, t in enumerate(texts):
+            for w in t.split():
+                out[r, zlib.crc32(w.encode()) % DIM] += 1
+        return out
+
+
+def _texts(rng, vocab, k, words=8, distinct=True):
+    if not distinct:
+        one = " ".join(rng.choice(vocab, size=words))
+        return [one] * k
+    return [" ".join(rng.choice(vocab, size=words)) for _ in range(k)]
+
+
+def _ppl():
+    return pd.DataFrame({"temperature": [1.0, 1.0], "corpus": ["x", "macro"], "perplexity": [9.0, 9.0]})
+
+
+def _mmlu(correct):
+    preds = [{"id": f"q{i}", "correct": bool(c)} for i, c in enumerate(correct)]
+    return SimpleNamespace(accuracy=float(np.mean(correct)), n_questions=len(correct), predictions=preds)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    rng = np.random.default_rng(0)
+    human_vocab = [f"h{i}" for i in range(200)]
+    other_vocab = [f"o{i}" for i in range(200)]
+    human = [_texts(rng, human_vocab, 24) for _ in range(3)]  # 3 corpora x 24 passages: 12 per half
+    prompts = 6
+    sft = {1.0: [_texts(rng, other_vocab, 4, distinct=False) for _ in range(prompts)]}
+    dft = {1.0: [_texts(rng, human_vocab, 4) for _ in range(prompts)]}
+    nll = {"x": rng.exponential(size=512)}
+    evs = [
+        benchmark.ModelEvaluation("SFT", sft, _ppl(), None, _mmlu([1] * 30 + [0] * 70), "", nll),
+        benchmark.ModelEvaluation("DFT (x)", dft, _ppl(), None, _mmlu([1] * 28 + [0] * 72), "",
+                                  {"x": nll["x"] - 0.1}),
+    ]
+    out = benchmark.benchmark(evs, HashedWords(), L=8, human=human, human_groups=dft[1.0], n_boot=250)
+    out.dft_groups = dft[1.0]
+    return out
+
+
+def test_benchmark_rows_and_columns(bench):
+    t = bench.table.set_index("model")
+    assert list(t.index) == ["SFT", "DFT (x)", "human text"]
+    assert t.loc["SFT", "mmlu"] == pytest.approx(30.0) and t.loc["SFT", "mmlu_n"] == 100
+    assert t.loc["SFT", "mmlu_mdd"] == pytest.approx(100 * minimum_detectable_difference(0.3, 100))
+    assert math.isnan(t.loc["SFT", "humaneval"]) and t.loc["SFT", "humaneval_n"] == 0
+    # repeated samples: no diversity beyond one sample; the DFT model samples human-like, distinct text
+    assert t.loc["SFT", "sds"] < 40 < t.loc["DFT (x)", "sds"]
+    assert t.loc["DFT (x)", "mauve"] > 0.95 > 0.85 > t.loc["SFT", "mauve"]
+    assert t.loc["SFT", "blind_test"] > 90 > t.loc["DFT (x)", "blind_test"]
+    direct = metrics.style_diversity_score(bench.dft_groups, HashedWords(), length=8, n_boot=250)
+    assert t.loc["DFT (x)", "sds"] == pytest.approx(direct.score)
+    assert list(bench.calibration.row) == ["human text (other half)", "human text, words shuffled"]
+
+
+def test_paired_differences_against_sft(bench):
+    p = bench.paired.set_index("metric")
+    assert set(p.model) == {"DFT (x)"}
+    assert p.loc["SDS", "ci_low"] > 0 and p.loc["SDS", "n"] == 6
+    table = bench.table.set_index("model").mauve
+    assert p.loc["MAUVE", "difference"] == pytest.approx(table["DFT (x)"] - table["SFT"]) and p.loc["MAUVE", "ci_low"] > 0
+    # 28 vs 30 correct of the same 100 questions, nested: 2 discordant items, both favour SFT
+    assert p.loc["MMLU", "difference"] == pytest.approx(-2.0) and p.loc["MMLU", "p_value"] == pytest.approx(0.5)
+    # every token 0.1 nats cheaper: perplexity exp(-0.1) - 1 = -9.5%, an exact interval
+    assert p.loc["perplexity", "difference"] == pytest.approx(100 * math.expm1(-0.1))
+    assert p.loc["perplexity", "ci_low"] == pytest.approx(p.loc["perplexity", "ci_high"])
+    assert "HumanEval" not in p.index
+
+
+def test_display_and_save(bench, tmp_path):
+    shown = benchmark.display_table(bench.table)
+    assert shown.loc[0, "MMLU % (n; MDD)"].startswith("30.0 (100; ±")
+    assert shown.loc[2, "MMLU % (n; MDD)"] == "n/a" and shown.loc[2, "perplexity"] == "n/a"
+    paths = benchmark.save_tables(bench, tmp_path, "Table.")
+    assert set(paths) == {"benchmark_table", "calibration", "paired", "frontier"}
+    assert (tmp_path / "tables" / "06_paired.md").read_text().count("DFT (x)") == 4
+    assert len(pd.read_csv(paths["benchmark_table"])) == 3
+
+
+def _calibration(sds, cis, blind, mauve):
+    rows = [{"row": f"base, T = {t:g}", "temperature": t, "sds": s, "sds_ci_low": lo, "sds_ci_high": hi,
+             "mauve": m, "blind_test": b[0], "blind_low": b[1], "blind_high": b[2]}
+            for t, s, (lo, hi), b, m in zip(benchmark.CALIBRATION_TEMPERATURES + (2.0,), sds, cis, blind, mauve)]
+    rows.append({"row": "human text (other half)", "temperature": float("nan"), "mauve": 0.98,
+                 "blind_test": 48.0, "blind_low": 41.0, "blind_high": 55.0})
+    return pd.DataFrame(rows)
+
+
+def test_calibration_checks_pass_and_fail():
+    sds = [5, 45, 68, 80, 86, 86]
+    cis = [(4, 6), (41, 51), (64, 71), (77, 82), (84, 87), (85, 87)]
+    blind = [(96, 92, 98), (88, 83, 92), (86, 80, 90), (72, 65, 78), (93, 89, 96), (99, 96, 100)]
+    mauve = [0.05, 0.24, 0.41, 0.48, 0.29, 0.01]
+    assert benchmark.calibration_checks(_calibration(sds, cis, blind, mauve)) == {
+        "sds_ordered": True, "human_halves_alike": True, "hot_sampling_unlike": True}
+    overlapping = cis[:3] + [(77, 85)] + cis[4:]  # T = 1.0 and 1.3 intervals touch
+    assert not benchmark.calibration_checks(_calibration(sds, overlapping, blind, mauve))["sds_ordered"]
+    cooler = blind[:5] + [(70, 63, 77)]  # T = 2 no easier to tell apart than T = 1
+    assert not benchmark.calibration_checks(_calibration(sds, cis, cooler, mauve))["hot_sampling_unlike"]
+    df = _calibration(sds, cis, blind, mauve)
+    df.loc[df.row == "human text (other half)", ["blind_low", "blind_high"]] = [60.0, 70.0]
+    assert not benchmark.calibration_checks(df)["human_halves_alike"]
+
+
+def _paired(rows):
+    return pd.DataFrame([{"model": m, "metric": k, "difference": d, "ci_low": lo, "ci_high": hi}
+                         for m, k, d, lo, hi in rows])
+
+
+def test_claim_verdict_reads_each_criterion_from_the_paired_interval():
+    good = [("DFT (a)", "SDS", 30, 25, 35), ("DFT (a)", "MMLU", -0.2, -0.8, 0.4),
+            ("DFT (a)", "perplexity", -3, -5, -1), ("DFT (a)", "MAUVE", 0.1, 0.05, 0.15)]
+    text, table = benchmark.claim_verdict(_paired(good))
+    assert text.startswith("Verdict") and "SUPPORTED" in text.splitlines()[0]
+    assert set(table.verdict) == {"supported"}
+    wide = [("DFT (a)", "SDS", 30, 10, 50), ("DFT (a)", "MMLU", -0.2, -3, 2)]
+    text, table = benchmark.claim_verdict(_paired(wide))
+    assert "UNDETERMINED" in text.splitlines()[0] and set(table.verdict) == {"undetermined"}
+    worse = [("DFT (a)", "SDS", 30, 25, 35), ("DFT (a)", "perplexity", 4, 2, 6),
+             ("GEM", "SDS", -50, -60, -40)]  # only DFT rows are read
+    text, table = benchmark.claim_verdict(_paired(worse))
+    assert "REFUTED" in text.splitlines()[0] and list(table.model.unique()) == ["DFT (a)"]
+    assert table.set_index("criterion").filter(like="perplexity", axis=0).verdict.item() == "refuted"
+    with pytest.raises(ValueError, match="DFT"):
+        benchmark.claim_verdict(_paired([("GEM", "SDS", 1, 0, 2)]))
+
+
+def test_held_out_passages_are_disjoint_equal_length_and_balanced():
+    passages = benchmark.held_out_passages(length=20, per_corpus=None, cap=30, seed=1)
+    assert len(passages) == 3 and {len(c) for c in passages} == {30}
+    flat = [t for c in passages for t in c]
+    assert len(set(flat)) == len(flat) and {len(t.split()) for t in flat} == {20}
+    with pytest.raises(ValueError, match="per_corpus=None"):
+        benchmark.held_out_passages(length=200, per_corpus=500)
+
+
+def test_trained_model_dirs_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="notebook 02"):
+        benchmark.trained_model_dirs(tmp_path)
+    for run in ("sft", "gem"):
+        (tmp_path / "models" / run).mkdir(parents=True)
+        (tmp_path / "models" / run / "config.json").write_text("{}")
+    dirs = benchmark.trained_model_dirs(tmp_path, {"base": None, "SFT": "sft", "GEM": "gem"})
+    assert dirs["base"] is None and dirs["GEM"] == tmp_path / "models" / "gem"
