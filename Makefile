@@ -1,6 +1,7 @@
 # dftnb: two commands from a fresh clone
 #   make run    execute every numbered notebook (profile default) into outputs/
 #   make test   ruff + unit tests + papermill smoke run into build/ + nbval re-execution
+#   make test-lab   chapter 00 run through JupyterLab's UI in headless Chromium (installs Debian's chromium if missing)
 #
 # TORCH picks the torch build. The default is the CPU wheel 2.13.0 (on this project's machines it is served locally).
 # GPU users: make env TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"  (any CUDA build works)
@@ -18,7 +19,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 export PYTHONWARNINGS := ignore
 
-.PHONY: env run test lint unit smoke nbval bench lab prepare clean
+.PHONY: env run test test-lab lint unit smoke nbval bench lab prepare clean
 
 env: $(STAMP)
 
@@ -41,7 +42,7 @@ lint: env
 	$(BIN)/ruff check dftnb tests benchmarks
 
 unit: env
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --ignore=tests/browser
 
 smoke: env
 	$(BIN)/python -m dftnb.runner --profile smoke --out build
@@ -50,6 +51,14 @@ nbval: env
 	DFTNB_HEADLESS=1 DFTNB_EXECUTED=build $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --sanitize-with tests/nbval_sanitize.cfg build/[0-9][0-9]_*.ipynb tests/test_executed_notebooks.py
 
 test: lint unit smoke nbval
+
+# JupyterLab in a real browser: Debian's chromium (apt, as root, when /usr/bin/chromium is missing) driven by
+# Playwright's Python API; the screenshot lands in build/lab/.
+CHROMIUM ?= /usr/bin/chromium
+test-lab: env
+	@test -x $(CHROMIUM) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	$(BIN)/python -m pip install --quiet -e ".[lab-test]"
+	DFTNB_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
 
 bench: env
 	@export DFTNB_HEADLESS=1; for b in storage step_time memory sampling mmlu pipeline; do \
