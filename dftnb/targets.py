@@ -401,6 +401,7 @@ def from_corpus(
     sampling: str = "topk",
     n: int | None = None,
     seed: int = 0,
+    index: str = "auto",
 ):
     """Targets from a curated corpus through a kNN-LM (Khandelwal et al., ICLR 2020, "Generalization through
     Memorization"): ``q(w | x) = lam p_kNN(w | x) + (1 - lam) p_ref(w | x)`` with
@@ -412,13 +413,15 @@ def from_corpus(
     is on the scale of ``d``: SmolLM2-135M's squared distances to the nearest keys are ~400-2,500, so ``T = 100``
     spreads the weight over several neighbours (``T = 10`` puts ~80% on the nearest). ``block_size`` is the
     datastore's packing length; pass a prebuilt ``datastore`` to reuse one across query sets. ``sampling="sampled"``
-    stores ``n`` tokens drawn from ``q`` instead of its top-k (as in :func:`from_reference_model`).
+    stores ``n`` tokens drawn from ``q`` instead of its top-k (as in :func:`from_reference_model`). ``index`` is
+    the datastore's search (:func:`dftnb.datastore.faiss_index`: exact up to 65,536 keys, IVF-PQ beyond).
     """
     V = model_vocab_size(model, tokenizer)
     _check_sampling(sampling, n, k)
     generator = torch.Generator().manual_seed(seed) if sampling == "sampled" else None
     if datastore is None:
-        datastore = build_datastore(model, tokenizer, corpus_texts, max_datastore_tokens, block_size, progress=progress)
+        datastore = build_datastore(model, tokenizer, corpus_texts, max_datastore_tokens, block_size, progress=progress,
+                                    index=index)
     seqs = [s for s in (_encode(tokenizer, t, max_length) for t in as_text_list(query_texts)) if len(s) >= 2]
     rows = []
     for batch in progress_bar(batches(seqs, batch_size), progress, "kNN-LM targets"):
@@ -433,5 +436,6 @@ def from_corpus(
             rows.append(_row(s, s, target))
     info = {"source": "knn", "k_neighbors": k_neighbors, "lam": lam, "knn_temperature": knn_temperature,
             "distance": distance, "datastore_tokens": len(datastore), "max_length": max_length, "sampling": sampling,
+            "datastore_index": type(datastore.index).__name__ if datastore.index is not None else "brute force",
             "n": (n or k) if sampling == "sampled" else None}
     return rows_to_dataset(rows, k, V, info)

@@ -685,3 +685,35 @@ def test_self_target_gradients_table():
     assert mean < 0.4 * single  # ~ 1/sqrt(16) of a single draw: unbiased
     with pytest.raises(ValueError, match="closed-form"):
         target_bias.self_target_gradients(z, divergences=("wasserstein_sorted",))
+
+
+def test_faiss_exact_index_returns_the_brute_force_neighbours():
+    gen = torch.Generator().manual_seed(3)
+    keys, values = torch.randn(500, 16, generator=gen), torch.randint(0, 50, (500,), generator=gen)
+    queries = torch.randn(40, 16, generator=gen)
+    brute = datastore.KNNDatastore(keys, values)
+    exact = datastore.KNNDatastore(keys, values, datastore.faiss_index(keys, "flat"))
+    for distance in ("squared_l2", "l2"):
+        v0, w0 = datastore.knn_neighbours(queries, brute, 8, 2.0, distance=distance)
+        v1, w1 = datastore.knn_neighbours(queries, exact, 8, 2.0, distance=distance)
+        assert torch.equal(v0, v1) and torch.allclose(w0, w1, atol=1e-5)
+    assert datastore.faiss_index(keys, "auto").ntotal == 500 and exact.key_bytes() == 64
+
+
+def test_faiss_ivfpq_index_compresses_keys_and_finds_most_neighbours():
+    gen = torch.Generator().manual_seed(4)
+    centres = torch.randn(64, 32, generator=gen) * 4
+    keys = centres[torch.randint(0, 64, (20_000,), generator=gen)] + torch.randn(20_000, 32, generator=gen)
+    values = torch.arange(20_000)
+    queries = centres[torch.randint(0, 64, (200,), generator=gen)] + torch.randn(200, 32, generator=gen)
+    index = datastore.faiss_index(keys, "ivfpq", nlist=64, m=16, nbits=8, nprobe=16)
+    store = datastore.KNNDatastore(None, values, index)
+    assert store.key_bytes() == 16  # 16 one-byte codes per key instead of 128 bytes of fp32
+    approx, _ = datastore.knn_neighbours(queries, store, 10, 1.0)
+    exact, _ = datastore.knn_neighbours(queries, datastore.KNNDatastore(keys, values), 10, 1.0)
+    recall = np.mean([len(set(a.tolist()) & set(e.tolist())) / 10 for a, e in zip(approx, exact)])
+    assert recall > 0.5
+    with pytest.raises(ValueError, match="multiple of m"):
+        datastore.faiss_index(keys, "ivfpq", m=5)
+    with pytest.raises(ValueError, match="too few"):
+        datastore.faiss_index(keys[:100], "ivfpq", nlist=64, m=16)
