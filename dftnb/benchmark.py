@@ -337,12 +337,17 @@ def benchmark(
     return Benchmark(pd.DataFrame(rows), pd.DataFrame(calibration), pd.DataFrame(frontier), paired, L)
 
 
+PAIRED_COLUMNS = ["model", "metric", "difference", "ci_low", "ci_high", "unit", "n", "over", "p_value", "mdd"]
+
+
 def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mauve):
-    """One row per (model, metric): ``model − reference`` with its paired 95% interval (see :func:`benchmark`)."""
+    """One row per (model, metric): ``model − reference`` in ``unit`` with its paired 95% interval over ``n``
+    units (``over``); McNemar's ``p_value`` and the minimum detectable difference ``mdd`` (points, at the
+    reference's accuracy) for the accuracy benchmarks (see :func:`benchmark`)."""
     import pandas as pd
 
     if reference not in kept:
-        return pd.DataFrame(columns=["model", "metric", "difference", "ci_low", "ci_high", "n", "p_value", "unit"])
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
     ref_groups, ref_sds, ref_feats = kept[reference]
     ref_ev = by_name[reference]
     per_prompt = len(ref_groups[0])
@@ -363,12 +368,13 @@ def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mau
         d = paired_bootstrap([p["sds"] for p in sds.per_prompt], [p["sds"] for p in ref_sds.per_prompt],
                              n_boot=n_boot, seed=seed)
         rows.append({"model": name, "metric": "SDS", "difference": d.mean, "ci_low": d.ci_low,
-                     "ci_high": d.ci_high, "n": d.n, "p_value": float("nan"), "unit": "points, per prompt"})
+                     "ci_high": d.ci_high, "n": d.n, "over": "prompts", "p_value": float("nan"), "unit": "points"})
         d = paired_statistic_bootstrap(mauve_of(feats), mauve_of(ref_feats), len(groups),
                                        n_boot=max(50, n_boot // 5), seed=seed,
                                        point=table_mauve[name] - table_mauve[reference])
         rows.append({"model": name, "metric": "MAUVE", "difference": d.mean, "ci_low": d.ci_low,
-                     "ci_high": d.ci_high, "n": d.n, "p_value": float("nan"), "unit": "prompts resampled"})
+                     "ci_high": d.ci_high, "n": d.n, "over": "prompts (both rescored)", "p_value": float("nan"),
+                     "unit": "MAUVE"})
         for metric, mine, theirs, key in (
             ("MMLU", ev.mmlu, ref_ev.mmlu, "id"), ("HumanEval", ev.humaneval, ref_ev.humaneval, "task_id")
         ):
@@ -384,14 +390,16 @@ def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mau
             m = mcnemar(a, b, n_boot=n_boot, seed=seed)
             rows.append({"model": name, "metric": metric, "difference": 100 * m.difference.mean,
                          "ci_low": 100 * m.difference.ci_low, "ci_high": 100 * m.difference.ci_high, "n": len(a),
-                         "p_value": m.p_value, "unit": "points, McNemar"})
+                         "over": "questions" if metric == "MMLU" else "problems", "p_value": m.p_value,
+                         "unit": "points", "mdd": 100 * minimum_detectable_difference(float(np.mean(b)), len(a))})
         if ev.token_nll and ref_ev.token_nll:
             diffs = {c: ev.token_nll[c] - ref_ev.token_nll[c] for c in ev.token_nll if c in ref_ev.token_nll}
             d = paired_block_bootstrap(diffs, block=64, n_boot=n_boot, seed=seed)
             rows.append({"model": name, "metric": "perplexity", "difference": 100 * np.expm1(d.mean),
                          "ci_low": 100 * np.expm1(d.ci_low), "ci_high": 100 * np.expm1(d.ci_high), "n": d.n,
-                         "p_value": float("nan"), "unit": "% change, per token (blocks of 64)"})
-    return pd.DataFrame(rows)
+                         "over": "tokens (blocks of 64)", "p_value": float("nan"), "unit": "% change"})
+    df = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    return df
 
 
 def calibration_checks(calibration) -> dict[str, bool]:
@@ -454,8 +462,13 @@ def claim_verdict(paired, reference: str = "SFT", criteria: dict = CRITERIA, pre
             outcome = verdict(-r.ci_high, -r.ci_low, margin, True)
         else:
             outcome = verdict(r.ci_low, r.ci_high, margin, higher)
+        note = ""
+        mdd = r.get("mdd", float("nan"))
+        if outcome == "supported" and r.ci_low == r.ci_high and mdd == mdd and mdd > margin:
+            # no discordant item at all (e.g. every model scores 0): the zero-width interval shows no power, not no loss
+            outcome, note = "undetermined", f"no power: detects only ±{mdd:.0f} points"
         rows.append({"model": r.model, "criterion": claim.format(m=margin), "difference": r.difference,
-                     "ci_low": r.ci_low, "ci_high": r.ci_high, "verdict": outcome})
+                     "ci_low": r.ci_low, "ci_high": r.ci_high, "verdict": outcome, "note": note})
     table = pd.DataFrame(rows)
     per_model = {}
     for model, group in table.groupby("model", sort=False):
@@ -467,8 +480,8 @@ def claim_verdict(paired, reference: str = "SFT", criteria: dict = CRITERIA, pre
     lines = [f"Verdict on the claim (DFT: much more style diversity, no accuracy loss, no worse perplexity, vs "
              f"{reference}), from paired 95% intervals: {overall.upper()}."]
     for model, outcome in per_model.items():
-        parts = [f"{r.criterion}: {r.verdict} ({r.difference:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}])"
-                 for r in table[table.model == model].itertuples()]
+        parts = [f"{r.criterion}: {r.verdict} ({r.difference:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
+                 f"{'; ' + r.note if r.note else ''})" for r in table[table.model == model].itertuples()]
         lines.append(f"- {model}: {outcome.upper()}. " + "; ".join(parts) + ".")
     return "\n".join(lines), table
 
@@ -536,11 +549,11 @@ def display_paired(paired):
 
     return pd.DataFrame({
         "model": paired["model"], "metric": paired["metric"],
-        "difference [95% CI]": [_interval(*v, spec="+.2f") for v in
-                                zip(paired["difference"], paired["ci_low"], paired["ci_high"])],
-        "paired over": [f"{n} {u.split(',')[0] if u.startswith('points') else ''}".strip() + f" ({u})"
-                        for n, u in zip(paired["n"], paired["unit"])],
+        "difference [95% CI]": [_interval(*v, spec="+.2f") + f" {u}" for *v, u in
+                                zip(paired["difference"], paired["ci_low"], paired["ci_high"], paired["unit"])],
+        "paired over": [f"{n:,} {over}" for n, over in zip(paired["n"], paired["over"])],
         "p (McNemar)": paired["p_value"].map(lambda x: "" if x != x else f"{x:.3f}"),
+        "detectable (±points)": paired["mdd"].map(lambda x: "" if x != x else f"{x:.0f}"),
     })
 
 

@@ -100,7 +100,8 @@ def test_display_and_save(bench, tmp_path):
     assert shown.loc[2, "MMLU % (n; MDD)"] == "n/a" and shown.loc[2, "perplexity"] == "n/a"
     paths = benchmark.save_tables(bench, tmp_path, "Table.")
     assert set(paths) == {"benchmark_table", "calibration", "paired", "frontier"}
-    assert (tmp_path / "tables" / "06_paired.md").read_text().count("DFT (x)") == 4
+    paired_md = (tmp_path / "tables" / "06_paired.md").read_text()
+    assert paired_md.count("DFT (x)") == 4 and "100 questions" in paired_md and "6 prompts" in paired_md
     assert len(pd.read_csv(paths["benchmark_table"])) == 3
 
 
@@ -129,9 +130,9 @@ def test_calibration_checks_pass_and_fail():
     assert not benchmark.calibration_checks(df)["human_halves_alike"]
 
 
-def _paired(rows):
-    return pd.DataFrame([{"model": m, "metric": k, "difference": d, "ci_low": lo, "ci_high": hi}
-                         for m, k, d, lo, hi in rows])
+def _paired(rows, mdd=float("nan")):
+    return pd.DataFrame([{"model": m, "metric": k, "difference": d, "ci_low": lo, "ci_high": hi,
+                          "mdd": mdd if k in ("MMLU", "HumanEval") else float("nan")} for m, k, d, lo, hi in rows])
 
 
 def test_claim_verdict_reads_each_criterion_from_the_paired_interval():
@@ -148,6 +149,10 @@ def test_claim_verdict_reads_each_criterion_from_the_paired_interval():
     text, table = benchmark.claim_verdict(_paired(worse))
     assert "REFUTED" in text.splitlines()[0] and list(table.model.unique()) == ["DFT (a)"]
     assert table.set_index("criterion").filter(like="perplexity", axis=0).verdict.item() == "refuted"
+    floor = [("DFT (a)", "HumanEval", 0.0, 0.0, 0.0)]  # every model at 0/10: a zero-width interval, no power
+    text, table = benchmark.claim_verdict(_paired(floor, mdd=38.0))
+    assert table.verdict.item() == "undetermined" and "no power" in text
+    assert benchmark.claim_verdict(_paired(floor, mdd=0.5))[1].verdict.item() == "supported"
     with pytest.raises(ValueError, match="DFT"):
         benchmark.claim_verdict(_paired([("GEM", "SDS", 1, 0, 2)]))
 

@@ -43,3 +43,19 @@ def test_no_cell_writes_to_stderr():
              for path in executed_chapters() for i, cell in enumerate(code_cells(path))
              for out in cell.get("outputs", []) if out.get("name") == "stderr"]
     assert not noisy
+
+
+def test_chapter_06_wrote_calibration_paired_and_fidelity_tables():
+    import pandas as pd
+
+    executed_chapters()
+    tables = REPO / EXECUTED / "tables"
+    calibration = pd.read_csv(tables / "06_calibration.csv")
+    assert {"human text (other half)", "human text, words shuffled"} <= set(calibration.row)
+    assert calibration.temperature.dropna().tolist() == sorted(calibration.temperature.dropna())  # the ladder
+    table = pd.read_csv(tables / "06_benchmark_table.csv")
+    models = table[table.model != "human text"]
+    assert models[["mauve", "blind_test", "mmlu", "mmlu_mdd", "perplexity"]].notna().all().all()
+    paired = pd.read_csv(tables / "06_paired.csv")
+    assert set(paired.metric) == {"SDS", "MAUVE", "MMLU", "HumanEval", "perplexity"}
+    assert "SFT" not in set(paired.model) and (paired.ci_low <= paired.ci_high).all()
