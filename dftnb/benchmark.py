@@ -18,6 +18,7 @@ and compares them with :mod:`dftnb.stats`; no method or measurement module impor
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,16 +227,31 @@ def common_length(groups_list: Sequence[Sequence[Sequence[str]]], cap: int | Non
 
 
 # --------------------------------------------------------------------------------------------- scoring the rows
+class _CachedEmbedder:
+    """``embedder.encode`` with every text's embedding kept: the SDS (Vendi) and the fidelity columns embed the same
+    truncated samples, so each set is encoded once."""
+
+    def __init__(self, embedder):
+        self.embedder, self.cache = embedder, {}
+
+    def encode(self, texts) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if missing:
+            emb = self.embedder.encode(missing)
+            emb = emb.detach().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
+            self.cache.update(zip(missing, emb))
+        return np.stack([self.cache[t] for t in texts])
+
+
 class _Scorer:
     """SDS, MAUVE and the blind test of sample sets against one human reference, all at ``L`` tokens."""
 
     def __init__(self, embedder, L, human, tokenizer, n_boot, seed):
-        self.embedder, self.L, self.tokenizer, self.n_boot, self.seed = embedder, L, tokenizer, n_boot, seed
+        self.embedder, self.L, self.tokenizer, self.n_boot, self.seed = _CachedEmbedder(embedder), L, tokenizer, n_boot, seed
         self.human = self.features([t for corpus in human for t in corpus])
 
-    def features(self, texts):
-        emb = self.embedder.encode([truncate_text(t, self.L, self.tokenizer) for t in texts])
-        return emb.detach().cpu().numpy() if hasattr(emb, "detach") else np.asarray(emb)
+    def features(self, texts) -> np.ndarray:
+        return self.embedder.encode([truncate_text(t, self.L, self.tokenizer) for t in texts])
 
     def sds(self, groups):
         return style_diversity_score(groups, self.embedder, length=self.L, n_boot=self.n_boot, seed=self.seed,
@@ -354,7 +370,7 @@ def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mau
     rows = []
 
     def mauve_of(feats):
-        rounds = iter(range(seed, seed + 10**6))  # one k-means seed per round, the same for both models
+        rounds = itertools.count(seed)  # one k-means seed per round, the same for both models
 
         def stat(idx):
             take = np.concatenate([np.arange(i * per_prompt, (i + 1) * per_prompt) for i in idx])
@@ -533,8 +549,7 @@ def display_calibration(calibration):
     """Calibration rows: SDS with CI (where a row has samples grouped by prompt), MAUVE, blind test with CI."""
     import pandas as pd
 
-    cal = calibration.reindex(columns=[*calibration.columns, *({"sds", "sds_ci_low", "sds_ci_high"}
-                                                               - set(calibration.columns))])
+    cal = calibration.reindex(columns=list(dict.fromkeys([*calibration.columns, "sds", "sds_ci_low", "sds_ci_high"])))
     out = pd.DataFrame({"row": cal["row"]})
     out["SDS [95% CI]"] = [_interval(*v) for v in zip(cal["sds"], cal["sds_ci_low"], cal["sds_ci_high"])]
     out["MAUVE"] = calibration["mauve"].map(lambda x: _fmt(x, ".3f"))

@@ -119,8 +119,10 @@ def build_datastore(
             break
     store = KNNDatastore(torch.cat(keys)[:max_datastore_tokens], torch.cat(values)[:max_datastore_tokens])
     if index != "none":
+        import faiss
+
         store.index = faiss_index(store.keys, index)
-        if store.index.ntotal and hasattr(store.index, "nprobe"):
+        if not isinstance(store.index, faiss.IndexFlat):
             store.keys = None  # an inverted file of product codes replaces them
     return store
 

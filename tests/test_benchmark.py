@@ -174,3 +174,22 @@ def test_trained_model_dirs_names_the_fix(tmp_path):
         (tmp_path / "models" / run / "config.json").write_text("{}")
     dirs = benchmark.trained_model_dirs(tmp_path, {"base": None, "SFT": "sft", "GEM": "gem"})
     assert dirs["base"] is None and dirs["GEM"] == tmp_path / "models" / "gem"
+
+
+def test_each_text_is_embedded_once():
+    class Counting(HashedWords):
+        def __init__(self):
+            self.seen = []
+
+        def encode(self, texts):
+            self.seen += list(texts)
+            return super().encode(texts)
+
+    rng = np.random.default_rng(1)
+    vocab = [f"w{i}" for i in range(100)]
+    human = [_texts(rng, vocab, 8) for _ in range(3)]
+    groups = [_texts(rng, vocab, 4) for _ in range(4)]
+    ev = benchmark.ModelEvaluation("SFT", {1.0: groups}, _ppl(), None, None)
+    embedder = Counting()
+    benchmark.benchmark([ev], embedder, L=8, human=human, n_boot=100)
+    assert len(embedder.seen) == len(set(embedder.seen))  # SDS and the fidelity columns share the embeddings
