@@ -19,7 +19,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 export PYTHONWARNINGS := ignore
 
-.PHONY: env run test test-lab lint unit smoke nbval bench lab prepare clean
+.PHONY: env run test test-lab lint unit smoke nbval bench study lab prepare clean
 
 env: $(STAMP)
 

@@ -72,7 +72,7 @@ SIZES = {
                 n_boot=2000),
     "study": dict(per_corpus=8, n=16, new_tokens=64, temperatures=[0.7, 1.0, 1.3, 1.6],
                   calibration=[*CALIBRATION_TEMPERATURES, FIDELITY_CHECK_TEMPERATURE], he_problems=None,
-                  he_tokens=256, ppl_tokens=None, window=512, stride=256, mmlu_limit=36, mmlu_subjects=None,
+                  he_tokens=256, ppl_tokens=None, window=512, stride=384, mmlu_limit=36, mmlu_subjects=None,
                   n_boot=2000),
 }
 
@@ -160,19 +160,22 @@ class ModelEvaluation:
     token_nll: dict = field(default_factory=dict, repr=False)  # corpus -> per-token NLL at T = 1 (paired tests)
 
 
-def sample_at_temperatures(model, tokenizer, prompts, temperatures, n, max_new_tokens, seed=0) -> dict:
-    """``{T: [prompt][sample]}``: ``n`` samples of ``max_new_tokens`` tokens per prompt, one batched
-    :func:`dftnb.models.generate` call per temperature; ``T = 0`` is greedy decoding (one continuation, repeated
-    ``n`` times: what a diversity score must rate lowest)."""
+def sample_at_temperatures(model, tokenizer, prompts, temperatures, n, max_new_tokens, seed=0,
+                           batch_size: int | None = None) -> dict:
+    """``{T: [prompt][sample]}``: ``n`` samples of ``max_new_tokens`` tokens per prompt, batched
+    :func:`dftnb.models.generate` calls of ``batch_size`` prompts (all at once by default) per temperature;
+    ``T = 0`` is greedy decoding (one continuation, repeated ``n`` times: what a diversity score must rate
+    lowest)."""
     samples = {}
     for t in map(float, temperatures):
         if t == GREEDY:
             once = generate(model, tokenizer, prompts, n=1, max_new_tokens=max_new_tokens, seed=seed,
-                            fixed_length=True, do_sample=False)
+                            fixed_length=True, batch_size=batch_size, do_sample=False)
             samples[t] = [g * n for g in once]
         else:
             samples[t] = generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, seed=seed,
-                                  fixed_length=True, **sampler_kwargs("temperature", temperature=t))
+                                  fixed_length=True, batch_size=batch_size,
+                                  **sampler_kwargs("temperature", temperature=t))
     return samples
 
 
@@ -195,13 +198,17 @@ def evaluate_model(
     ppl_stride: int = 128,
     ppl_max_tokens: int | None = 1024,
     seed: int = 0,
+    batch_size: int | None = None,
+    mmlu_results_path: str | Path | None = None,
 ) -> ModelEvaluation:
     """Samples at each temperature (:func:`sample_at_temperatures`), sliding-window perplexity of the test splits
     at the sampled temperatures (and T = 1, whose per-token NLLs are kept for paired tests), HumanEval pass@1
     (greedy, first ``humaneval_problems``; ``None`` = all 164, ``0`` skips) and MMLU (``mmlu_format`` cloze or
     mc, ``mmlu_shots``-shot, ``mmlu_limit`` questions per subject by ``evals.mmlu_subset``, of ``mmlu_subjects``
-    or all 57; ``None`` with the reason in ``mmlu_note`` when the data is not reachable)."""
-    samples = sample_at_temperatures(model, tokenizer, prompts, temperatures, n_samples, max_new_tokens, seed)
+    or all 57; ``None`` with the reason in ``mmlu_note`` when the data is not reachable; ``mmlu_results_path``
+    keeps each finished subject, see :func:`dftnb.evals.mmlu`). ``batch_size``: prompts per ``generate`` call."""
+    samples = sample_at_temperatures(model, tokenizer, prompts, temperatures, n_samples, max_new_tokens, seed,
+                                     batch_size)
     ppl_temperatures = [1.0] + sorted({float(t) for t in temperatures if t not in (GREEDY, 1.0)})
     ppl, token_nll = perplexity_by_corpus(
         model, tokenizer, window=ppl_window, stride=ppl_stride, max_tokens=ppl_max_tokens,
@@ -212,7 +219,7 @@ def evaluate_model(
         he = humaneval(model, tokenizer, limit=humaneval_problems, max_new_tokens=humaneval_tokens, seed=seed)
     try:
         mm = mmlu(model, tokenizer, mmlu_path, fmt=mmlu_format, shots=mmlu_shots, n_per_subject=mmlu_limit,
-                  subjects=mmlu_subjects)
+                  subjects=mmlu_subjects, results_path=mmlu_results_path)
         note = ""
     except NotAvailable as err:
         mm, note = None, str(err)
@@ -299,11 +306,15 @@ def benchmark(
     n_boot: int = 1000,
     seed: int = 0,
     tokenizer=None,
+    references: dict[str, str] | None = None,
+    extra_samples: dict[str, dict[str, Sequence[Sequence[str]]]] | None = None,
 ) -> Benchmark:
     """Score every evaluation against the held-out ``human`` passages (``[corpus][passage]``, from
     :func:`held_out_passages` with twice the passages a model row has per corpus: the first half is the reference
     of every MAUVE and blind-test score, the second half is the human calibration row) and compare each model
-    with ``reference``.
+    with ``reference``, or with ``references[model]`` where given (e.g. each seed with the baseline of its seed).
+    ``extra_samples`` (``{model: {sampler label: [prompt][sample]}}``) adds frontier points for samplers other than
+    plain temperature (``temperature`` NaN, ``sampler`` names them; plain temperature rows say ``"temperature"``).
 
     ``human_groups`` (``[prompt][passage]``, e.g. :func:`dftnb.metrics.human_reference_samples`) gives the SDS of
     human text. Columns: ``mmlu``/``humaneval`` accuracy % with ``_n`` items and ``_mdd`` (the smallest difference
@@ -328,7 +339,8 @@ def benchmark(
                 label = "greedy" if t == GREEDY else f"T = {t:g}"
                 calibration.append({"row": f"{ev.name}, {label}", "temperature": t, **row})
             if t != GREEDY:
-                frontier.append({"model": ev.name, "temperature": t, **row, "perplexity": ppl})
+                frontier.append({"model": ev.name, "sampler": "temperature", "temperature": t, **row,
+                                 "perplexity": ppl})
             if t == table_temperature:
                 kept[ev.name] = (groups, sds, feats)
                 rows.append({
@@ -339,6 +351,11 @@ def benchmark(
                                         ev.humaneval.n_problems if ev.humaneval else 0),
                     **row, "perplexity": float(macro.loc[1.0]), "L": L,
                 })
+    for name, settings in (extra_samples or {}).items():
+        for label, groups in settings.items():
+            row, _, _ = scorer.row(groups)
+            frontier.append({"model": name, "sampler": label, "temperature": float("nan"), **row,
+                             "perplexity": float("nan")})
     if human_groups is not None:
         row, _, _ = scorer.row(human_groups)
         rows.append({"model": "human text", **_accuracy_columns("mmlu", None, 0),
@@ -349,24 +366,20 @@ def benchmark(
         calibration.append({"row": label, "temperature": float("nan"),
                             **scorer.fidelity(scorer.features(texts))})
     table_mauve = {r["model"]: r["mauve"] for r in rows}
-    paired = paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mauve)
+    paired = paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mauve, references)
     return Benchmark(pd.DataFrame(rows), pd.DataFrame(calibration), pd.DataFrame(frontier), paired, L)
 
 
-PAIRED_COLUMNS = ["model", "metric", "difference", "ci_low", "ci_high", "unit", "n", "over", "p_value", "mdd"]
+PAIRED_COLUMNS = ["model", "reference", "metric", "difference", "ci_low", "ci_high", "unit", "n", "over", "p_value", "mdd"]
 
 
-def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mauve):
-    """One row per (model, metric): ``model − reference`` in ``unit`` with its paired 95% interval over ``n``
-    units (``over``); McNemar's ``p_value`` and the minimum detectable difference ``mdd`` (points, at the
-    reference's accuracy) for the accuracy benchmarks (see :func:`benchmark`)."""
+def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mauve, references=None):
+    """One row per (model, metric): ``model − reference`` (or ``references[model]``) in ``unit`` with its paired
+    95% interval over ``n`` units (``over``); McNemar's ``p_value`` and the minimum detectable difference ``mdd``
+    (points, at the reference's accuracy) for the accuracy benchmarks (see :func:`benchmark`)."""
     import pandas as pd
 
-    if reference not in kept:
-        return pd.DataFrame(columns=PAIRED_COLUMNS)
-    ref_groups, ref_sds, ref_feats = kept[reference]
-    ref_ev = by_name[reference]
-    per_prompt = len(ref_groups[0])
+    references = references or {}
     rows = []
 
     def mauve_of(feats):
@@ -378,17 +391,21 @@ def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mau
         return stat
 
     for name, (groups, sds, feats) in kept.items():
-        if name == reference:
+        ref_name = references.get(name, reference)
+        if name == ref_name or ref_name not in kept:
             continue
+        _, ref_sds, ref_feats = kept[ref_name]
+        ref_ev = by_name[ref_name]
+        per_prompt = len(groups[0])
         ev = by_name[name]
         d = paired_bootstrap([p["sds"] for p in sds.per_prompt], [p["sds"] for p in ref_sds.per_prompt],
                              n_boot=n_boot, seed=seed)
-        rows.append({"model": name, "metric": "SDS", "difference": d.mean, "ci_low": d.ci_low,
+        rows.append({"model": name, "reference": ref_name, "metric": "SDS", "difference": d.mean, "ci_low": d.ci_low,
                      "ci_high": d.ci_high, "n": d.n, "over": "prompts", "p_value": float("nan"), "unit": "points"})
         d = paired_statistic_bootstrap(mauve_of(feats), mauve_of(ref_feats), len(groups),
                                        n_boot=max(50, n_boot // 5), seed=seed,
-                                       point=table_mauve[name] - table_mauve[reference])
-        rows.append({"model": name, "metric": "MAUVE", "difference": d.mean, "ci_low": d.ci_low,
+                                       point=table_mauve[name] - table_mauve[ref_name])
+        rows.append({"model": name, "reference": ref_name, "metric": "MAUVE", "difference": d.mean, "ci_low": d.ci_low,
                      "ci_high": d.ci_high, "n": d.n, "over": "prompts (both rescored)", "p_value": float("nan"),
                      "unit": "MAUVE"})
         for metric, mine, theirs, key in (
@@ -404,14 +421,14 @@ def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mau
             if len(a) < 2:
                 continue
             m = mcnemar(a, b, n_boot=n_boot, seed=seed)
-            rows.append({"model": name, "metric": metric, "difference": 100 * m.difference.mean,
+            rows.append({"model": name, "reference": ref_name, "metric": metric, "difference": 100 * m.difference.mean,
                          "ci_low": 100 * m.difference.ci_low, "ci_high": 100 * m.difference.ci_high, "n": len(a),
                          "over": "questions" if metric == "MMLU" else "problems", "p_value": m.p_value,
                          "unit": "points", "mdd": 100 * minimum_detectable_difference(float(np.mean(b)), len(a))})
         if ev.token_nll and ref_ev.token_nll:
             diffs = {c: ev.token_nll[c] - ref_ev.token_nll[c] for c in ev.token_nll if c in ref_ev.token_nll}
             d = paired_block_bootstrap(diffs, block=64, n_boot=n_boot, seed=seed)
-            rows.append({"model": name, "metric": "perplexity", "difference": 100 * np.expm1(d.mean),
+            rows.append({"model": name, "reference": ref_name, "metric": "perplexity", "difference": 100 * np.expm1(d.mean),
                          "ci_low": 100 * np.expm1(d.ci_low), "ci_high": 100 * np.expm1(d.ci_high), "n": d.n,
                          "over": "tokens (blocks of 64)", "p_value": float("nan"), "unit": "% change"})
     df = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
