@@ -1,6 +1,7 @@
 # dftnb: two commands from a fresh clone
 #   make run    execute every numbered notebook (profile default) into outputs/
 #   make test   ruff + unit tests + papermill smoke run into build/ + nbval re-execution
+#   make study  the study behind the README's results (hours; resumable into results/study/)
 #   make test-lab   chapter 00 run through JupyterLab's UI in headless Chromium (installs Debian's chromium if missing)
 #
 # TORCH picks the torch build. The default is the CPU wheel 2.13.0 (on this project's machines it is served locally).
@@ -70,6 +71,11 @@ prepare: env
 	$(BIN)/python -m dftnb.runner --profile $(PROFILE) --out $(OUT) --only 00 01 02
 	$(BIN)/python -c "from dftnb.models import load_embedder; load_embedder()"
 	@du -sh .cache $(OUT) 2>/dev/null | sed 's/^/disk used: /'
+
+# The study (results/study/): resumable piece by piece; a finished piece is skipped, so this also regenerates the
+# tables from the committed rows. `python -m dftnb.study --list` shows what is done.
+study: env
+	$(BIN)/python -m dftnb.study --profile study
 
 lab: env
 	$(BIN)/jupyter lab notebooks/
