@@ -3,459 +3,397 @@
     make study                                         # = python -m dftnb.study --profile study
     python -m dftnb.study --profile study --list       # the plan: which pieces are done
     python -m dftnb.study --profile study --report     # only the tables, figures and README section
-    python -m dftnb.study --profile smoke --results build/study-smoke    # the whole pipeline in a minute
+    python -m dftnb.study --profile smoke --results build/study-smoke    # the whole pipeline in a few minutes
 
-Orchestration, like :mod:`dftnb.benchmark` (whose evaluation and paired statistics it reuses). The work is cut into
-**pieces**, each finished piece written under ``results/study/`` at once (meant to be committed), so an interrupted
-study restarts where it stopped:
+:func:`run_study` runs every unfinished piece of :func:`dftnb.study_runs.plan` (a finished piece is skipped), then
+:func:`report`: the tables, figures and README section, computed from the stored rows of ``results/study/`` only.
 
-1. ``targets``: the training rows, 800 packed Shakespeare blocks of 128 tokens (102,400 tokens) from the first half
-   of the train split, with kNN-LM "style manifold" targets (keys: 200,000 tokens of the second half, exact FAISS
-   search; ``q = λ p_kNN + (1 − λ) p_ref``, top-64, read with the ``bucket`` tail) and the model's own targets on
-   the same blocks (the self-target control); the same for 16 validation blocks. Cached under ``.cache/targets``.
-2. ``tune/<method>-lr<η>``: every method gets the same tuning budget: the same three learning rates, a proxy run of
-   ``tune_steps`` steps each, scored by its own objective on the validation blocks; the lowest wins (a rule fixed
-   before any run). SFT is tuned exactly like every DFT variant. The self-target control reuses reverse KL's rate.
-3. ``runs/<method>-s<seed>``: train (same rows, same token budget, AdamW at the tuned constant rate; checkpoints
-   under ``.cache/study/train`` so an interrupted run resumes), then evaluate (samples, perplexity of the test
-   splits, MMLU stratified, HumanEval all 164; :func:`dftnb.benchmark.evaluate_model`) and write the evaluation
-   and ``provenance.json`` (written last: a run with it is finished and skipped).
-4. ``mmlu-full/<run>``: all 14,042 MMLU questions for the base model, SFT and reverse-KL DFT (seed 0; chosen before
-   any result: reverse KL is the seed article's objective), resumable per subject.
-5. ``report``: the tables (CSV + Markdown), figures and the README's results section, regenerated from the stored
-   files only (byte-identical on a rerun).
+Nothing here touches a trained model: every number comes from the files :mod:`dftnb.study` wrote (samples, per-token
+NLLs, per-question MMLU scores, per-problem HumanEval outcomes, training logs, provenance), scored with
+:func:`dftnb.benchmark.benchmark`. Rerunning it on the same files gives the same bytes.
+
+* ``tables/``: the table (one row per run at T = 1), calibration rows, paired differences (each run minus SFT of the
+  same seed), the temperature frontier, the verdict per run and per method over seeds, seed variance, full-set MMLU,
+  tuning and cost; each as CSV and Markdown.
+* ``figures/frontier.png``: diversity (SDS) against fidelity (MAUVE; perplexity of the samples under the base model)
+  for the base model, SFT and the two main DFT variants at T = 0.7 ... 1.6, with dynamic-temperature and
+  target-entropy sampling as extra points.
+* ``README.md``: the section between ``<!-- study:begin -->`` and ``<!-- study:end -->`` is replaced.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
-import shutil
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from .runner import REPO
+from .benchmark import (
+    SIZES,
+    ModelEvaluation,
+    benchmark,
+    calibration_checks,
+    claim_verdict,
+    common_length,
+    display_calibration,
+    display_paired,
+    display_table,
+    held_out_passages,
+    held_out_texts,
+)
+from .data import CORPORA
+from .evals import HumanEvalResult, summarize_mmlu
+from .plots import markdown_table
+from .stats import mcnemar, minimum_detectable_difference
+from .study_runs import (
+    FRONTIER,
+    METHODS,
+    PROFILES,
+    README_BEGIN,
+    README_END,
+    REPO,
+    RESULTS,
+    Study,
+    plan,
+    run_label,
+)
 
-RESULTS = REPO / "results" / "study"
-BASE_FULL_MMLU = REPO / "results" / "mmlu" / "embedded-cloze-0shot.jsonl"  # written by benchmarks/mmlu.py --evaluate
-README_BEGIN, README_END = "<!-- study:begin -->", "<!-- study:end -->"
-
-
-@dataclass(frozen=True)
-class StudyProfile:
-    """Sizes of one study profile (``study``: the real one; ``smoke``: the same code path in a minute)."""
-
-    model: str
-    block_size: int
-    train_blocks: int  # training rows; one epoch of them is the token budget of every run
-    batch: int
-    learning_rates: tuple[float, ...]
-    tune_steps: int
-    val_blocks: int
-    datastore_tokens: int
-    k_neighbors: int
-    seeds: tuple[int, ...]
-    evaluation: str  # key of dftnb.benchmark.SIZES
-    save_steps: int
-    full_mmlu: bool
-    k: int = 64
-    lam: float = 0.25
-    knn_temperature: float = 100.0
-    tail: str = "bucket"
-    datastore_index: str = "flat"
-    sample_batch: int = 4  # prompts per generate call (x 16 samples = 64 sequences, benchmarks/sampling_budget.py)
-
-    @property
-    def steps(self) -> int:
-        return self.train_blocks // self.batch
-
-    @property
-    def train_tokens(self) -> int:
-        return self.steps * self.batch * self.block_size
+FLOAT = "%.6g"
+SAMPLER_TAGS = {"dynatemp": "dyn", "target": "H*"}  # point labels of the extra samplers in the frontier figure
 
 
-PROFILES = {
-    "smoke": StudyProfile(model="tiny", block_size=32, train_blocks=16, batch=4, learning_rates=(1e-3, 3e-3),
-                          tune_steps=2, val_blocks=4, datastore_tokens=2_000, k_neighbors=8, seeds=(0, 1),
-                          evaluation="smoke", save_steps=2, full_mmlu=False),
-    # 100 steps x 8 x 128 = 102,400 tokens per run: chapter 02's 20 steps of 4 x 64 tokens barely move the entropy;
-    # at ~6 s per step on 2 cores a run trains in ~11 min.
-    "study": StudyProfile(model="embedded", block_size=128, train_blocks=800, batch=8,
-                          learning_rates=(1e-5, 3e-5, 1e-4), tune_steps=16, val_blocks=16, datastore_tokens=200_000,
-                          k_neighbors=16, seeds=(0, 1, 2), evaluation="study", save_steps=25, full_mmlu=True),
-}
-
-# method -> (table label, target rows); the two main DFT variants and SFT get every seed, the others seed 0.
-METHODS = {
-    "sft": ("SFT", "knn"),
-    "dft_reverse_kl": ("DFT (reverse KL)", "knn"),
-    "dft_forward_kl": ("DFT (forward KL)", "knn"),
-    "dft_sinkhorn": ("DFT (Sinkhorn W, embedding cost)", "knn"),
-    "dft_sorted_w1": ("DFT (sorted W₁ / ULD)", "knn"),
-    "gem": ("GEM", "knn"),
-    "self_target": ("control: reverse KL to its own targets", "self"),
-}
-MAIN = ("sft", "dft_reverse_kl", "dft_forward_kl")
-FRONTIER = ("base", "sft-s0", "dft_reverse_kl-s0", "dft_forward_kl-s0")  # evaluated at every temperature
-FULL_MMLU = ("base", "sft-s0", "dft_reverse_kl-s0")
-EXTRA_SAMPLERS = {  # the frontier's extra points: (sampler, parameters)
-    "dynatemp [0.5, 1.5]": ("dynatemp", dict(min_temperature=0.5, max_temperature=1.5)),
-    "target entropy 3 nats": ("target_entropy", dict(target_entropy=3.0)),
-}
+# ------------------------------------------------------------------------------------------- reading the rows
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def trainer_method(method: str) -> str:
-    """The :data:`dftnb.trainer.METHODS` key a study method trains with."""
-    return "dft_reverse_kl" if method == "self_target" else method
+def load_evaluation(run_dir: Path) -> tuple[ModelEvaluation, dict]:
+    """A run's :class:`~dftnb.benchmark.ModelEvaluation` and its extra-sampler samples, from its stored files."""
+    samples = json.loads((run_dir / "samples.json").read_text(encoding="utf-8"))
+    nll = np.load(run_dir / "token_nll.npz")
+    mm = run_dir / "mmlu.jsonl"
+    he = run_dir / "humaneval.jsonl"
+    humaneval = None
+    if he.exists():
+        rows = _jsonl(he)
+        humaneval = HumanEvalResult(pass_at_1_greedy=float(np.mean([r["passed"] for r in rows])), pass_at_k={},
+                                    n_problems=len(rows), n_samples=1, per_problem=rows)
+    ev = ModelEvaluation(
+        name=run_label(run_dir.name),
+        samples={float(t): g for t, g in samples["temperature"].items()},
+        perplexity=pd.read_csv(run_dir / "perplexity.csv"),
+        humaneval=humaneval,
+        mmlu=summarize_mmlu(_jsonl(mm), 0, "cloze", "char") if mm.exists() else None,
+        token_nll={c: nll[c].astype(np.float64) for c in nll.files},
+    )
+    return ev, samples.get("extra", {})
 
 
-def run_name(method: str, seed: int) -> str:
-    return f"{method}-s{seed}"
+def finished_runs(study: Study) -> list[str]:
+    """Run names with a ``provenance.json``, in plan order."""
+    return [name for kind, name in plan(study.profile) if kind == "run" and study.done(kind, name)]
 
 
-def run_label(name: str) -> str:
-    """Table label of a run folder name: ``"dft_reverse_kl-s1"`` -> ``"DFT (reverse KL) s1"``."""
-    if name == "base":
-        return "base"
-    method, seed = name.rsplit("-s", 1)
-    return f"{METHODS[method][0]} s{seed}"
+def method_of(label: str) -> str:
+    """``"DFT (reverse KL) s1"`` -> ``"DFT (reverse KL)"``."""
+    return label.rsplit(" s", 1)[0] if label != "base" else label
 
 
-def plan(profile: StudyProfile) -> list[tuple[str, str]]:
-    """Every piece in the order it runs: ``(kind, name)``."""
-    pieces = [("targets", "targets"), ("run", "base")]
-    pieces += [("tune", f"{m}-lr{lr:g}") for m in METHODS if m != "self_target" for lr in profile.learning_rates]
-    pieces += [("run", run_name(m, profile.seeds[0])) for m in METHODS]
-    pieces += [("run", run_name(m, s)) for s in profile.seeds[1:] for m in MAIN]
-    if profile.full_mmlu:
-        pieces += [("mmlu-full", name) for name in FULL_MMLU]
-    return pieces
+# -------------------------------------------------------------------------------------------------- tables
+def seed_verdict(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Per method and criterion over its seeds: *supported* / *refuted* only when every seed's paired interval
+    says so, otherwise *undetermined*; with the seeds' differences."""
+    rows = []
+    frame = verdicts.assign(method=verdicts.model.map(method_of))
+    for (method, criterion), g in frame.groupby(["method", "criterion"], sort=False):
+        found = set(g.verdict)
+        outcome = found.pop() if len(found) == 1 else "undetermined"
+        rows.append({"method": method, "criterion": criterion, "seeds": len(g),
+                     "differences": ", ".join(f"{d:+.2f}" for d in g.difference), "verdict": outcome})
+    return pd.DataFrame(rows)
 
 
-def piece_path(results: Path, kind: str, name: str) -> Path:
-    """The file whose existence marks a piece finished."""
-    return {"targets": results / "targets.json", "tune": results / "tuning" / f"{name}.json",
-            "run": results / "runs" / name / "provenance.json",
-            "mmlu-full": results / "runs" / name / "mmlu_full.jsonl"}[kind]
+def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of each method's headline numbers."""
+    metrics = ["sds", "mauve", "blind_test", "perplexity", "mmlu", "humaneval"]
+    frame = table[table.model != "human text"].assign(method=table.model.map(method_of))
+    rows = []
+    for method, g in frame.groupby("method", sort=False):
+        row = {"method": method, "seeds": len(g)}
+        for m in metrics:
+            row[m] = float(g[m].mean())
+            row[f"{m}_sd"] = float(g[m].std(ddof=1)) if len(g) > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-# ------------------------------------------------------------------------------------------------ provenance
-def provenance(**fields) -> dict:
-    """Commit, command, machine and library versions, plus ``fields`` (profile, seed, wall times, ...)."""
-    import datasets
-    import torch
-    import transformers
-
-    from .experiments import machine_description
-
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {**fields, "commit": git("rev-parse", "HEAD"), "dirty": bool(dirty), "command": " ".join(sys.argv),
-            "machine": machine_description(), "python": platform.python_version(),
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                         "datasets": datasets.__version__, "numpy": np.__version__},
-            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
-def write_json(path: Path, payload) -> None:
-    """Write ``payload`` atomically (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".partial")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-# ---------------------------------------------------------------------------------------------------- pieces
-class Study:
-    """The state shared by the pieces of one study: profile, folders, the tokenizer and the target rows."""
-
-    def __init__(self, profile: str = "study", results: str | Path = RESULTS, work: str | Path | None = None):
-        from .models import cache_dir
-
-        if profile not in PROFILES:
-            raise ValueError(f"study profile must be one of {sorted(PROFILES)}, got {profile!r}.")
-        self.profile_name, self.profile = profile, PROFILES[profile]
-        self.results = Path(results)
-        self.work = Path(work) if work is not None else cache_dir() / "study" / profile
-        self._rows = None
-
-    # -- models and rows
-    def base_model(self, training: bool = False):
-        from .models import load_model_for_profile
-
-        return load_model_for_profile("smoke" if self.profile.model == "tiny" else "default", self.profile.model,
-                                      training=training)
-
-    def rows(self) -> dict:
-        """``{"knn"|"self": {"train"|"validation": dataset}}``, built once (target cache) and loaded afterwards."""
-        if self._rows is None:
-            self._rows = build_rows(self)
-        return self._rows
-
-    # -- the pieces
-    def done(self, kind: str, name: str) -> bool:
-        return piece_path(self.results, kind, name).exists()
-
-    def run_piece(self, kind: str, name: str) -> None:
-        if kind == "targets":
-            start = time.perf_counter()
-            rows = self.rows()
-            info = {f"{src}/{split}": {"rows": len(ds), "tokens": int(sum(len(x) for x in ds["input_ids"]))}
-                    for src, splits in rows.items() for split, ds in splits.items()}
-            write_json(piece_path(self.results, kind, name),
-                       provenance(profile=self.profile_name, sizes=asdict(self.profile), rows=info,
-                                  wall_s=round(time.perf_counter() - start, 1)))
-        elif kind == "tune":
-            tune(self, *name.rsplit("-lr", 1))
-        elif kind == "run":
-            train_and_evaluate(self, name)
-        elif kind == "mmlu-full":
-            full_mmlu(self, name)
-
-    def learning_rate(self, method: str) -> float:
-        """The tuned rate: the lowest validation objective among the proxy runs of ``method`` (reverse KL's for the
-        self-target control)."""
-        method = "dft_reverse_kl" if method == "self_target" else method
-        scores = {}
-        for lr in self.profile.learning_rates:
-            path = piece_path(self.results, "tune", f"{method}-lr{lr:g}")
-            if not path.exists():
-                raise FileNotFoundError(f"tuning piece {path.name} is missing: run the study in order "
-                                        f"(`python -m dftnb.study --profile {self.profile_name}`).")
-            scores[lr] = json.loads(path.read_text())["validation_objective"]
-        return min(scores, key=lambda lr: (scores[lr], lr))
-
-
-def build_rows(study: Study) -> dict:
-    """Training and validation rows with kNN-LM targets and with the model's own (reference) targets."""
-    from . import target_cache as TC
-    from . import targets as T
-    from .data import corpus_texts, pack_texts
-    from .datastore import build_datastore
-
-    p = study.profile
-    model, tokenizer = study.base_model()
-    texts = corpus_texts("shakespeare", "train")
-    half = len(texts) // 2
-    blocks = {"train": pack_texts(tokenizer, texts[:half], p.block_size, p.train_blocks),
-              "validation": pack_texts(tokenizer, corpus_texts("shakespeare", "validation"), p.block_size,
-                                       p.val_blocks)}
-    for split, b in blocks.items():
-        want = p.train_blocks if split == "train" else p.val_blocks
-        if len(b) < want:
-            raise ValueError(f"only {len(b)} blocks of {p.block_size} tokens in Shakespeare {split}, need {want}.")
-    store = {}
-
-    def datastore():
-        if "ds" not in store:
-            store["ds"] = build_datastore(model, tokenizer, texts[half:], p.datastore_tokens, p.block_size,
-                                          index=p.datastore_index)
-        return store["ds"]
-
-    out = {"knn": {}, "self": {}}
-    for split, b in blocks.items():
-        common = dict(model_name=p.model, blocks=len(b), seq_len=p.block_size, split=split, study=study.profile_name)
-        meta = TC.target_metadata(model, tokenizer, source="knn", corpus="shakespeare/train-half1", k=p.k,
-                                  datastore_tokens=p.datastore_tokens, k_neighbors=p.k_neighbors, lam=p.lam,
-                                  knn_temperature=p.knn_temperature, index=p.datastore_index, **common)
-        out["knn"][split] = TC.build_or_load(
-            f"study-{study.profile_name}-knn-{split}", meta,
-            lambda b=b: T.from_corpus(model, tokenizer, None, b, k_neighbors=p.k_neighbors, lam=p.lam,
-                                      knn_temperature=p.knn_temperature, k=p.k, max_length=p.block_size,
-                                      block_size=p.block_size, datastore=datastore()))
-        meta = TC.target_metadata(model, tokenizer, source="reference", corpus="shakespeare/train-half1", k=p.k,
-                                  **common)
-        out["self"][split] = TC.build_or_load(
-            f"study-{study.profile_name}-self-{split}", meta,
-            lambda b=b: T.from_reference_model(model, tokenizer, b, k=p.k, max_length=p.block_size))
+def display_seeds(seeds: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({"method": seeds["method"], "seeds": seeds["seeds"]})
+    for m, label, spec in (("sds", "SDS", ".1f"), ("mauve", "MAUVE", ".3f"), ("blind_test", "blind test %", ".0f"),
+                           ("perplexity", "perplexity", ".2f"), ("mmlu", "MMLU %", ".1f")):
+        out[label] = [f"{v:{spec}}" + ("" if sd != sd else f" ± {sd:{spec}}")
+                      for v, sd in zip(seeds[m], seeds[f"{m}_sd"])]
     return out
 
 
-def _dft_config(study: Study, method: str):
-    from .trainer import METHODS as TRAINER_METHODS
-    from .trainer import DFTConfig
-
-    return DFTConfig(divergence=TRAINER_METHODS[trainer_method(method)], tail=study.profile.tail)
-
-
-def _trainer(study: Study, method: str, seed: int, lr: float, steps: int, output_dir: Path, save: bool):
-    from .trainer import StepTimer, build_trainer, default_training_args
-
-    model, tokenizer = study.base_model(training=True)
-    rows = study.rows()[METHODS[method][1]]["train"]
-    args = default_training_args(
-        output_dir, max_steps=steps, per_device_train_batch_size=study.profile.batch, learning_rate=lr,
-        seed=seed, data_seed=seed, save_strategy="steps" if save else "no", save_steps=study.profile.save_steps,
-        save_total_limit=1,
-    )
-    timer = StepTimer()
-    trainer = build_trainer(model, tokenizer, rows, _dft_config(study, method), args, callbacks=[timer])
-    from transformers import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    return trainer, timer, tokenizer
+def full_mmlu_table(study: Study) -> pd.DataFrame:
+    """Full-set MMLU of the runs that have it, each compared with SFT s0 on the same questions (McNemar)."""
+    found = {run_label(n): _jsonl(study.results / "runs" / n / "mmlu_full.jsonl")
+             for k, n in plan(study.profile) if k == "mmlu-full" and study.done(k, n)}
+    results = {label: summarize_mmlu(rows, 0, "cloze", "char") for label, rows in found.items()}
+    ref = results.get("SFT s0")
+    rows = []
+    for label, r in results.items():
+        row = {"model": label, "questions": r.n_questions, "accuracy": 100 * r.accuracy, "ci_low": 100 * r.ci[0],
+               "ci_high": 100 * r.ci[1], "macro": 100 * r.macro_accuracy, "macro_low": 100 * r.macro_ci[0],
+               "macro_high": 100 * r.macro_ci[1]}
+        if ref is not None and label != "SFT s0":
+            mine, theirs = r.correct, ref.correct
+            ids = [i for i in mine if i in theirs]
+            m = mcnemar([mine[i] for i in ids], [theirs[i] for i in ids], n_boot=1000, seed=0)
+            row.update(vs_sft=100 * m.difference.mean, vs_sft_low=100 * m.difference.ci_low,
+                       vs_sft_high=100 * m.difference.ci_high, p_value=m.p_value,
+                       mdd=100 * minimum_detectable_difference(ref.accuracy, len(ids)))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def tune(study: Study, method: str, lr: str) -> None:
-    """One proxy run: ``tune_steps`` steps at rate ``lr`` from the base model, then the method's own objective on
-    the validation rows (with the targets the method trains on)."""
-    from .trainer import evaluate_objective, history_frame
-
-    start = time.perf_counter()
-    out = study.work / "tune" / f"{method}-lr{lr}"
-    shutil.rmtree(out, ignore_errors=True)
-    trainer, timer, tokenizer = _trainer(study, method, 0, float(lr), study.profile.tune_steps, out, save=False)
-    trainer.train()
-    val = study.rows()[METHODS[method][1]]["validation"]
-    objective = evaluate_objective(trainer.model, val, _dft_config(study, method), tokenizer.pad_token_id)
-    history = history_frame(trainer.state.log_history, method, timer)
-    shutil.rmtree(out, ignore_errors=True)
-    write_json(piece_path(study.results, "tune", f"{method}-lr{lr}"), provenance(
-        profile=study.profile_name, method=method, learning_rate=float(lr), steps=study.profile.tune_steps,
-        validation_objective=objective, last_train_loss=float(history["loss"].iloc[-1]),
-        wall_s=round(time.perf_counter() - start, 1)))
+def tuning_table(study: Study) -> pd.DataFrame:
+    rows = []
+    for kind, name in plan(study.profile):
+        if kind == "tune" and study.done(kind, name):
+            p = json.loads((study.results / "tuning" / f"{name}.json").read_text())
+            rows.append({"method": p["method"], "learning_rate": p["learning_rate"], "steps": p["steps"],
+                         "validation_objective": p["validation_objective"], "wall_s": p["wall_s"]})
+    df = pd.DataFrame(rows)
+    if len(df):
+        complete = df.groupby("method").learning_rate.transform("count") == len(study.profile.learning_rates)
+        best = df.loc[df[complete].groupby("method").validation_objective.idxmin(), ["method", "learning_rate"]]
+        df["chosen"] = [(m, lr) in set(map(tuple, best.values)) for m, lr in zip(df.method, df.learning_rate)]
+    return df
 
 
-def train_and_evaluate(study: Study, name: str) -> None:
-    """Train run ``name`` (resuming from its last complete checkpoint), evaluate it, write its files."""
-    from .train import _checkpoints, resolve_resume
-    from .trainer import history_frame
-
-    dest = study.results / "runs" / name
-    start = time.perf_counter()
-    fields = {"profile": study.profile_name, "run": name, "label": run_label(name)}
-    if name == "base":
-        model, tokenizer = study.base_model()
-        train_s = 0.0
-    else:
-        method, seed = name.rsplit("-s", 1)
-        seed, lr = int(seed), study.learning_rate(method)
-        out = study.work / "train" / name
-        final = study.work / "models" / name
-        if not (final / "config.json").exists():
-            trainer, timer, tokenizer = _trainer(study, method, seed, lr, study.profile.steps, out, save=True)
-            resume = resolve_resume(True, out, verbose=False) if _checkpoints(out) else None
-            trainer.train(resume_from_checkpoint=resume)
-            trainer.save_model(str(final))
-            history = history_frame(trainer.state.log_history, method, timer)
-            dest.mkdir(parents=True, exist_ok=True)
-            history.to_csv(dest / "training.csv", index=False, float_format="%.6g")
-            shutil.rmtree(out, ignore_errors=True)
-            (final / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
-            model = trainer.model.eval()
-        else:
-            from .models import load_model
-
-            model, tokenizer = load_model(str(final))
-        train_s = float((final / "train_seconds.txt").read_text())
-        fields.update(method=method, seed=seed, learning_rate=lr, steps=study.profile.steps,
-                      batch=study.profile.batch, block_size=study.profile.block_size,
-                      train_tokens=study.profile.train_tokens, tail=study.profile.tail)
-    eval_start = time.perf_counter()
-    evaluate_run(study, name, model, tokenizer, dest)
-    write_json(dest / "provenance.json", provenance(
-        **fields, train_s=round(train_s, 1), eval_s=round(time.perf_counter() - eval_start, 1)))
-
-
-def evaluate_run(study: Study, name: str, model, tokenizer, dest: Path) -> None:
-    """Samples, perplexity, MMLU and HumanEval of one model, stored as plain files in ``dest``."""
-    from .benchmark import SIZES, diversity_prompts, evaluate_model
-    from .metrics import perplexity
-    from .models import generate
-    from .sampling import sampler_kwargs
-
-    S = SIZES[study.profile.evaluation]
-    temperatures = [1.0]
-    if name in FRONTIER:
-        temperatures = sorted({1.0, *S["temperatures"], *(S["calibration"] if name == "base" else [])})
-    prompts = diversity_prompts(per_corpus=S["per_corpus"])
-    mmlu_partial = study.work / "mmlu" / f"{name}.jsonl"
-    ev = evaluate_model(
-        name, model, tokenizer, prompts, temperatures=temperatures, n_samples=S["n"], max_new_tokens=S["new_tokens"],
-        humaneval_problems=S["he_problems"], humaneval_tokens=S["he_tokens"], mmlu_limit=S["mmlu_limit"],
-        mmlu_subjects=S["mmlu_subjects"], ppl_window=S["window"], ppl_stride=S["stride"],
-        ppl_max_tokens=S["ppl_tokens"], seed=0, batch_size=study.profile.sample_batch,
-        mmlu_results_path=mmlu_partial,
-    )
-    extra = {}
-    if name in FRONTIER and name != "base":
-        for label, (sampler, params) in EXTRA_SAMPLERS.items():
-            extra[label] = generate(model, tokenizer, prompts, n=S["n"], max_new_tokens=S["new_tokens"], seed=0,
-                                    fixed_length=True, batch_size=study.profile.sample_batch,
-                                    **sampler_kwargs(sampler, **params))
-    # perplexity of the samples under the base model (fidelity of what was sampled, on the base model's scale)
-    base, _ = (model, tokenizer) if name == "base" else study.base_model()
-    settings = {f"T={t:g}": g for t, g in ev.samples.items()} | extra
-    sample_ppl = [{"setting": k, "base_perplexity": perplexity(base, tokenizer, [t for g in v for t in g],
-                                                                window=S["window"], stride=S["window"])}
-                  for k, v in settings.items()]
-    dest.mkdir(parents=True, exist_ok=True)
-    write_json(dest / "samples.json", {"temperature": {f"{t:g}": g for t, g in ev.samples.items()}, "extra": extra})
-    _write_csv(dest / "sample_perplexity.csv", sample_ppl)
-    ev.perplexity.to_csv(dest / "perplexity.csv", index=False, float_format="%.6g")
-    np.savez_compressed(dest / "token_nll.npz", **{c: v.astype(np.float32) for c, v in ev.token_nll.items()})
-    if ev.mmlu is not None:
-        _write_jsonl(dest / "mmlu.jsonl", [_mmlu_row(r) for r in ev.mmlu.predictions])
-    if ev.humaneval is not None:
-        _write_jsonl(dest / "humaneval.jsonl", ev.humaneval.per_problem)
-    mmlu_partial.unlink(missing_ok=True)
-
-
-def full_mmlu(study: Study, name: str) -> None:
-    """All MMLU test questions for run ``name`` (a trained model must still be in the work folder). The base
-    model's full set is read from :data:`BASE_FULL_MMLU` when present (same prompts, 0-shot cloze)."""
-    from .evals import mmlu
-    from .models import load_model
-
-    start = time.perf_counter()
-    partial = study.work / "mmlu" / f"{name}-full.jsonl"
-    if name == "base" and study.profile.model == "embedded" and BASE_FULL_MMLU.exists():
-        rows = [json.loads(line) for line in BASE_FULL_MMLU.read_text(encoding="utf-8").splitlines()]
-        source = str(BASE_FULL_MMLU.relative_to(REPO))
-    else:
+def cost_table(study: Study, runs: list[str]) -> pd.DataFrame:
+    """Training wall time and median seconds per step per run, and the ratio to SFT's mean of the same."""
+    rows = []
+    for name in runs:
         if name == "base":
-            model, tokenizer = study.base_model()
-        else:
-            final = study.work / "models" / name
-            if not (final / "config.json").exists():
-                raise FileNotFoundError(
-                    f"{final} is missing: the full MMLU piece needs run {name}'s model. Delete "
-                    f"{study.results / 'runs' / name} and rerun the study to train it again.")
-            model, tokenizer = load_model(str(final))
-        rows, source = mmlu(model, tokenizer, results_path=partial).predictions, "evaluated here"
-    dest = study.results / "runs" / name
-    write_json(dest / "mmlu_full_provenance.json", provenance(profile=study.profile_name, run=name, source=source,
-                                                              wall_s=round(time.perf_counter() - start, 1)))
-    _write_jsonl(dest / "mmlu_full.jsonl", [_mmlu_row(r) for r in rows])
-    partial.unlink(missing_ok=True)
+            continue
+        prov = json.loads((study.results / "runs" / name / "provenance.json").read_text())
+        hist = study.results / "runs" / name / "training.csv"
+        step = float("nan")
+        if hist.exists():
+            h = pd.read_csv(hist)
+            if "seconds" in h and len(h) > 2:
+                step = float((h["seconds"].diff() / h["step"].diff()).dropna().median())
+        rows.append({"run": run_label(name), "train_s": prov["train_s"], "eval_s": prov["eval_s"],
+                     "median_step_s": step, "train_tokens": prov.get("train_tokens")})
+    df = pd.DataFrame(rows)
+    if len(df):
+        sft = df[df.run.str.startswith("SFT")]
+        if len(sft):
+            df["step_ratio_vs_sft"] = df.median_step_s / sft.median_step_s.mean()
+    return df
 
 
-def _mmlu_row(r: dict) -> dict:
-    return {k: r[k] for k in ("id", "subject", "answer", "logprobs", "chars", "tokens", "shots")}
+# ------------------------------------------------------------------------------------------------- figures
+def frontier_figure(frontier: pd.DataFrame, sample_ppl: pd.DataFrame, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from matplotlib.ticker import FormatStrFormatter
+
+    from .plots import setup
+
+    setup()
+    data = frontier.merge(sample_ppl, on=["model", "setting"], how="left")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for ax, x, label in ((axes[0], "mauve", "MAUVE vs held-out human text (higher = more human-like)"),
+                         (axes[1], "base_perplexity", "perplexity of the samples under the base model")):
+        temp = data[data.sampler == "temperature"].sort_values("temperature")
+        sns.lineplot(data=temp, x=x, y="sds", hue="model", marker="o", sort=False, ax=ax)
+        other = data[data.sampler != "temperature"]
+        if len(other):
+            sns.scatterplot(data=other, x=x, y="sds", hue="model", style="sampler", s=90, ax=ax, legend=False)
+        for r in data.itertuples():
+            tag = f"T={r.temperature:g}" if r.sampler == "temperature" else SAMPLER_TAGS.get(r.sampler.split()[0],
+                                                                                              r.sampler)
+            ax.annotate(tag, (getattr(r, x), r.sds), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_ylabel("SDS (0-100)")
+    axes[1].set_xscale("log")
+    axes[1].xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axes[1].xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    axes[1].get_legend().remove() if axes[1].get_legend() else None
+    fig.suptitle("Diversity vs fidelity as the temperature rises (points: dynamic temperature, target entropy)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
 
 
-def _write_jsonl(path: Path, rows) -> None:
-    tmp = path.with_suffix(".partial")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
+# -------------------------------------------------------------------------------------------------- report
+def _save(df: pd.DataFrame, shown: pd.DataFrame | None, name: str, caption: str, base: Path) -> str:
+    base.mkdir(parents=True, exist_ok=True)
+    df.to_csv(base / f"{name}.csv", index=False, float_format=FLOAT)
+    md = markdown_table(shown if shown is not None else df)
+    (base / f"{name}.md").write_text(f"{caption}\n\n{md}\n", encoding="utf-8")
+    return md
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    import pandas as pd
+def report(study: Study, readme: Path | None = REPO / "README.md") -> dict:
+    """Write ``tables/``, ``figures/`` and the README section from the stored rows; returns the tables."""
+    from .metrics import human_reference_samples
+    from .models import load_embedder, load_tokenizer
 
-    pd.DataFrame(rows).to_csv(path, index=False, float_format="%.6g")
+    _check_markers(readme)
+    runs = finished_runs(study)
+    todo = [f"{k} {n}" for k, n in plan(study.profile) if not study.done(k, n)]
+    base = study.results / "tables"
+    tables = {"tuning": tuning_table(study)}
+    if not tables["tuning"].empty:
+        _save(tables["tuning"], None, "tuning", "Tuning: the same learning rates for every method, "
+              "validation objective after the proxy run (lowest chosen).", base)
+    if "base" not in runs or not any(r.startswith("sft-") for r in runs):
+        _write_readme(readme, study, runs, todo, tables, None)
+        return tables
+    S = SIZES[study.profile.evaluation]
+    loaded = {name: load_evaluation(study.results / "runs" / name) for name in runs}
+    evaluations = [ev for ev, _ in loaded.values()]
+    extra = {ev.name: x for ev, x in loaded.values() if x}
+    tokenizer = load_tokenizer("embedded")
+    sets = [g for ev in evaluations for g in ev.samples.values()] + [g for x in extra.values() for g in x.values()]
+    L = common_length(sets, cap=S["new_tokens"], tokenizer=tokenizer)
+    per_corpus = S["per_corpus"] * S["n"]
+    human = held_out_passages(L, per_corpus=None, cap=2 * per_corpus, seed=0, tokenizer=tokenizer)
+    human_groups = [g for name in CORPORA for g in human_reference_samples(
+        held_out_texts(name), n=S["n"], length=L, n_prompts=S["per_corpus"], seed=0, tokenizer=tokenizer)]
+    labels = {ev.name for ev in evaluations}
+    references = {}
+    for ev in evaluations:
+        seed = ev.name.rsplit(" s", 1)[-1] if ev.name != "base" else "0"
+        same_seed = f"SFT s{seed}" in labels and not ev.name.startswith("SFT ")  # SFT seeds: against seed 0
+        references[ev.name] = f"SFT s{seed}" if same_seed else "SFT s0"
+    bench = benchmark(evaluations, load_embedder(), L, human=human, human_groups=human_groups, reference="SFT s0",
+                      references=references, extra_samples=extra, n_boot=S["n_boot"], seed=0, tokenizer=tokenizer)
+    checks = calibration_checks(bench.calibration)
+    frontier = bench.frontier.assign(setting=[f"T={t:g}" if s == "temperature" else s
+                                              for s, t in zip(bench.frontier.sampler, bench.frontier.temperature)])
+    sample_ppl = pd.concat([pd.read_csv(study.results / "runs" / n / "sample_perplexity.csv").assign(model=run_label(n))
+                            for n in runs], ignore_index=True)
+    frontier_runs = {run_label(n) for n in FRONTIER}
+    frontier = frontier[frontier.model.isin(frontier_runs)].merge(sample_ppl, on=["model", "setting"], how="left")
+    tables.update(table=bench.table, calibration=bench.calibration, paired=bench.paired, frontier=frontier)
+    verdicts = ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in checks.items())
+    caption = (f"Study ({study.profile_name} profile): {len(runs)} models, samples cut to L = {bench.L} tokens; "
+               f"calibration checks: {verdicts}.")
+    md = {"table": _save(bench.table, display_table(bench.table), "table", caption, base),
+          "calibration": _save(bench.calibration, display_calibration(bench.calibration), "calibration", caption,
+                               base),
+          "paired": _save(bench.paired, display_paired(bench.paired), "paired",
+                          "Each run minus SFT of the same seed (seed 0 for single-seed methods), paired 95% intervals.",
+                          base)}
+    _save(frontier, None, "frontier", "Frontier points (SDS, MAUVE, perplexity of the samples under the base model).",
+          base)
+    if bench.paired.model.astype(str).str.startswith("DFT").any():
+        text, verdicts = claim_verdict(bench.paired, reference="SFT")
+        tables["verdict"] = verdicts
+        tables["verdict_by_method"] = seed_verdict(verdicts)
+        _save(verdicts, None, "verdict", text.splitlines()[0], base)
+        md["verdict"] = _save(tables["verdict_by_method"], None, "verdict_by_method",
+                              "Verdict per method over its seeds (supported/refuted only when every seed agrees).",
+                              base)
+    tables["seeds"] = seed_summary(bench.table)
+    md["seeds"] = _save(tables["seeds"], display_seeds(tables["seeds"]), "seeds",
+                        "Mean ± standard deviation over seeds (T = 1).", base)
+    tables["mmlu_full"] = full_mmlu_table(study)
+    if len(tables["mmlu_full"]):
+        md["mmlu_full"] = _save(tables["mmlu_full"], None, "mmlu_full",
+                                "All 14,042 MMLU questions (0-shot cloze); difference to SFT s0 by McNemar.", base)
+    tables["cost"] = cost_table(study, runs)
+    md["cost"] = _save(tables["cost"], None, "cost", "Training and evaluation wall time per run.", base)
+    if len(frontier):
+        frontier_figure(frontier.drop(columns="base_perplexity"), sample_ppl, study.results / "figures" / "frontier.png")
+    tables["checks"] = checks
+    _write_readme(readme, study, runs, todo, tables, md)
+    return tables
+
+
+def _check_markers(readme: Path | None) -> None:
+    if readme is None or not readme.exists():
+        return
+    text = readme.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} section for the study; add the two "
+                         "markers where the results belong (or pass readme=None).")
+
+
+def _write_readme(readme: Path | None, study: Study, runs: list[str], todo: list[str], tables: dict, md) -> None:
+    """Replace the README's study section (between the markers) with what the stored rows show."""
+    if readme is None or not readme.exists():
+        return
+    _check_markers(readme)
+    text = readme.read_text(encoding="utf-8")
+    provs = [json.loads((study.results / "runs" / n / "provenance.json").read_text()) for n in runs]
+    lines = [README_BEGIN, ""]
+    if provs:
+        last = max(provs, key=lambda p: p["finished"])
+        commits = sorted({p["commit"][:7] for p in provs if p.get("commit")})
+        hours = sum(p.get("train_s", 0) + p.get("eval_s", 0) for p in provs) / 3600
+        lines += [f"Study profile, last run finished {last['finished'][:10]}; commits {', '.join(commits)}; "
+                  f"machine: {last['machine']}. {len(runs)} models evaluated, {hours:.1f} h of training + "
+                  f"evaluation so far (generated by `python -m dftnb.study --report` from `results/study/`)."]
+    if todo:
+        lines += ["", f"**In progress:** {len(todo)} piece(s) of the plan are not finished yet "
+                  f"({', '.join(todo[:6])}{' ...' if len(todo) > 6 else ''}); `make study` resumes them. The "
+                  "tables below hold only the finished runs and are not the study's answer until the plan is done."]
+    if md:
+        p = study.profile
+        lines += ["", f"Every fine-tuned model: {p.train_tokens:,} training tokens ({p.steps} steps of {p.batch} x "
+                  f"{p.block_size}-token Shakespeare blocks) from SmolLM2-135M-Instruct, kNN-LM style-manifold "
+                  f"targets (top-{p.k}, `{p.tail}` tail), learning rate tuned for each method over "
+                  f"{', '.join(f'{lr:g}' for lr in p.learning_rates)} by the same rule."]
+        for key, title in (("verdict", "Verdict per method (all seeds must agree)"), ("table", "Table (T = 1)"),
+                           ("paired", "Paired differences vs SFT"), ("seeds", "Seed variance"),
+                           ("mmlu_full", "Full MMLU"), ("calibration", "Calibration rows"), ("cost", "Cost")):
+            if key in md:
+                lines += ["", f"**{title}**", "", md[key]]
+        if (study.results / "figures" / "frontier.png").exists():
+            lines += ["", "![frontier](results/study/figures/frontier.png)"]
+    elif runs:
+        lines += ["", f"Finished so far: {', '.join(run_label(n) for n in runs)}."]
+    else:
+        lines += ["", "No run has finished yet."]
+    if "tuning" in tables and len(tables["tuning"]):
+        t = tables["tuning"]
+        lines += ["", "**Tuning** (validation objective after the proxy run; * chosen)", "",
+                  markdown_table(pd.DataFrame({
+                      "method": [METHODS[m][0] for m in t.method],
+                      "learning rate": [f"{lr:g}{' *' if c else ''}" for lr, c in zip(t.learning_rate,
+                                                                                     t.get("chosen", False))],
+                      "validation objective": t.validation_objective.map(lambda v: f"{v:.4f}")}))]
+    lines += ["", README_END]
+    start, end = text.index(README_BEGIN), text.index(README_END) + len(README_END)
+    readme.write_text(text[:start] + "\n".join(lines) + text[end:], encoding="utf-8")
+
+
+def committed_results(results: str | Path = RESULTS, profile: str = "study") -> str:
+    """The stored study as Markdown (what chapter 06's last section renders): the progress of the plan, then each
+    table the report wrote, without running anything."""
+    study = Study(profile, results)
+    pieces = plan(study.profile)
+    done = [f"{k} {n}" for k, n in pieces if study.done(k, n)]
+    parts = [f"**{len(done)} of {len(pieces)} pieces of the study plan are finished** (`results/study/`; "
+             f"`make study` runs the rest)."]
+    for name, title in (("verdict_by_method", "Verdict per method"), ("table", "Table"), ("paired", "Paired"),
+                        ("seeds", "Seed variance"), ("mmlu_full", "Full MMLU"), ("calibration", "Calibration"),
+                        ("tuning", "Tuning"), ("cost", "Cost")):
+        path = study.results / "tables" / f"{name}.md"
+        if path.exists():
+            parts.append(f"#### {title}\n\n{path.read_text(encoding='utf-8')}")
+    return "\n\n".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------- driver
@@ -471,9 +409,7 @@ def run_study(profile: str = "study", results: str | Path = RESULTS, work: str |
             start = time.perf_counter()
             study.run_piece(kind, name)
             log(f"[study] {kind} {name} done in {time.perf_counter() - start:.0f} s")
-    from .study_report import report
-
-    report(study)
+    report(study, readme=REPO / "README.md" if study.results.resolve() == RESULTS.resolve() else None)
     return study
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "dftnb"
 METHOD = {"targets", "datastore", "losses", "transport", "objective", "trainer", "sampling", "denoise", "metrics"}
-ORCHESTRATION = {"experiments", "benchmark"}
+ORCHESTRATION = {"experiments", "benchmark", "study", "study_runs"}
 MAX_LINES = 700
 
 

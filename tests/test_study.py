@@ -1,0 +1,157 @@
+"""The study's plumbing on its smoke profile (tiny model): the plan is fair, every piece writes its files, a rerun
+skips all of them and regenerates the tables byte for byte, an interrupted run resumes from its checkpoint with the
+same losses, and the verdict over seeds is only as strong as its weakest seed."""
+
+import hashlib
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from transformers import TrainerCallback
+
+from dftnb import study as S
+from dftnb.benchmark import SIZES
+from dftnb import study_runs as R
+
+
+class Interrupt(RuntimeError):
+    pass
+
+
+def test_the_plan_gives_every_method_the_same_budget():
+    for profile in R.PROFILES.values():
+        pieces = R.plan(profile)
+        tunes = [n for k, n in pieces if k == "tune"]
+        runs = [n for k, n in pieces if k == "run"]
+        trained = set(R.METHODS) - {"self_target"}
+        for method in trained:  # the same learning rates for SFT and every DFT variant
+            assert sorted(n for n in tunes if n.startswith(f"{method}-lr")) == sorted(
+                f"{method}-lr{lr:g}" for lr in profile.learning_rates)
+        for method in R.MAIN:
+            assert [n for n in runs if n.rsplit("-s", 1)[0] == method] == [f"{method}-s{s}" for s in profile.seeds]
+        assert set(R.METHODS) <= {n.rsplit("-s", 1)[0] for n in runs if n != "base"}
+        order = [k for k, _ in pieces]
+        assert order[0] == "targets" and max(i for i, k in enumerate(order) if k == "tune") < order.index("run", 2)
+    study = R.PROFILES["study"]
+    assert study.train_tokens >= 100_000 and len(study.seeds) >= 3
+
+
+def _digests(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix in {".csv", ".md", ".png"}}
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    readme = root / "README.md"
+    readme.write_text(f"# x\n\n{R.README_BEGIN}\nSECTION-BEFORE-THE-REPORT\n{R.README_END}\n\ntail\n")
+    study = R.Study("smoke", root / "results", root / "work")
+    S.run_study("smoke", study.results, study.work, log=lambda _: None)
+    S.report(study, readme)
+    return study, readme
+
+
+def test_every_piece_writes_its_rows_and_provenance(smoke_study):
+    study, readme = smoke_study
+    assert all(row["done"] for row in S.status("smoke", study.results))
+    run = study.results / "runs" / "dft_reverse_kl-s1"
+    for name in ("samples.json", "perplexity.csv", "token_nll.npz", "mmlu.jsonl", "humaneval.jsonl",
+                 "sample_perplexity.csv", "training.csv", "provenance.json"):
+        assert (run / name).stat().st_size > 0, name
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["seed"] == 1 and prov["train_tokens"] == study.profile.train_tokens
+    assert {"commit", "command", "machine", "versions", "train_s", "eval_s"} <= set(prov)
+    # the rate a run trained with is the argmin of its method's stored proxy runs
+    tuned = {lr: json.loads((study.results / "tuning" / f"dft_reverse_kl-lr{lr:g}.json").read_text())
+             for lr in study.profile.learning_rates}
+    assert prov["learning_rate"] == min(tuned, key=lambda lr: tuned[lr]["validation_objective"])
+    self_prov = json.loads((study.results / "runs" / "self_target-s0" / "provenance.json").read_text())
+    assert self_prov["learning_rate"] == json.loads(
+        (study.results / "runs" / "dft_reverse_kl-s0" / "provenance.json").read_text())["learning_rate"]
+    # frontier runs carry every temperature and the extra samplers; the others T = 1 only
+    sizes = SIZES[study.profile.evaluation]
+    frontier = json.loads((study.results / "runs" / "sft-s0" / "samples.json").read_text())
+    assert set(map(float, frontier["temperature"])) == {1.0, *sizes["temperatures"]} and len(frontier["extra"]) == 2
+    base = json.loads((study.results / "runs" / "base" / "samples.json").read_text())
+    assert set(map(float, base["temperature"])) == {1.0, *sizes["temperatures"], *sizes["calibration"]}
+    assert list(json.loads((study.results / "runs" / "gem-s0" / "samples.json").read_text())["temperature"]) == ["1"]
+    text = readme.read_text()
+    assert "SECTION-BEFORE-THE-REPORT" not in text and text.endswith("tail\n") and "**Table (T = 1)**" in text
+
+
+def test_paired_rows_compare_each_seed_with_sft_of_that_seed(smoke_study):
+    study, _ = smoke_study
+    paired = pd.read_csv(study.results / "tables" / "paired.csv")
+    refs = dict(zip(paired.model, paired.reference))
+    assert refs["DFT (reverse KL) s1"] == "SFT s1" and refs["GEM s0"] == "SFT s0"
+    assert refs["SFT s1"] == "SFT s0"  # the baseline's own seed variance, against seed 0
+    table = pd.read_csv(study.results / "tables" / "table.csv")
+    assert {"base", "SFT s0", "SFT s1", "control: reverse KL to its own targets s0"} <= set(table.model)
+
+
+def test_a_rerun_skips_every_piece_and_regenerates_the_tables_byte_for_byte(smoke_study, monkeypatch):
+    study, readme = smoke_study
+    before, text = _digests(study.results), readme.read_text()
+    assert len(before) > 10
+
+    def refuse(self, kind, name):
+        raise AssertionError(f"finished piece {kind} {name} was run again")
+
+    monkeypatch.setattr(R.Study, "run_piece", refuse)
+    S.run_study("smoke", study.results, study.work, log=lambda _: None)
+    S.report(study, readme)
+    assert _digests(study.results) == before and readme.read_text() == text
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_losses(smoke_study, tmp_path, monkeypatch):
+    done, _ = smoke_study
+    study = R.Study("smoke", tmp_path / "results", tmp_path / "work")
+    shutil.copytree(done.results / "tuning", study.results / "tuning")
+    make_trainer = R._trainer
+
+    class StopAfterCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == study.profile.save_steps + 1:
+                raise Interrupt
+
+    def interrupted(*args, **kwargs):
+        trainer, timer, tokenizer = make_trainer(*args, **kwargs)
+        trainer.add_callback(StopAfterCheckpoint())
+        return trainer, timer, tokenizer
+
+    monkeypatch.setattr(R, "_trainer", interrupted)
+    with pytest.raises(Interrupt):
+        R.train_and_evaluate(study, "sft-s0")
+    assert (study.work / "train" / "sft-s0" / f"checkpoint-{study.profile.save_steps}").is_dir()
+    assert not (study.results / "runs" / "sft-s0" / "provenance.json").exists()
+    monkeypatch.setattr(R, "_trainer", make_trainer)
+    R.train_and_evaluate(study, "sft-s0")
+    resumed = pd.read_csv(study.results / "runs" / "sft-s0" / "training.csv")
+    whole = pd.read_csv(done.results / "runs" / "sft-s0" / "training.csv")
+    assert list(resumed.step) == list(whole.step) == list(range(1, study.profile.steps + 1))
+    assert resumed.loss.tolist() == pytest.approx(whole.loss.tolist(), rel=1e-4)
+
+
+def test_seed_verdict_needs_every_seed():
+    rows = pd.DataFrame([
+        {"model": "DFT (a) s0", "criterion": "c", "difference": 1.0, "verdict": "supported"},
+        {"model": "DFT (a) s1", "criterion": "c", "difference": 2.0, "verdict": "supported"},
+        {"model": "DFT (b) s0", "criterion": "c", "difference": 1.0, "verdict": "supported"},
+        {"model": "DFT (b) s1", "criterion": "c", "difference": -1.0, "verdict": "undetermined"},
+        {"model": "DFT (c) s0", "criterion": "c", "difference": -3.0, "verdict": "refuted"},
+    ])
+    out = S.seed_verdict(rows).set_index("method")
+    assert out.loc["DFT (a)", "verdict"] == "supported" and out.loc["DFT (a)", "seeds"] == 2
+    assert out.loc["DFT (b)", "verdict"] == "undetermined"
+    assert out.loc["DFT (c)", "verdict"] == "refuted" and out.loc["DFT (a)", "differences"] == "+1.00, +2.00"
+
+
+def test_a_readme_without_the_markers_is_refused(smoke_study, tmp_path):
+    study, _ = smoke_study
+    readme = tmp_path / "README.md"
+    readme.write_text("# nothing to replace\n")
+    with pytest.raises(ValueError, match="study:begin"):
+        S.report(study, readme)
+    assert readme.read_text() == "# nothing to replace\n"
