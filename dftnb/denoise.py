@@ -59,6 +59,33 @@ def simplex_logits(tokens: torch.Tensor, vocab_size: int, k: float) -> torch.Ten
     return x.scatter_(-1, tokens.unsqueeze(-1), k)
 
 
+def noisy_simplex(
+    tokens: torch.Tensor, vocab_size: int, k: float, alpha_bar, noise_scale: float = 1.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The noised simplex representation ``x_t = sqrt(ᾱ) · x0 + σ · sqrt(1 - ᾱ) · K · ε`` of ``tokens`` (SSD-LM's
+    forward process, Han et al. 2023, with noise scale ``σ``), ``x0 = K · (2 · onehot - 1)``.
+
+    ``alpha_bar`` is a float or a tensor that broadcasts against ``(..., L, V)`` (one ``ᾱ`` per row: shape
+    ``(rows, 1, 1)``); ``noise`` is ``ε`` of shape ``(..., L, V)``, needed when ``σ > 0``. The sampler re-noises its
+    projection with this function and the denoiser's training (:mod:`dftnb.denoise_training`) noises the clean block
+    with it, so both feed the model the same inputs.
+    """
+    a = torch.as_tensor(alpha_bar, dtype=torch.float64, device=tokens.device)  # coefficients in float64, then float32
+    x = a.sqrt().to(torch.float32) * simplex_logits(tokens, vocab_size, k)
+    if noise_scale > 0:
+        if noise is None:
+            raise ValueError("noise_scale > 0 needs the Gaussian noise ε (a tensor shaped like the simplex logits).")
+        x = x + (noise_scale * k * (1 - a).clamp_min(0).sqrt()).to(torch.float32) * noise
+    return x
+
+
+def simplex_embeds(x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    """``softmax(x) · E``: what the model reads for simplex logits ``x`` ``(..., V)`` (``E`` the ``(V, d)`` input
+    embedding matrix), in the embedding's dtype."""
+    return torch.softmax(x, dim=-1).to(embedding.dtype) @ embedding
+
+
 def top_token_mass(k: float, vocab_size: int) -> float:
     """``softmax`` mass of the top token of a ``±K`` vector: ``1 / (1 + (V - 1) e^{-2K})``."""
     return 1.0 / (1.0 + (vocab_size - 1) * math.exp(-2.0 * k))
@@ -317,7 +344,7 @@ def _denoise_block(
             if use_hard:
                 inputs = embedding[tokens[:, : length - 1]]
             else:
-                inputs = torch.softmax(x[:, : length - 1], dim=-1).to(embedding.dtype) @ embedding
+                inputs = simplex_embeds(x[:, : length - 1], embedding)
             block_logits, cache = forward(cache=cache, inputs_embeds=inputs)
             _crop(cache, length - 1)
             logits = torch.cat([logits, block_logits.float()], dim=1)
@@ -347,9 +374,8 @@ def _denoise_block(
                 }
             )
         a_next = alpha_bar(t - 1, steps, schedule)
-        x = math.sqrt(a_next) * simplex_logits(tokens, vocab_size, k)
-        if noise_scale > 0 and a_next < 1:
-            x = x + (noise_scale * math.sqrt(1 - a_next) * k) * gaussian()
+        noisy = noise_scale > 0 and a_next < 1
+        x = noisy_simplex(tokens, vocab_size, k, a_next, noise_scale if noisy else 0.0, gaussian() if noisy else None)
     return tokens
 
 

@@ -230,7 +230,9 @@ def final_hidden_states(model: torch.nn.Module, inputs: dict) -> tuple[torch.Ten
     def capture(module, args, output):
         captured["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
-    kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs.get("attention_mask"), "use_cache": False}
+    # inputs_embeds (the denoiser's noisy simplex inputs, dftnb.denoise_training) replace the token ids when given
+    fed = {"inputs_embeds": inputs["inputs_embeds"]} if "inputs_embeds" in inputs else {"input_ids": inputs["input_ids"]}
+    kwargs = {**fed, "attention_mask": inputs.get("attention_mask"), "use_cache": False}
     if "logits_to_keep" in inspect.signature(unwrapped.forward).parameters:
         kwargs["logits_to_keep"] = 1
     handle = decoder.register_forward_hook(capture)
@@ -498,11 +500,15 @@ def recorded_vocab_size(dataset) -> int | None:
     return int(target_info(dataset)["vocab_size"])
 
 
-def build_trainer(model, tokenizer, dataset, dft_config: DFTConfig, args: TrainingArguments, **kwargs) -> DFTTrainer:
+def build_trainer(model, tokenizer, dataset, dft_config: DFTConfig, args: TrainingArguments, *,
+                  trainer_class: type[DFTTrainer] | None = None, data_collator=None, **kwargs) -> DFTTrainer:
     """``DFTTrainer`` on ``dataset`` with the sparse-target collator; fills ``dft_config.target_vocab_size`` from the
     dataset's builder record so a student with another vocabulary is refused before the first step, and compares
     the record's tokenizer hash with ``tokenizer`` so one with another tokenizer of the same size is refused too
-    (:func:`dftnb.target_cache.check_target_tokenizer`; a dataset without the hash gets a warning)."""
+    (:func:`dftnb.target_cache.check_target_tokenizer`; a dataset without the hash gets a warning).
+
+    ``trainer_class`` (a ``DFTTrainer`` subclass) and ``data_collator`` replace the defaults; the denoiser's
+    training (:mod:`dftnb.denoise_training`) passes its own."""
     if dft_config.target_vocab_size is None and dft_config.needs_target:
         dft_config.target_vocab_size = recorded_vocab_size(dataset)
     if dft_config.needs_target and "target_ids" in dataset.column_names:
@@ -510,11 +516,11 @@ def build_trainer(model, tokenizer, dataset, dft_config: DFTConfig, args: Traini
 
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         check_target_tokenizer(dataset, tokenizer, None if head is None else head.weight.shape[0])
-    return DFTTrainer(
+    return (trainer_class or DFTTrainer)(
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=SparseTargetCollator(tokenizer.pad_token_id),
+        data_collator=data_collator or SparseTargetCollator(tokenizer.pad_token_id),
         dft_config=dft_config,
         processing_class=tokenizer,
         **kwargs,

@@ -168,3 +168,109 @@ def test_sampled_projection_respects_truncation(tiny):
     assert torch.equal(sampled, denoise_generate(model, tokenizer, ids, projection="argmax", **kwargs))
     free = denoise_generate(model, tokenizer, ids, projection="sample", seed=1, **kwargs)
     assert not torch.equal(free, sampled)  # the untruncated random model's distribution is nearly flat
+
+
+# ---------------------------------------------------------------------------------------- training the denoiser
+def _denoiser(**kwargs):
+    from dftnb.denoise_training import DenoiserConfig
+
+    return DenoiserConfig(**kwargs)
+
+
+def test_training_inputs_are_the_simplex_embeddings_the_sampler_feeds(tiny):
+    """Block positions get softmax(x_t)·E with x_t = sqrt(ᾱ)·(±K) + σ·sqrt(1-ᾱ)·K·ε, written out here by hand; the
+    prefix keeps its token embeddings. Then: at zero noise the sampler's own input at a step equals the training
+    input built from the tokens it projected at the step before, at that step's ᾱ."""
+    from dftnb.denoise_training import block_inputs_embeds
+
+    model, tokenizer, ids = tiny
+    E = model.get_input_embeddings().weight.detach()
+    V, K, B = E.shape[0], 5.0, 3
+    start = torch.tensor([2, 1])
+    a = torch.tensor([0.7, 0.2])
+    gen = torch.Generator().manual_seed(3)
+    got = block_inputs_embeds(model, ids, start, a, _denoiser(block_size=B, K=K), generator=gen).detach()
+    eps = torch.randn(2, B, V, generator=torch.Generator().manual_seed(3))
+    for r in range(2):
+        s = int(start[r])
+        torch.testing.assert_close(got[r, :s], E[ids[r, :s]])
+        torch.testing.assert_close(got[r, s + B:], E[ids[r, s + B:]])
+        for i in range(B):
+            x0 = torch.full((V,), -K)
+            x0[ids[r, s + i]] = K
+            x = math.sqrt(a[r]) * x0 + math.sqrt(1 - a[r]) * K * eps[r, i]
+            torch.testing.assert_close(got[r, s + i], torch.softmax(x.double(), -1).float() @ E, rtol=1e-4, atol=1e-5)
+
+    # what denoise_generate feeds at step 3 of 4 (zero noise, soft inputs) vs the training input for those tokens
+    fed = []
+    decoder = model.get_decoder()
+    hook = decoder.register_forward_pre_hook(lambda m, args, kw: fed.append(kw.get("inputs_embeds")), with_kwargs=True)
+    try:
+        _, trace = denoise_generate(model, tokenizer, ids[:1], max_new_tokens=4, block_size=4, steps=4, K=K,
+                                    noise_scale=0.0, projection="argmax", hard_onehot_at_zero_noise=False,
+                                    eos_token_id=[], return_trace=True)
+    finally:
+        hook.remove()
+    fed = [f for f in fed if f is not None]  # the prefix pass feeds input_ids
+    step2_tokens = trace.records[1]["tokens"]  # projected at step 2, fed at step 3 with ᾱ(t = 2 of 4)
+    sequence = torch.cat([ids[:1], step2_tokens], dim=1)
+    rebuilt = block_inputs_embeds(model, sequence, torch.tensor([ids.shape[1]]),
+                                  torch.tensor([alpha_bar(2, 4)]), _denoiser(block_size=4, K=K, noise_scale=0.0))
+    torch.testing.assert_close(fed[2][0], rebuilt[0, ids.shape[1]: ids.shape[1] + 3].detach())
+
+
+def test_collator_cuts_rows_after_a_block_and_masks_the_prefix():
+    from dftnb.denoise_training import DenoiserCollator
+
+    rows = [{"input_ids": list(range(10, 30)), "target_ids": [[t, t + 1] for t in range(20)],
+             "target_logprobs": [[-0.1, -2.5]] * 20}] * 16
+    collate = DenoiserCollator(0, _denoiser(block_size=4, min_prefix=3, max_prefix=9, seed=1))
+    batch = collate(rows)
+    assert batch["block_start"].min() >= 3 and batch["block_start"].max() <= 9
+    assert len(set(batch["block_start"].tolist())) > 1  # drawn per row
+    for r, s in enumerate(batch["block_start"].tolist()):
+        n = int(batch["attention_mask"][r].sum())
+        assert n == s + 4  # the row ends with its block
+        assert (batch["labels"][r, :s] == -100).all()
+        assert batch["labels"][r, s:n].tolist() == list(range(10 + s, 10 + n))
+        assert batch["target_ids"][r, :n, 0].tolist() == list(range(n))  # targets cut with the row
+    assert ((batch["alpha_bar"] >= 0) & (batch["alpha_bar"] <= 1)).all() and batch["alpha_bar"].std() > 0
+    with pytest.raises(ValueError, match="min_prefix \\+ block_size"):
+        DenoiserCollator(0, _denoiser(block_size=8, min_prefix=4))([{"input_ids": list(range(10))}])
+
+
+@pytest.mark.parametrize("kwargs", [dict(block_size=0), dict(K=0.0), dict(schedule="sqrt"), dict(noise_scale=-1.0),
+                                    dict(min_prefix=0), dict(min_prefix=4, max_prefix=2),
+                                    dict(zero_noise_fraction=1.5)])
+def test_denoiser_config_refuses_bad_values(kwargs):
+    with pytest.raises(ValueError, match="denoiser"):
+        _denoiser(**kwargs)
+
+
+def test_a_denoiser_trained_on_fixed_blocks_recovers_one_through_the_sampler(tmp_path):
+    """Two blocks follow the same prefix, A = (x, y, z, w) and B = (y, x, w, z): after the first token only a model
+    that reads the block's simplex inputs at the sampler's offset (position i from input i - 1) can continue either
+    one; one that ignores its inputs mixes them. Trained for a few dozen steps on noisy simplex inputs, the tiny
+    model must return A or B through denoise_generate at zero noise with soft K = 5 inputs; untrained it does not."""
+    from datasets import Dataset
+
+    from dftnb.denoise_training import train_denoiser
+    from dftnb.models import tiny_model
+
+    model, tokenizer = tiny_model(seed=1)
+    prefix = tokenizer("It was a dark and stormy", add_special_tokens=False).input_ids[:6]
+    x, y, z, w = tokenizer(" apple river moon castle", add_special_tokens=False).input_ids[:4]
+    blocks = [[x, y, z, w], [y, x, w, z]]
+    dataset = Dataset.from_dict({"input_ids": [prefix + blocks[i % 2] for i in range(16)]})
+    prompt = torch.tensor([prefix])
+
+    def denoised():
+        out = denoise_generate(model, tokenizer, prompt, max_new_tokens=4, block_size=4, steps=8, K=5.0,
+                               noise_scale=0.0, projection="argmax", hard_onehot_at_zero_noise=False, eos_token_id=[])
+        return out[0, len(prefix):].tolist()
+
+    assert denoised() not in blocks
+    config = _denoiser(block_size=4, K=5.0, min_prefix=6, zero_noise_fraction=0.5)
+    train_denoiser(model, tokenizer, dataset, "sft", tmp_path, denoiser=config, max_steps=100, learning_rate=3e-3,
+                   per_device_train_batch_size=8)
+    assert denoised() in blocks
