@@ -225,3 +225,51 @@ def sampler_frontier(
                                    sds_length)
         rows.append({"model": label, **{k: setting[k] for k in ("sampler", "knob", "value", "level")}, **scores})
     return pd.DataFrame(rows), samples
+
+
+# ------------------------------------------------------------------------------------------- the trained denoiser
+@torch.no_grad()
+def greedy_agreement(model, tokenizer, prompts: list[str], n_tokens: int, block_size: int, steps: int, K: float,
+                     schedule: str = "cosine") -> float:
+    """Share of the tokens the denoiser returns at zero noise (argmax projection, *soft* ``softmax(±K)`` inputs) that
+    equal the same model's greedy continuation (``generate(do_sample=False)``), over ``prompts`` and ``n_tokens``
+    new tokens each: 1.0 is the zero-noise invariant (docs/design.md, denoiser)."""
+    from .denoise import denoise_generate
+
+    equal = 0
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
+        greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_tokens,
+                                min_new_tokens=n_tokens, do_sample=False)
+        denoised = denoise_generate(model, tokenizer, ids, max_new_tokens=n_tokens, block_size=block_size,
+                                    steps=steps, K=K, schedule=schedule, noise_scale=0.0, projection="argmax",
+                                    hard_onehot_at_zero_noise=False, eos_token_id=[])
+        equal += int((denoised[0, ids.shape[1]:] == greedy[0, ids.shape[1]:]).sum())
+    return equal / (n_tokens * len(prompts))
+
+
+def fidelity_row(samples_per_prompt: list[list[str]], human_features, ppl_model, tokenizer, embedder) -> dict:
+    """:func:`diversity_quality` (distinct-n, Self-BLEU, perplexity under ``ppl_model``) plus MAUVE of the samples
+    against human text (MiniLM features ``human_features``, :func:`dftnb.metrics.mauve_score`)."""
+    from .metrics import mauve_score
+
+    row = diversity_quality(samples_per_prompt, ppl_model, tokenizer)
+    texts = [t for group in samples_per_prompt for t in group if t.strip()]
+    row["mauve"] = mauve_score(embedder.encode(texts), human_features)
+    return row
+
+
+def at_matched_diversity(reference, distinct: float, columns=("perplexity", "mauve")) -> dict:
+    """``columns`` of ``reference`` (rows of one sampler at several temperatures) interpolated linearly in
+    ``distinct`` at ``distinct`` (log-linearly for perplexity); outside the measured range the nearest row's value
+    and ``extrapolated=True``."""
+    ref = reference.sort_values("distinct")
+    x = ref["distinct"].to_numpy()
+    out = {"extrapolated": bool(distinct < x[0] or distinct > x[-1])}
+    for col in columns:
+        y = ref[col].to_numpy(dtype=float)
+        if col == "perplexity":
+            out[col] = float(np.exp(np.interp(distinct, x, np.log(y))))
+        else:
+            out[col] = float(np.interp(distinct, x, y))
+    return out
