@@ -59,3 +59,22 @@ def test_chapter_06_wrote_calibration_paired_and_fidelity_tables():
     paired = pd.read_csv(tables / "06_paired.csv")
     assert set(paired.metric) == {"SDS", "MAUVE", "MMLU", "HumanEval", "perplexity"}
     assert "SFT" not in set(paired.model) and (paired.ci_low <= paired.ci_high).all()
+
+
+def test_chapter_05_wrote_the_trained_denoiser_tables():
+    import pandas as pd
+
+    tables = REPO / EXECUTED / "tables"
+    if not (tables / "05_denoiser_quality.csv").exists():
+        pytest.fail(f"{tables} has no 05_denoiser_quality.csv; run chapter 05 first")
+    denoisers = ["untrained", "CE", "DFT (forward KL)"]
+    invariant = pd.read_csv(tables / "05_denoiser_invariant.csv")
+    assert set(invariant.denoiser) == set(denoisers)
+    assert invariant["tokens equal to greedy"].between(0, 1).all()
+    quality = pd.read_csv(tables / "05_denoiser_quality.csv")
+    rows = quality[quality.denoiser.notna()]
+    assert set(rows.denoiser) == set(denoisers) and (rows["steps S"] < invariant["steps S"].min()).any()  # S < B
+    assert quality[["distinct", "perplexity", "mauve"]].notna().all().all()
+    assert rows[["AR perplexity at this distinct", "AR MAUVE at this distinct"]].notna().all().all()
+    speed = pd.read_csv(tables / "05_denoiser_speed.csv")
+    assert (speed["relative to AR"] > 0).all() and speed["steps S"].dropna().min() < invariant["steps S"].min()
