@@ -343,7 +343,7 @@ def forward_with_hidden(model, input_ids, attention_mask, want_hidden: bool = Fa
         head = model.get_output_embeddings()
         handle = head.register_forward_hook(lambda mod, args, out: captured.__setitem__("h", args[0]))
     try:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
     finally:
         if handle is not None:
             handle.remove()

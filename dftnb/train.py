@@ -29,6 +29,8 @@ Config keys (unknown keys are an error, at every level; so is a value of the wro
     training: {...}            # any transformers.TrainingArguments field; output_dir is required
     resume_from_checkpoint: null   # true (latest complete checkpoint in output_dir) or a checkpoint folder
     save_final: true           # save model + tokenizer to <output_dir>/final
+    denoiser: null             # {block_size: 8, K: 5.0, ...}: train the block denoiser on noisy simplex inputs
+                               # (dftnb.denoise_training.DenoiserConfig fields; method sft = CE, dft_* = DFT targets)
 
 Flags: ``--set key.path=value`` (repeatable; each flag may hold several overrides, values are YAML), ``--resume``
 [folder] and ``--overwrite``. An output_dir that already holds a run (``checkpoint-*``, ``final``,
@@ -59,7 +61,8 @@ import yaml
 
 from .trainer import METHODS, DFTConfig, DFTTrainer, build_trainer
 
-TOP_KEYS = {"model", "dtype", "seed", "method", "dft", "data", "training", "resume_from_checkpoint", "save_final"}
+TOP_KEYS = {"model", "dtype", "seed", "method", "dft", "data", "training", "resume_from_checkpoint", "save_final",
+            "denoiser"}
 DATA_KEYS = {"dataset", "corpus", "split", "block_size", "max_blocks", "targets"}
 TARGET_KEYS = {"source", "reference_model", "k", "prefix", "temperature", "cache", "rebuild"}
 DFT_KEYS = {f.name for f in dataclasses.fields(DFTConfig)} - {"divergence"}
@@ -254,6 +257,24 @@ def validate_config(config: dict) -> None:
     if not isinstance(training["output_dir"], str) or not training["output_dir"]:
         raise ValueError(f"training.output_dir must be a string (a folder), got {training['output_dir']!r}.")
     dft_config(config)  # unknown methods / bad loss options fail here, before any model is loaded
+    denoiser = denoiser_config(config)
+    if denoiser is not None and "corpus" in data and data.get("block_size", 64) < denoiser.min_prefix + denoiser.block_size:
+        raise ValueError(
+            f"data.block_size {data.get('block_size', 64)} is shorter than denoiser.min_prefix + denoiser.block_size = "
+            f"{denoiser.min_prefix + denoiser.block_size}: raise data.block_size or lower the denoiser's sizes."
+        )
+
+
+def denoiser_config(config: dict):
+    """The :class:`dftnb.denoise_training.DenoiserConfig` of the ``denoiser`` section, or ``None`` without one."""
+    section = config.get("denoiser")
+    if section is None:
+        return None
+    from .denoise_training import DenoiserConfig
+
+    _check_keys(section, {f.name for f in dataclasses.fields(DenoiserConfig)}, "denoiser")
+    _check_section_types(section, typing.get_type_hints(DenoiserConfig), "denoiser")
+    return DenoiserConfig(**section)
 
 
 def dft_config(config: dict) -> DFTConfig:
@@ -502,7 +523,14 @@ def run(config: dict, resume: bool | str | None = None, overwrite: bool = False)
         dataset = load_dataset(config, model, tokenizer)
     if args.process_index == 0:
         _note_unchecked_tokenizer(dataset, dft_config(config))
-    trainer = build_trainer(model, tokenizer, dataset, dft_config(config), args)
+    denoiser = denoiser_config(config)
+    if denoiser is None:
+        trainer = build_trainer(model, tokenizer, dataset, dft_config(config), args)
+    else:
+        from .denoise_training import build_denoiser_trainer, freeze_embeddings
+
+        freeze_embeddings(model, denoiser)
+        trainer = build_denoiser_trainer(model, tokenizer, dataset, dft_config(config), args, denoiser)
     trainer.train(resume_from_checkpoint=checkpoint)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)

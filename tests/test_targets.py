@@ -543,6 +543,47 @@ def test_shakespeare_targets_built_once_then_loaded(tiny, tmp_path, monkeypatch)
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("V", [4_096, 49_152, 50_000])  # 50,000: V mod 2,048 = 848 entries join the candidates
+def test_top_k_through_column_maxima_equals_torch_topk(V):
+    from dftnb.sparse_target import top_k
+
+    g = torch.Generator().manual_seed(V)
+    z = torch.randn(6, V, generator=g, dtype=torch.float64)
+    z[1, :64] += 10  # all of the top-k in the first 64 entries (one per column)
+    z[2, ::2048] += 10  # all of the top-k in one column: the k best columns must hold them
+    z[3, -40:] += 10  # all of the top-k among the last entries
+    z[4] = torch.randint(0, 5, (V,), generator=g).double()  # ties everywhere: only the values are determined
+    for k in (1, 7, 64):
+        top, ids = top_k(z, k)
+        want = z.topk(k, dim=-1)
+        torch.testing.assert_close(top, want.values, rtol=0, atol=0)
+        torch.testing.assert_close(z.gather(-1, ids), top, rtol=0, atol=0)  # ids point at those values
+        assert (ids.sort(-1).values.diff(dim=-1) > 0).all()  # distinct
+        exact = torch.tensor([0, 1, 2, 3, 5])  # rows without ties: the same ids as torch.topk
+        assert torch.equal(ids[exact], want.indices[exact])
+
+
+def test_from_logits_at_full_vocab_matches_a_float64_dense_reference():
+    """float32 logits at V = 49,152 (the column-maxima top-k, the in-place tail) against log_softmax in float64."""
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(3, 5, 49_152, generator=g) * 3
+    z[0, 0, :8] += 30  # tail mass ~1e-10
+    z[1, 2, 100:] = float("-inf")  # tokens of probability 0 off the support are fine
+    for k, temperature in ((64, 1.0), (5, 0.7)):
+        target = SparseTarget.from_logits(z, k, temperature)
+        logp = torch.log_softmax((z / temperature).double(), -1)  # the same float32 z / T, then float64
+        top, ids = logp.topk(k, -1)
+        assert torch.equal(target.ids, ids)
+        torch.testing.assert_close(target.logprobs.double(), top, rtol=0, atol=1e-5)  # float32 at |z| ~ 40
+        tail = logp.scatter(-1, ids, float("-inf")).logsumexp(-1).exp()  # the off-support mass, float64
+        torch.testing.assert_close(target.r.double(), tail, rtol=1e-5, atol=0)
+    for bad in (float("nan"), float("inf")):
+        z2 = z.clone()
+        z2[2, 3, 40_000] = bad  # off the support and inside it alike
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            SparseTarget.from_logits(z2, 64)
+
+
 def test_builders_store_the_exact_tail_mass():
     torch.manual_seed(5)
     logits = torch.randn(3, 200, dtype=torch.float64) * 4
