@@ -355,48 +355,69 @@ def build_or_load(
     under ``"never"``. The dataset is written to a temporary folder and renamed into place, so an interrupted build
     leaves the previous cache intact. The builder record of the saved dataset gets the tokenizer hash, which
     :func:`dftnb.trainer.build_trainer` compares with the student's tokenizer.
-    Returns the memory-mapped dataset from ``datasets.load_from_disk``.
+    Returns the memory-mapped dataset from ``datasets.load_from_disk``. (:mod:`dftnb.target_shards` does the same
+    with the build split across processes.)
     """
-    if rebuild not in ("auto", "never", "always"):
-        raise ValueError(f"rebuild must be 'auto', 'never' or 'always', got {rebuild!r}.")
+    wanted = checked_metadata(metadata)
+    path = target_cache_path(cache)
+    fresh = load_fresh(path, wanted, rebuild)
+    return fresh if fresh is not None else save_cache(path, wanted, builder())
+
+
+def checked_metadata(metadata: dict) -> dict:
+    """``metadata`` as it reads back from JSON, after checking it holds :data:`REQUIRED_METADATA`."""
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing:
         raise ValueError(f"target cache metadata lacks {missing}; build it with dftnb.target_cache.target_metadata(...).")
-    wanted = json.loads(json.dumps(metadata))
-    path = target_cache_path(cache)
+    return json.loads(json.dumps(metadata))
+
+
+def load_fresh(path: Path, wanted: dict, rebuild: str = "auto"):
+    """The cache at ``path`` when it is fresh (its sidecar matches ``wanted``, its files their checksums) and
+    ``rebuild`` allows loading it; ``None`` when it must be (re)built. Raises what :func:`build_or_load` describes
+    for ``rebuild="never"`` and for a folder not written by dftnb; only reads, never writes."""
+    if rebuild not in ("auto", "never", "always"):
+        raise ValueError(f"rebuild must be 'auto', 'never' or 'always', got {rebuild!r}.")
     how = f"call build_or_load(..., rebuild='auto') to rebuild it, or delete {path}"
-    if path.exists():
-        problem = None
-        try:
-            side = read_sidecar(path)
-        except CorruptTargetCacheError as err:
-            side, problem = {}, str(err)
-        if side is None:
-            raise StaleTargetCacheError(
-                f"{path} exists but has no {SIDECAR}: it was not written by dftnb.targets and will not be "
-                "overwritten; move it away or choose another cache name."
-            )
-        stale = [] if problem else _mismatched_keys(side.get("metadata", {}), wanted)
-        if not stale and not problem and rebuild != "always":
-            problem = checksum_problem(path, side)
-            if problem is None:
-                try:
-                    return load_target_dataset(path, verify=False)
-                except CorruptTargetCacheError as err:
-                    problem = str(err)
-            else:
-                problem = f"target cache {path}: {problem}"
-        if problem and rebuild == "never":
-            raise CorruptTargetCacheError(problem if "rebuild='auto'" in problem else f"{problem}; {how}.")
-        if problem and rebuild == "auto":
-            warnings.warn(f"rebuilding the target cache: {problem}", stacklevel=2)
-        if stale and rebuild == "never":
-            diffs = "; ".join(f"{key}: cached {side['metadata'].get(key)!r} != wanted {wanted.get(key)!r}"
-                              for key in stale)
-            raise StaleTargetCacheError(f"target cache {path} is stale ({diffs}); {how}.")
-    elif rebuild == "never":
-        raise StaleTargetCacheError(f"no target cache at {path} and rebuild='never'; {how}.")
-    dataset = builder()
+    if not path.exists():
+        if rebuild == "never":
+            raise StaleTargetCacheError(f"no target cache at {path} and rebuild='never'; {how}.")
+        return None
+    problem = None
+    try:
+        side = read_sidecar(path)
+    except CorruptTargetCacheError as err:
+        side, problem = {}, str(err)
+    if side is None:
+        raise StaleTargetCacheError(
+            f"{path} exists but has no {SIDECAR}: it was not written by dftnb.targets and will not be "
+            "overwritten; move it away or choose another cache name."
+        )
+    stale = [] if problem else _mismatched_keys(side.get("metadata", {}), wanted)
+    if not stale and not problem and rebuild != "always":
+        problem = checksum_problem(path, side)
+        if problem is None:
+            try:
+                return load_target_dataset(path, verify=False)
+            except CorruptTargetCacheError as err:
+                problem = str(err)
+        else:
+            problem = f"target cache {path}: {problem}"
+    if problem and rebuild == "never":
+        raise CorruptTargetCacheError(problem if "rebuild='auto'" in problem else f"{problem}; {how}.")
+    if problem and rebuild == "auto":
+        warnings.warn(f"rebuilding the target cache: {problem}", stacklevel=3)
+    if stale and rebuild == "never":
+        diffs = "; ".join(f"{key}: cached {side['metadata'].get(key)!r} != wanted {wanted.get(key)!r}"
+                          for key in stale)
+        raise StaleTargetCacheError(f"target cache {path} is stale ({diffs}); {how}.")
+    return None
+
+
+def save_cache(path: Path, wanted: dict, dataset):
+    """Check that ``dataset`` is what ``wanted`` describes, save it with its sidecar (metadata, row and token
+    counts, builder record, sha256 of every file) into a temporary folder, rename that into ``path`` and return
+    the saved dataset, memory-mapped."""
     absent = [c for c in TARGET_COLUMNS if c not in getattr(dataset, "column_names", [])]
     if absent:
         raise ValueError(f"the builder returned no target dataset (missing columns {absent}); return a Dataset "

@@ -24,7 +24,8 @@ Config keys (unknown keys are an error, at every level; so is a value of the wro
         k: 64
         prefix: null           # a style prefix (context distillation)
         temperature: 1.0
-        cache: null            # a name under .cache/targets or a folder; built once, reused while it matches
+        cache: null            # a name under .cache/targets or a folder; built once, reused while it matches;
+                               # under torchrun / accelerate launch each process builds its slice of the blocks
         rebuild: auto          # auto | never | always
     training: {...}            # any transformers.TrainingArguments field; output_dir is required
     resume_from_checkpoint: null   # true (latest complete checkpoint in output_dir) or a checkpoint folder
@@ -54,11 +55,13 @@ import sys
 import types
 import typing
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import yaml
 
+from .target_shards import World, build_or_load_sharded
 from .trainer import METHODS, DFTConfig, DFTTrainer, build_trainer
 
 TOP_KEYS = {"model", "dtype", "seed", "method", "dft", "data", "training", "resume_from_checkpoint", "save_final",
@@ -438,6 +441,20 @@ def load_student(config: dict):
 
 def load_dataset(config: dict, model, tokenizer):
     """The training dataset: a saved target dataset, or corpus blocks (with reference-model targets if asked)."""
+    return dataset_loader(config, model, tokenizer)(World())
+
+
+TARGET_BATCH = 4  # blocks per reference forward pass; the shards of a sharded build start on multiples of it
+
+
+def dataset_loader(config: dict, model, tokenizer) -> Callable[[World], object]:
+    """Read what the dataset is made of (a saved dataset, or the corpus blocks and the reference model: the steps
+    that fill the corpus and model caches) and return ``finish(world)``, which returns the dataset.
+
+    ``finish`` builds the reference targets when asked; with a ``cache`` and several processes in ``world`` the
+    processes build it together, each its slice of the blocks (:func:`dftnb.target_shards.build_or_load_sharded`),
+    so every process must call it.
+    """
     from datasets import Dataset
 
     from . import target_cache, targets
@@ -447,7 +464,8 @@ def load_dataset(config: dict, model, tokenizer):
         path = Path(data["dataset"])
         if not path.exists():
             raise FileNotFoundError(f"data.dataset {path} does not exist; build it with dftnb.target_cache.build_or_load.")
-        return target_cache.load_target_dataset(path)
+        dataset = target_cache.load_target_dataset(path)
+        return lambda world: dataset
 
     from .data import corpus_texts, pack_texts
 
@@ -457,7 +475,7 @@ def load_dataset(config: dict, model, tokenizer):
     if spec is None:
         if dft_config(config).needs_target:
             raise ValueError(f"method {config['method']!r} needs targets: add data.targets (or use method sft/gem).")
-        return Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+        return lambda world: Dataset.from_dict({"input_ids": blocks, "labels": blocks})
 
     reference, ref_tokenizer = model, tokenizer
     if spec.get("reference_model") not in (None, config["model"]):
@@ -466,17 +484,19 @@ def load_dataset(config: dict, model, tokenizer):
     params = {"prefix": spec.get("prefix"), "temperature": float(spec.get("temperature", 1.0))}
     block_size = int(data.get("block_size", 64))
 
-    def build():
-        return targets.from_reference_model(reference, ref_tokenizer, blocks, k=k, max_length=block_size, **params)
+    def build(items=blocks):
+        return targets.from_reference_model(reference, ref_tokenizer, items, k=k, max_length=block_size,
+                                            batch_size=TARGET_BATCH, **params)
 
     if spec.get("cache") is None:  # record the reference's tokenizer, which build_trainer checks against the student
-        return target_cache.record_tokenizer_hash(build(), target_cache.tokenizer_hash(ref_tokenizer))
+        return lambda world: target_cache.record_tokenizer_hash(build(), target_cache.tokenizer_hash(ref_tokenizer))
     meta = target_cache.target_metadata(
         reference, ref_tokenizer, source="reference", corpus=f"{data['corpus']}/{data.get('split', 'train')}",
         k=k, model_name=str(spec.get("reference_model") or config["model"]), sequences=len(blocks),
         seq_len=block_size, **params,
     )
-    return target_cache.build_or_load(spec["cache"], meta, build, spec.get("rebuild", "auto"))
+    return lambda world: build_or_load_sharded(spec["cache"], meta, build, blocks, spec.get("rebuild", "auto"),
+                                               world=world, align=TARGET_BATCH)
 
 
 def _note_unchecked_tokenizer(dataset, objective: DFTConfig) -> None:
@@ -515,12 +535,13 @@ def run(config: dict, resume: bool | str | None = None, overwrite: bool = False)
             "(--set training.output_dir=...)."
         )
     checkpoint = resolve_resume(resume, out, verbose=args.process_index == 0)
-    # rank 0 first: it clears a run being overwritten and fills the model and target caches the other ranks read
-    with args.main_process_first(desc="model and target dataset"):
+    # rank 0 first: it clears a run being overwritten and fills the model and corpus caches the other ranks read
+    with args.main_process_first(desc="model and corpus"):
         if overwrite and existing and args.process_index == 0:
             _clear_previous_run(out, existing)
         model, tokenizer = load_student(config)
-        dataset = load_dataset(config, model, tokenizer)
+        finish = dataset_loader(config, model, tokenizer)
+    dataset = finish(World.current())  # every rank at once: a target cache is built in slices, one per rank
     if args.process_index == 0:
         _note_unchecked_tokenizer(dataset, dft_config(config))
     denoiser = denoiser_config(config)
