@@ -1,12 +1,15 @@
 """The SSD-LM-style block denoiser: schedule, ±K simplex maths, the zero-noise = greedy invariant, seeding, errors."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from dftnb.denoise import alpha_bar, denoise_generate, simplex_logits, top_token_mass
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -274,3 +277,19 @@ def test_a_denoiser_trained_on_fixed_blocks_recovers_one_through_the_sampler(tmp
     train_denoiser(model, tokenizer, dataset, "sft", tmp_path, denoiser=config, max_steps=100, learning_rate=3e-3,
                    per_device_train_batch_size=8)
     assert denoised() in blocks
+
+
+def test_cli_config_takes_a_denoiser_section_and_names_bad_keys(tmp_path):
+    from dftnb.train import denoiser_config, load_config
+
+    path = tmp_path / "c.yaml"
+    base = (REPO_CONFIGS / "denoiser_dft.yaml").read_text()
+    path.write_text(base)
+    config = load_config(path)
+    assert denoiser_config(config).K == 5.0 and denoiser_config(config).block_size == 8
+    with pytest.raises(ValueError, match="denoiser"):
+        load_config(path, ["denoiser.blocks=8"])
+    with pytest.raises(ValueError, match="denoiser.K"):
+        load_config(path, ["denoiser.K='5'"])
+    with pytest.raises(ValueError, match="data.block_size"):
+        load_config(path, ["data.block_size=10"])
