@@ -11,7 +11,8 @@ once (``4k + 4`` bytes per token, :func:`dftnb.targets.storage_bytes`).
 A builder that treats its inputs one batch at a time gives the same rows as the single-process build when every
 slice starts at a multiple of its batch size (``align``): the same batches go through the same forward passes.
 A builder that draws (``sampling="sampled"``) restarts its generator in every slice, so its draws differ from the
-single-process ones (equally distributed, not equal).
+single-process ones (equally distributed, not equal). kNN-LM targets (:func:`dftnb.targets.from_corpus`) shard the
+same way when every process passes the same prebuilt ``datastore``: the slices are the queries, the keys are shared.
 """
 
 from __future__ import annotations

@@ -146,3 +146,21 @@ def test_torchrun_builds_the_reference_targets_in_slices(tmp_path):
     assert len(single) == 10
     assert (target_cache.read_sidecar(tmp_path / "ddp-targets")["metadata"]
             == target_cache.read_sidecar(tmp_path / "one-targets")["metadata"])
+
+
+def test_knn_lm_targets_shard_the_same_way_with_one_datastore(tiny, tmp_path):
+    """kNN-LM targets (``from_corpus``) over a datastore built once: sliced across two ranks, the same rows."""
+    model, tok = tiny
+    corpus = [" ".join(f"w{i % 17} w{(i * 7) % 13}" for i in range(j, j + 12)) for j in range(6)]
+    store = T.build_datastore(model, tok, corpus, max_datastore_tokens=60, block_size=16)
+    queries = _blocks(len(tok), n=7, seed=1)
+    meta = target_cache.target_metadata(model, tok, source="knn", corpus="words", k=K, sequences=len(queries))
+
+    def build(items):
+        return T.from_corpus(model, tok, corpus, items, k=K, k_neighbors=4, datastore=store, batch_size=4)
+
+    single = target_cache.build_or_load(tmp_path / "single", meta, lambda: build(queries))
+    out = _run_ranks(2, lambda world: build_or_load_sharded(tmp_path / "sharded", meta, build, queries, world=world,
+                                                            align=4))
+    _assert_same_rows(out[0], single)
+    assert T.target_info(out[0])["datastore_tokens"] == len(store)
