@@ -22,7 +22,7 @@ from .models import batches, forward_with_hidden, pad_right, pad_token_id, progr
 # keys the index is IVF-PQ: the query visits ``nprobe`` of ``nlist`` inverted lists and compares 64-byte product
 # codes instead of keys.
 EXACT_MAX_KEYS = 65_536
-INDEX_KINDS = ("auto", "flat", "ivfpq", "none")
+INDEX_KINDS = ("auto", "flat", "ivfflat", "ivfpq", "none")
 
 
 @dataclass
@@ -59,13 +59,16 @@ def faiss_index(keys: torch.Tensor, kind: str = "auto", nlist: int | None = None
     ``4·sqrt(N)``), each key stored as ``m`` sub-vector codes of ``nbits`` bits (``m·nbits/8`` = 64 bytes per key at
     the defaults, against ``4·d`` = 2,304 for fp32 keys at d = 576), trained on ``train_size`` keys (at least 40
     per list) drawn with ``seed``; a search visits ``nprobe`` cells. At 200k SmolLM2 keys the 64-byte codes, not
-    the probing, bound the recall of the 16 nearest keys at about 0.71 (``benchmarks/datastore.py``). ``"auto"``: flat up to :data:`EXACT_MAX_KEYS` keys, IVF-PQ beyond.
+    the probing, bound the recall of the 16 nearest keys at about 0.71 (``benchmarks/datastore.py``). ``"ivfflat"``:
+    the same inverted file over the uncompressed keys (``IndexIVFFlat``: distances exact, only the ``nprobe`` cells
+    searched, so the recall is bounded by the probing alone; 4·d bytes per key). ``"auto"``: flat up to
+    :data:`EXACT_MAX_KEYS` keys, IVF-PQ beyond.
     """
     import faiss
     import numpy as np
 
-    if kind not in INDEX_KINDS[:3]:
-        raise ValueError(f"index kind must be one of {INDEX_KINDS[:3]}, got {kind!r}.")
+    if kind not in INDEX_KINDS[:-1]:
+        raise ValueError(f"index kind must be one of {INDEX_KINDS[:-1]}, got {kind!r}.")
     x = np.ascontiguousarray(keys.detach().cpu().float().numpy())
     n, d = x.shape
     if kind == "auto":
@@ -75,15 +78,19 @@ def faiss_index(keys: torch.Tensor, kind: str = "auto", nlist: int | None = None
         index = faiss.IndexFlatL2(d)
         index.add(x)
         return index
-    if d % m:
+    if kind == "ivfpq" and d % m:
         raise ValueError(f"IVF-PQ needs the key dimension {d} to be a multiple of m={m}; choose m dividing {d}.")
     nlist = nlist or max(1, int(4 * math.sqrt(n)))
-    if n < 39 * nlist or n < 2**nbits * 39 // 4:
-        raise ValueError(f"{n} keys are too few to train IVF-PQ with nlist={nlist}, nbits={nbits}; use kind='flat'.")
-    index = faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, nlist, m, nbits)
+    if n < 39 * nlist or (kind == "ivfpq" and n < 2**nbits * 39 // 4):
+        raise ValueError(f"{n} keys are too few to train {kind} with nlist={nlist}, nbits={nbits}; use kind='flat'.")
+    if kind == "ivfflat":
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
+    else:
+        index = faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, nlist, m, nbits)
+        index.pq.cp.seed = seed
     rng = np.random.default_rng(seed)
     sample = x[rng.choice(n, size=min(n, max(train_size, 40 * nlist)), replace=False)]  # FAISS asks 39 per list
-    index.cp.seed = index.pq.cp.seed = seed
+    index.cp.seed = seed
     index.train(sample)
     index.add(x)
     index.nprobe = min(nprobe, nlist)

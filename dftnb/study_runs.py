@@ -6,8 +6,8 @@ The work is cut into
 study restarts where it stopped:
 
 1. ``targets``: the training rows, 800 packed Shakespeare blocks of 128 tokens (102,400 tokens) from the first half
-   of the train split, with kNN-LM "style manifold" targets (keys: 200,000 tokens of the second half, exact FAISS
-   search; ``q = λ p_kNN + (1 − λ) p_ref``, top-64, read with the ``bucket`` tail) and the model's own targets on
+   of the train split, with kNN-LM "style manifold" targets (keys: 200,000 tokens of the second half, FAISS
+   IVF-flat search; ``q = λ p_kNN + (1 − λ) p_ref``, top-64, read with the ``bucket`` tail) and the model's own targets on
    the same blocks (the self-target control); the same for 16 validation blocks. Cached under ``.cache/targets``.
 2. ``tune/<method>-lr<η>``: every method gets the same tuning budget: the same three learning rates, a proxy run of
    ``tune_steps`` steps each, scored by its own objective on the validation blocks; the lowest wins (a rule fixed
@@ -64,7 +64,7 @@ class StudyProfile:
     lam: float = 0.25
     knn_temperature: float = 100.0
     tail: str = "bucket"
-    datastore_index: str = "flat"
+    datastore_index: str = "ivfflat"  # exact distances in the probed cells; flat search of 100k x 200k keys is hours
     sample_batch: int = 4  # prompts per generate call (x 16 samples = 64 sequences, benchmarks/sampling_budget.py)
     target_entropy: float = 3.0  # nats, the target-entropy sampler's frontier point
 

@@ -11,8 +11,8 @@ import pytest
 from transformers import TrainerCallback
 
 from dftnb import study as S
-from dftnb.benchmark import SIZES
 from dftnb import study_runs as R
+from dftnb.benchmark import SIZES
 
 
 class Interrupt(RuntimeError):

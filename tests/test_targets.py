@@ -754,6 +754,10 @@ def test_faiss_ivfpq_index_compresses_keys_and_finds_most_neighbours():
     exact, _ = datastore.knn_neighbours(queries, datastore.KNNDatastore(keys, values), 10, 1.0)
     recall = np.mean([len(set(a.tolist()) & set(e.tolist())) / 10 for a, e in zip(approx, exact)])
     assert recall > 0.5
+    ivf = datastore.faiss_index(keys, "ivfflat", nlist=64, nprobe=16)  # exact distances, only the probing approximates
+    flat, _ = datastore.knn_neighbours(queries, datastore.KNNDatastore(None, values, ivf), 10, 1.0)
+    recall_flat = np.mean([len(set(a.tolist()) & set(e.tolist())) / 10 for a, e in zip(flat, exact)])
+    assert recall_flat > max(recall, 0.9)
     with pytest.raises(ValueError, match="multiple of m"):
         datastore.faiss_index(keys, "ivfpq", m=5)
     with pytest.raises(ValueError, match="too few"):
