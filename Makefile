@@ -62,7 +62,7 @@ test-lab: env
 	DFTNB_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
 
 bench: env
-	@export DFTNB_HEADLESS=1; for b in storage step_time memory sampling sampling_budget denoiser datastore target_build mmlu pipeline; do \
+	@export DFTNB_HEADLESS=1; for b in storage step_time memory sampling sampling_budget denoiser datastore target_build end_to_end mmlu pipeline; do \
 	  test -f benchmarks/$$b.py && $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 # A workshop's caches, built once, offline: the de-quantised model, the embedder check, chapter 01-02 targets and the
