@@ -131,6 +131,8 @@ def main() -> None:
                              f"({epochs} t_SFT)", "ms_per_token": None, "ratio": r[2 + 2 * i],
                      "cpu_ratio": rc[2 + 2 * i], "bound": r[3 + 2 * i], "cpu_bound": rc[3 + 2 * i],
                      "goal": "report", "met": "-"})
+    for row, name in zip(rows, times):  # the first four rows are the four callables, in order
+        row["spread_s"] = f"{min(times[name]['times']):.2f}-{max(times[name]['times']):.2f}"
     df = pd.DataFrame(rows).round({"ms_per_token": 3, "ratio": 3, "cpu_ratio": 3, "bound": 3, "cpu_bound": 3})
     df["machine"] = machine(device)
     title = (f"end-to-end cost of DFT vs SFT: {model_name}, targets on {len(blocks)} blocks x {args.block_size} "
