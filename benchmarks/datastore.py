@@ -9,7 +9,9 @@ half chapter 02 uses as its "style manifold"; the first half holds the query blo
 
 * ``exact``: ``IndexFlatL2`` (what ``index="auto"`` uses up to 65,536 keys);
 * ``ivfpq``: ``IndexIVFPQ``, ``4·sqrt(N)`` lists, 64 sub-quantisers of 8 bits (64 B/key), ``nprobe`` 32
-  (``index="auto"`` beyond 65,536 keys).
+  (``index="auto"`` beyond 65,536 keys);
+* ``ivfflat``: the same inverted file over the uncompressed keys (what the study uses): exact distances in the probed
+  cells, so its recall shows what the probing alone loses and IVF-PQ's what the 64-byte codes lose on top.
 
 Queries are hidden states of validation-split positions. Reported: bytes per key searched, neighbour search time
 per query against the forward pass per token (measured while building the keys), and the recall of IVF-PQ's
@@ -81,7 +83,7 @@ def main() -> None:
     forward_per_token = (time.perf_counter() - start) / len(store)
     queries = query_states(model, tokenizer, args.queries).numpy()
     rows, exact_ids = [], None
-    for kind in ("flat", "ivfpq"):
+    for kind in ("flat", "ivfpq", "ivfflat"):
         t0 = time.perf_counter()
         index = faiss_index(store.keys, kind, nlist=args.nlist, nprobe=args.nprobe,
                             m=64 if store.keys.shape[1] % 64 == 0 else 16)
@@ -100,8 +102,8 @@ def main() -> None:
     df = pd.DataFrame(rows)
     pq = df.iloc[1]
     df["met"] = [verdict(r["keys"] >= GOALS["keys"] and r["search_share"] <= GOALS["search_share"]
-                         and (i == 0 or (r["bytes_per_key"] <= GOALS["bytes_per_key"]
-                                         and r[f"recall@{args.k_neighbors}"] >= GOALS["recall"])))
+                         and (i == 0 or r[f"recall@{args.k_neighbors}"] >= GOALS["recall"])
+                         and (r["index"] != "IndexIVFPQ" or r["bytes_per_key"] <= GOALS["bytes_per_key"]))
                  for i, r in df.iterrows()]
     title = (f"kNN-LM datastore: {len(store):,} keys ({'tiny random model' if args.quick else 'embedded SmolLM2-135M'}, "
              f"Shakespeare train, 2nd half), {len(queries)} validation queries, k = {args.k_neighbors}, "

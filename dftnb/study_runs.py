@@ -80,7 +80,8 @@ class StudyProfile:
 PROFILES = {
     "smoke": StudyProfile(model="tiny", block_size=32, train_blocks=16, batch=4, learning_rates=(1e-3, 3e-3),
                           tune_steps=2, val_blocks=4, datastore_tokens=2_000, k_neighbors=8, seeds=(0, 1),
-                          evaluation="smoke", save_steps=2, full_mmlu=False, target_entropy=9.0),
+                          evaluation="smoke", save_steps=2, full_mmlu=False, target_entropy=9.0,
+                          datastore_index="flat"),
     # 100 steps x 8 x 128 = 102,400 tokens per run: chapter 02's 20 steps of 4 x 64 tokens barely move the entropy;
     # at ~6 s per step on 2 cores a run trains in ~11 min.
     "study": StudyProfile(model="embedded", block_size=128, train_blocks=800, batch=8,
