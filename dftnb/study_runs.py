@@ -162,7 +162,9 @@ def provenance(**fields) -> dict:
             return None
 
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {**fields, "commit": git("rev-parse", "HEAD"), "dirty": bool(dirty), "command": " ".join(sys.argv),
+    argv = sys.argv
+    command = " ".join(["python -m dftnb.study", *argv[1:]] if Path(argv[0]).name == "study.py" else argv)
+    return {**fields, "commit": git("rev-parse", "HEAD"), "dirty": bool(dirty), "command": command,
             "machine": machine_description(), "python": platform.python_version(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "datasets": datasets.__version__, "numpy": np.__version__},
