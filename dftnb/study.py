@@ -227,7 +227,8 @@ def frontier_figure(frontier: pd.DataFrame, sample_ppl: pd.DataFrame, path: Path
     axes[1].set_xscale("log")
     axes[1].xaxis.set_major_formatter(FormatStrFormatter("%g"))
     axes[1].xaxis.set_minor_formatter(FormatStrFormatter("%g"))
-    axes[1].get_legend().remove() if axes[1].get_legend() else None
+    if axes[1].get_legend() is not None:
+        axes[1].get_legend().remove()
     fig.suptitle("Diversity vs fidelity as the temperature rises (points: dynamic temperature, target entropy)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Software": None})
@@ -321,6 +322,77 @@ def report(study: Study, readme: Path | None = REPO / "README.md") -> dict:
     return tables
 
 
+def _model_name(profile) -> str:
+    return "SmolLM2-135M-Instruct" if profile.model == "embedded" else profile.model
+
+
+def _methods_by_verdict(by_method: pd.DataFrame, criterion: str) -> str:
+    rows = by_method[by_method.criterion == criterion]
+    parts = []
+    for outcome in ("supported", "refuted", "undetermined"):
+        names = [f"{r.method} ({r.differences})" for r in rows.itertuples() if r.verdict == outcome]
+        if names:
+            parts.append(f"{outcome} for {', '.join(names)}")
+    return "; ".join(parts)
+
+
+def reviewer_paragraph(study: Study, runs: list[str], tables: dict, hours: float) -> str:
+    """One paragraph for a sceptical reader, written from the stored tables only: what was trained and how much,
+    what each criterion of the claim shows (per method, every seed must agree), the cost, and what the study does
+    not show (limits fixed by its design, plus the ones the data reveal: metrics without power, failed
+    calibration checks)."""
+    p = study.profile
+    trained = [n for n in runs if n != "base"]
+    methods = sorted({n.rsplit("-s", 1)[0] for n in trained}, key=list(METHODS).index)
+    seeds = {m: sum(1 for n in trained if n.rsplit("-s", 1)[0] == m) for m in methods}
+    parts = [f"**For a sceptical reader.** {len(trained)} fine-tuned models of {_model_name(p)} (float32, CPU): "
+             + ", ".join(f"{METHODS[m][0]} ({seeds[m]} seed{'s' if seeds[m] > 1 else ''})" for m in methods)
+             + f", each trained on the same {p.train_tokens:,} tokens of Shakespeare ({p.steps} steps) with the "
+             f"learning rate its own {p.tune_steps}-step proxy picked from {len(p.learning_rates)} rates by one "
+             f"rule, then scored on the same prompts, questions and problems as SFT of the same seed; {hours:.1f} h "
+             "of wall time on 2 CPU cores so far."]
+    by_method = tables.get("verdict_by_method")
+    if by_method is not None and len(by_method):
+        for criterion in dict.fromkeys(by_method.criterion):
+            parts.append(f"*{criterion}*: {_methods_by_verdict(by_method, criterion)}.")
+    full = tables.get("mmlu_full")
+    if full is not None and len(full) and "vs_sft" in full:
+        for r in full.dropna(subset=["vs_sft"]).itertuples():
+            parts.append(f"On all {r.questions:,} MMLU questions {r.model} scores {r.accuracy:.1f}% "
+                         f"({r.vs_sft:+.2f} [{r.vs_sft_low:+.2f}, {r.vs_sft_high:+.2f}] points vs SFT s0, "
+                         f"McNemar p = {r.p_value:.2f}).")
+    cost = tables.get("cost")
+    if cost is not None and len(cost) and "step_ratio_vs_sft" in cost:
+        ratios = cost[~cost.run.str.startswith("SFT")].assign(method=lambda d: d.run.map(method_of))
+        med = ratios.groupby("method", sort=False).step_ratio_vs_sft.median()
+        targets = study.results / "targets.json"
+        sft_train = cost[cost.run.str.startswith("SFT")].train_s.median()
+        cost_text = ("Cost: a training step takes " + ", ".join(f"{v:.2f}x" for v in med.values)
+                     + f" SFT's ({', '.join(med.index)}; medians of each run's steps, machine not reserved for "
+                     "timing)")
+        rkl = METHODS["dft_reverse_kl"][0]
+        if targets.exists() and sft_train == sft_train and rkl in med:
+            t = json.loads(targets.read_text())["wall_s"]
+            e2e = t / sft_train + med[rkl]
+            cost_text += (f"; building the kNN-LM targets once took {t:,.0f} s, so one {rkl} run costs "
+                          f"(targets + training) / SFT training = {e2e:.1f}x end to end, "
+                          + ("within" if e2e <= 1.3 else "beyond") + " the seed's +20-30%")
+        parts.append(cost_text + ".")
+    limits = [f"one model ({_model_name(p)})", "one style corpus", f"{p.train_tokens:,} training tokens (a CPU-sized budget)",
+              "kNN-LM targets only"]
+    checks = tables.get("checks") or {}
+    if checks and not checks.get("sds_ordered", True):
+        limits.append("SDS did not order the calibration temperatures, so its differences do not rank methods")
+    table = tables.get("table")
+    if table is not None and "humaneval" in table and (table.humaneval.fillna(0) == 0).all():
+        limits.append("HumanEval is 0 for every model: a floor check with no power")
+    if table is not None and "mmlu" in table and table.mmlu.max() < 35:
+        limits.append(f"MMLU is near chance for every model (at most {table.mmlu.max():.1f}%), so an accuracy "
+                      "loss is measured near the floor")
+    parts.append("It does not show: " + "; ".join(limits) + ".")
+    return " ".join(parts)
+
+
 def time_split(study: Study, provs: list[dict]) -> dict[str, float]:
     """Wall seconds spent per kind of work: targets, tuning, training, evaluation, full-set MMLU."""
     def wall(paths):
@@ -366,9 +438,12 @@ def _write_readme(readme: Path | None, study: Study, runs: list[str], todo: list
     if md:
         p = study.profile
         lines += ["", f"Every fine-tuned model: {p.train_tokens:,} training tokens ({p.steps} steps of {p.batch} x "
-                  f"{p.block_size}-token Shakespeare blocks) from SmolLM2-135M-Instruct, kNN-LM style-manifold "
+                  f"{p.block_size}-token Shakespeare blocks) from {_model_name(p)}, kNN-LM style-manifold "
                   f"targets (top-{p.k}, `{p.tail}` tail), learning rate tuned for each method over "
                   f"{', '.join(f'{lr:g}' for lr in p.learning_rates)} by the same rule."]
+        if "verdict_by_method" in tables:
+            split = time_split(study, provs)
+            lines += ["", reviewer_paragraph(study, runs, tables, sum(split.values()) / 3600)]
         for key, title in (("verdict", "Verdict per method (all seeds must agree)"), ("table", "Table (T = 1)"),
                            ("paired", "Paired differences vs SFT"), ("seeds", "Seed variance"),
                            ("mmlu_full", "Full MMLU"), ("calibration", "Calibration rows"), ("cost", "Cost")):

@@ -91,6 +91,21 @@ def test_paired_rows_compare_each_seed_with_sft_of_that_seed(smoke_study):
     assert {"base", "SFT s0", "SFT s1", "control: reverse KL to its own targets s0"} <= set(table.model)
 
 
+def test_the_readme_paragraph_reads_each_criterion_as_the_verdict_table_does(smoke_study):
+    study, readme = smoke_study
+    text = readme.read_text()
+    paragraph = next(line for line in text.splitlines() if line.startswith("**For a sceptical reader.**"))
+    by_method = pd.read_csv(study.results / "tables" / "verdict_by_method.csv", keep_default_na=False)
+    for criterion, rows in by_method.groupby("criterion", sort=False):
+        sentence = paragraph.split(f"*{criterion}*: ", 1)[1].split(". ", 1)[0]
+        for outcome, group in rows.groupby("verdict"):
+            listed = sentence.split(f"{outcome} for ", 1)[1].split("; ", 1)[0]
+            assert all(f"{m} (" in listed for m in group.method), (criterion, outcome, listed)
+    trained = [r for r in S.finished_runs(study) if r != "base"]
+    assert paragraph.count(" seed") >= 2 and f"{len(trained)} fine-tuned models" in paragraph
+    assert f"{study.profile.train_tokens:,} tokens" in paragraph and "It does not show:" in paragraph
+
+
 def test_a_rerun_skips_every_piece_and_regenerates_the_tables_byte_for_byte(smoke_study, monkeypatch):
     study, readme = smoke_study
     before, text = _digests(study.results), readme.read_text()
