@@ -318,6 +318,11 @@ def report(study: Study, readme: Path | None = REPO / "README.md") -> dict:
     if len(frontier):
         frontier_figure(frontier.drop(columns="base_perplexity"), sample_ppl, study.results / "figures" / "frontier.png")
     tables["checks"] = checks
+    if "verdict_by_method" in tables:
+        provs = [json.loads((study.results / "runs" / n / "provenance.json").read_text()) for n in runs]
+        hours = sum(time_split(study, provs).values()) / 3600
+        tables["summary"] = reviewer_paragraph(study, runs, tables, hours)
+        (base / "summary.md").write_text(tables["summary"] + "\n", encoding="utf-8")
     _write_readme(readme, study, runs, todo, tables, md)
     return tables
 
@@ -441,9 +446,8 @@ def _write_readme(readme: Path | None, study: Study, runs: list[str], todo: list
                   f"{p.block_size}-token Shakespeare blocks) from {_model_name(p)}, kNN-LM style-manifold "
                   f"targets (top-{p.k}, `{p.tail}` tail), learning rate tuned for each method over "
                   f"{', '.join(f'{lr:g}' for lr in p.learning_rates)} by the same rule."]
-        if "verdict_by_method" in tables:
-            split = time_split(study, provs)
-            lines += ["", reviewer_paragraph(study, runs, tables, sum(split.values()) / 3600)]
+        if "summary" in tables:
+            lines += ["", tables["summary"]]
         for key, title in (("verdict", "Verdict per method (all seeds must agree)"), ("table", "Table (T = 1)"),
                            ("paired", "Paired differences vs SFT"), ("seeds", "Seed variance"),
                            ("mmlu_full", "Full MMLU"), ("calibration", "Calibration rows"), ("cost", "Cost")):
@@ -476,6 +480,9 @@ def committed_results(results: str | Path = RESULTS, profile: str = "study") -> 
     done = [f"{k} {n}" for k, n in pieces if study.done(k, n)]
     parts = [f"**{len(done)} of {len(pieces)} pieces of the study plan are finished** (`results/study/`; "
              f"`make study` runs the rest)."]
+    summary = study.results / "tables" / "summary.md"
+    if summary.exists():
+        parts.append(summary.read_text(encoding="utf-8").strip())
     for name, title in (("verdict_by_method", "Verdict per method"), ("table", "Table"), ("paired", "Paired"),
                         ("seeds", "Seed variance"), ("mmlu_full", "Full MMLU"), ("calibration", "Calibration"),
                         ("tuning", "Tuning"), ("cost", "Cost")):

@@ -104,6 +104,7 @@ def test_the_readme_paragraph_reads_each_criterion_as_the_verdict_table_does(smo
     trained = [r for r in S.finished_runs(study) if r != "base"]
     assert paragraph.count(" seed") >= 2 and f"{len(trained)} fine-tuned models" in paragraph
     assert f"{study.profile.train_tokens:,} tokens" in paragraph and "It does not show:" in paragraph
+    assert paragraph in S.committed_results(study.results, "smoke")  # chapter 06 renders the same paragraph
 
 
 def test_a_rerun_skips_every_piece_and_regenerates_the_tables_byte_for_byte(smoke_study, monkeypatch):
