@@ -4,6 +4,7 @@
     python benchmarks/step_time.py --quick                       # tiny random model, 3 repeats (seconds)
     python benchmarks/step_time.py --device cuda --dtype bf16    # GPU
     python benchmarks/step_time.py --loss-only                   # dft_loss alone on the model's hidden states
+    python benchmarks/step_time.py --breakdown                   # where a step's time goes, per operator, vs SFT
 
 One step = ``DFTTrainer.training_step`` (forward, ``compute_loss`` -> chunked ``dft_loss`` on hidden states and the
 LM head weight, backward) + ``AdamW.step()`` + ``zero_grad()``, on the same batch for every method. SFT is the same
@@ -140,6 +141,36 @@ def loss_functions(model, batch: dict, divergences: list[str]):
     return fns
 
 
+def operator_breakdown(fns: dict, repeats: int, top: int = 12) -> pd.DataFrame:
+    """Self CPU time per operator and step (``torch.profiler``), each method in interleaved rounds after a warm-up.
+
+    Rows: the ``top`` operators whose per-step time differs most from SFT's in any method, then ``(all operators)``.
+    Columns: ms per step for each method, and ``<method> - sft``. The profiler adds its own overhead per operator
+    call, so the totals exceed plain step times; the differences show where a method's extra time goes.
+    """
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+
+    names = list(fns)
+    for name in names:
+        fns[name]()
+    per_op = {name: Counter() for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fns[name]()
+            for event in prof.key_averages():
+                per_op[name][event.key] += event.self_cpu_time_total / 1e3 / repeats
+    frame = pd.DataFrame(per_op).fillna(0.0)
+    for name in names[1:]:
+        frame[f"{name} - sft"] = frame[name] - frame["sft"]
+    diffs = frame[[f"{n} - sft" for n in names[1:]]].abs().max(axis=1)
+    shown = frame.loc[diffs.sort_values(ascending=False).index[:top]]
+    total = frame.sum().to_frame("(all operators)").T
+    return pd.concat([shown, total]).round(2).rename_axis("operator").reset_index()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny random model, 3 repeats")
@@ -154,6 +185,8 @@ def main() -> None:
                         help="also time the stock HF loss on full logits (model(..., labels=...)) as a reference row")
     parser.add_argument("--loss-only", action="store_true",
                         help="time forward + backward of dft_loss alone (same hidden states, LM head, targets)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="profile each method's step per operator and show where it differs from SFT's")
     parser.add_argument("--log-stats", action="store_true",
                         help="keep DFTConfig.log_stats on (an extra no-grad CE/entropy pass, same for every method)")
     args = parser.parse_args()
@@ -180,6 +213,12 @@ def main() -> None:
             fns = loss_functions(model, batch, divergences)
         else:
             fns = step_functions(model, batch, device, args.log_stats, out_dir, divergences, args.hf_baseline)
+        if args.breakdown:
+            df = operator_breakdown(fns, repeats)
+            report(df, "step_breakdown", f"Self CPU ms per step and operator, {model_name}, {args.batch_size}x"
+                   f"{args.seq_len} tokens, k={args.k}, mean of {repeats} profiled interleaved rounds",
+                   "none (a breakdown: '<method> - sft' is where a method's extra time goes)", device)
+            return
         results = interleaved_medians(fns, repeats, device, warmup=1)
 
     sft = results["sft"]["median"]
