@@ -183,3 +183,61 @@ def knn_lm_mixture(ref_logits: torch.Tensor, nbr_values: torch.Tensor, nbr_weigh
         raise ValueError(f"lam must be in [0, 1], got {lam}.")
     q = (1 - lam) * torch.softmax(ref_logits.float(), dim=-1)
     return q.scatter_add_(-1, nbr_values.long(), lam * nbr_weights.float())
+
+
+@torch.no_grad()
+def datastore_scaling(
+    model, tokenizer, corpus_texts, query_ids: list[list[int]], sizes: tuple[int, ...], k_neighbors: int = 16,
+    knn_temperature: float = 100.0, lam: float = 0.25, large_index: str = "ivfflat", block_size: int = 128,
+):
+    """What a bigger datastore changes in the kNN-LM target, on fixed held-out query positions.
+
+    One datastore of ``max(sizes)`` keys is built (:func:`build_datastore`); each size uses its first ``n`` keys
+    (nested stores), searched exactly up to :data:`EXACT_MAX_KEYS` keys and with ``large_index`` beyond. For every
+    query position with a known next token ``y`` the target is ``q = λ p_kNN + (1 − λ) p_ref`` (:func:`knn_lm_mixture`).
+    One row per size, means over the positions:
+
+    * ``neighbour_sq_dist``: squared L2 distance to the nearest key (never grows with n under exact search);
+    * ``hit_rate``: fraction of positions where ``y`` is among the neighbours' values (``p_kNN(y) > 0``);
+    * ``p_knn_y``: ``p_kNN(y)``; ``nll_target`` and ``nll_reference``: ``−log q(y)`` and ``−log p_ref(y)`` (nats);
+    * ``entropy_target``: ``H(q)``; ``kl_target_reference``: ``KL(q ‖ p_ref)``, how far the target moves from the
+      reference.
+    """
+    import pandas as pd
+
+    from .models import pad_token_id
+
+    if not sizes or min(sizes) < k_neighbors:
+        raise ValueError(f"every datastore size must hold at least k_neighbors={k_neighbors} keys, got {sizes}.")
+    store = build_datastore(model, tokenizer, corpus_texts, max(sizes), block_size, index="none")
+    if len(store) < max(sizes):
+        raise ValueError(f"the corpus gave only {len(store)} datastore tokens, fewer than the largest size "
+                         f"{max(sizes)}; pass smaller sizes or a larger corpus.")
+    ids, mask = pad_right([q for q in query_ids if len(q) > 1], pad_token_id(tokenizer), model.device)
+    logits, hidden = forward_with_hidden(model, ids, mask, want_hidden=True)
+    keep = mask[:, 1:].bool().reshape(-1).cpu()
+    queries = hidden[:, :-1].reshape(-1, hidden.shape[-1]).cpu()[keep]
+    ref_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).cpu()[keep]
+    y = ids[:, 1:].reshape(-1).cpu()[keep]
+    log_ref = torch.log_softmax(ref_logits.double(), dim=-1)
+    rows = []
+    for n in sorted(sizes):
+        kind = "flat" if n <= EXACT_MAX_KEYS else large_index
+        sub = KNNDatastore(store.keys[:n], store.values[:n])
+        sub.index = faiss_index(sub.keys, kind)
+        values, weights = knn_neighbours(queries, sub, k_neighbors, knn_temperature)
+        dist, _ = sub.index.search(queries.float().contiguous().numpy(), 1)
+        p_knn_y = (weights * (values == y[:, None])).sum(-1).double()
+        q = knn_lm_mixture(ref_logits, values, weights, lam).double()
+        log_q = q.clamp_min(1e-300).log()
+        rows.append({
+            "datastore_keys": n, "index": kind, "positions": int(y.numel()),
+            "neighbour_sq_dist": float(dist[:, 0].mean()),
+            "hit_rate": float((p_knn_y > 0).double().mean()),
+            "p_knn_y": float(p_knn_y.mean()),
+            "nll_target": float(-log_q.gather(-1, y[:, None]).mean()),
+            "nll_reference": float(-log_ref.gather(-1, y[:, None]).mean()),
+            "entropy_target": float(-(q * log_q).sum(-1).mean()),
+            "kl_target_reference": float((q * (log_q - log_ref)).sum(-1).mean()),
+        })
+    return pd.DataFrame(rows)

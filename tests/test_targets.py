@@ -406,6 +406,53 @@ def test_from_corpus_equals_brute_force_knn_lm(tiny):
             assert q[stored_ids].sum() > lam  # the kNN mass is on the support
 
 
+def test_datastore_scaling_against_float64_brute_force(tiny):
+    model, tok = tiny
+    kn, lam, temp, sizes = 4, 0.4, 5.0, (8, 24, 40)
+    queries = [tok(t)["input_ids"] for t in TEXTS]
+    rows = datastore.datastore_scaling(model, tok, CORPUS, queries, sizes, k_neighbors=kn, knn_temperature=temp,
+                                       lam=lam, block_size=16)
+    assert list(rows.datastore_keys) == list(sizes) and set(rows["index"]) == {"flat"}
+    # nested stores under exact search: the nearest key never gets farther as the store grows
+    assert (rows.neighbour_sq_dist.diff().dropna() <= 1e-5).all()
+    # float64 brute force over the largest store: one loop over every entry per query position
+    m64 = copy.deepcopy(model).double()
+    entries = []
+    for block in data.pack_texts(tok, CORPUS, 16):
+        with torch.no_grad():
+            hidden = m64(torch.tensor([block]), output_hidden_states=True).hidden_states[-1][0]
+        entries += [(hidden[t], block[t + 1]) for t in range(len(block) - 1)]
+    entries = entries[: max(sizes)]
+    hits, p_y, nll, kl = [], [], [], []
+    for ids in (q for q in queries if len(q) > 1):
+        with torch.no_grad():
+            out = m64(torch.tensor([ids]), output_hidden_states=True)
+        for t in range(len(ids) - 1):
+            h, y = out.hidden_states[-1][0, t], ids[t + 1]
+            near = sorted(((float(((key - h) ** 2).sum()), v) for key, v in entries), key=lambda x: x[0])[:kn]
+            w = torch.softmax(torch.tensor([-d / temp for d, _ in near], dtype=torch.float64), 0)
+            p_ref = torch.softmax(out.logits[0, t], -1)
+            q = (1 - lam) * p_ref
+            for (_, v), wi in zip(near, w):
+                q[v] += lam * wi
+            pk = sum(float(wi) for (_, v), wi in zip(near, w) if v == y)
+            hits.append(pk > 0)
+            p_y.append(pk)
+            nll.append(-math.log(q[y]))
+            kl.append(float((q * (q.log() - p_ref.log())).sum()))
+    last = rows.iloc[-1]
+    assert last.positions == len(hits) and last.hit_rate == pytest.approx(np.mean(hits))
+    assert last.p_knn_y == pytest.approx(np.mean(p_y), abs=1e-4)
+    assert last.nll_target == pytest.approx(np.mean(nll), abs=1e-4)
+    assert last.kl_target_reference == pytest.approx(np.mean(kl), abs=1e-4)
+    # λ = 0: the target is the reference
+    ref_only = datastore.datastore_scaling(model, tok, CORPUS, queries, (8,), k_neighbors=kn, lam=0.0, block_size=16)
+    assert ref_only.nll_target[0] == pytest.approx(ref_only.nll_reference[0], abs=1e-6)
+    assert abs(ref_only.kl_target_reference[0]) < 1e-6
+    with pytest.raises(ValueError, match="k_neighbors"):
+        datastore.datastore_scaling(model, tok, CORPUS, queries, (2, 8), k_neighbors=kn)
+
+
 def test_knn_lm_mixture_sums_to_one_and_checks_lam():
     logits = torch.randn(3, 12)
     vals = torch.tensor([[1, 1, 4], [0, 2, 2], [5, 6, 7]])
