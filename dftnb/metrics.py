@@ -350,6 +350,12 @@ def shuffle_words(texts: Sequence[str], seed: int = 0) -> list[str]:
     return out
 
 
+def human_reference_capacity(texts: Sequence[str], n: int, length: int) -> int:
+    """How many groups of ``n`` passages of ``length`` words :func:`human_reference_samples` can cut from
+    ``texts`` (each group is one block of ``n * length`` consecutive words)."""
+    return len([w for t in texts for w in _words(t)]) // (n * length)
+
+
 def human_reference_samples(
     texts: Sequence[str], n: int, length: int, n_prompts: int = 16, seed: int = 0, tokenizer=None
 ) -> list[list[str]]:
@@ -366,7 +372,7 @@ def human_reference_samples(
         raise ValueError(f"need n >= 4, length >= 4 and n_prompts >= 1, got n={n}, length={length}, n_prompts={n_prompts}.")
     words = [w for t in texts for w in _words(t)]
     block = n * length
-    n_blocks = len(words) // block
+    n_blocks = human_reference_capacity(texts, n, length)
     if n_blocks < n_prompts:
         raise ValueError(
             f"the corpus has {len(words)} words, enough for {n_blocks} groups of {n} x {length} words, not "

@@ -204,7 +204,7 @@ def cost_table(study: Study, runs: list[str]) -> pd.DataFrame:
 def frontier_figure(frontier: pd.DataFrame, sample_ppl: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
     import seaborn as sns
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     from .plots import setup
 
@@ -226,7 +226,7 @@ def frontier_figure(frontier: pd.DataFrame, sample_ppl: pd.DataFrame, path: Path
         ax.set_ylabel("SDS (0-100)")
     axes[1].set_xscale("log")
     axes[1].xaxis.set_major_formatter(FormatStrFormatter("%g"))
-    axes[1].xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    axes[1].xaxis.set_minor_formatter(NullFormatter())  # decades only: the samples' perplexities span 1 to 10^5
     if axes[1].get_legend() is not None:
         axes[1].get_legend().remove()
     fig.suptitle("Diversity vs fidelity as the temperature rises (points: dynamic temperature, target entropy)")
@@ -246,7 +246,7 @@ def _save(df: pd.DataFrame, shown: pd.DataFrame | None, name: str, caption: str,
 
 def report(study: Study, readme: Path | None = REPO / "README.md") -> dict:
     """Write ``tables/``, ``figures/`` and the README section from the stored rows; returns the tables."""
-    from .metrics import human_reference_samples
+    from .metrics import human_reference_capacity, human_reference_samples
     from .models import load_embedder, load_tokenizer
 
     _check_markers(readme)
@@ -269,8 +269,11 @@ def report(study: Study, readme: Path | None = REPO / "README.md") -> dict:
     L = common_length(sets, cap=S["new_tokens"], tokenizer=tokenizer)
     per_corpus = S["per_corpus"] * S["n"]
     human = held_out_passages(L, per_corpus=None, cap=2 * per_corpus, seed=0, tokenizer=tokenizer)
+    # the SDS row of human text: as many groups of n passages per corpus as the smallest held-out split holds (the
+    # dialogue corpus is short), the same number from each corpus so the mix matches the prompts'
+    n_groups = min(S["per_corpus"], *(human_reference_capacity(held_out_texts(name), S["n"], L) for name in CORPORA))
     human_groups = [g for name in CORPORA for g in human_reference_samples(
-        held_out_texts(name), n=S["n"], length=L, n_prompts=S["per_corpus"], seed=0, tokenizer=tokenizer)]
+        held_out_texts(name), n=S["n"], length=L, n_prompts=n_groups, seed=0, tokenizer=tokenizer)]
     labels = {ev.name for ev in evaluations}
     references = {}
     for ev in evaluations:
@@ -289,6 +292,7 @@ def report(study: Study, readme: Path | None = REPO / "README.md") -> dict:
     tables.update(table=bench.table, calibration=bench.calibration, paired=bench.paired, frontier=frontier)
     verdicts = ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in checks.items())
     caption = (f"Study ({study.profile_name} profile): {len(runs)} models, samples cut to L = {bench.L} tokens; "
+               f"human text's SDS row from {n_groups} groups of {S['n']} passages per corpus; "
                f"calibration checks: {verdicts}.")
     md = {"table": _save(bench.table, display_table(bench.table), "table", caption, base),
           "calibration": _save(bench.calibration, display_calibration(bench.calibration), "calibration", caption,

@@ -222,6 +222,10 @@ def test_human_reference_samples_cut_consecutive_passages():
         assert start % 20 == 0 and words == stream[start : start + 20]
     with pytest.raises(ValueError, match="lower n_prompts"):
         metrics.human_reference_samples(texts, n=4, length=5, n_prompts=11)
+    capacity = metrics.human_reference_capacity(texts, n=4, length=5)
+    assert len(metrics.human_reference_samples(texts, n=4, length=5, n_prompts=capacity)) == capacity
+    with pytest.raises(ValueError, match="enough for"):
+        metrics.human_reference_samples(texts, n=4, length=5, n_prompts=capacity + 1)
 
 
 def test_sds_with_minilm_identical_vs_varied():
