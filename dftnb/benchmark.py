@@ -19,6 +19,7 @@ and compares them with :mod:`dftnb.stats`; no method or measurement module impor
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,7 @@ class ModelEvaluation:
     mmlu: MMLUResult | None
     mmlu_note: str = ""
     token_nll: dict = field(default_factory=dict, repr=False)  # corpus -> per-token NLL at T = 1 (paired tests)
+    seconds: dict = field(default_factory=dict)  # wall seconds per part: samples, perplexity, humaneval, mmlu
 
 
 def sample_at_temperatures(model, tokenizer, prompts, temperatures, n, max_new_tokens, seed=0,
@@ -206,24 +208,36 @@ def evaluate_model(
     (greedy, first ``humaneval_problems``; ``None`` = all 164, ``0`` skips) and MMLU (``mmlu_format`` cloze or
     mc, ``mmlu_shots``-shot, ``mmlu_limit`` questions per subject by ``evals.mmlu_subset``, of ``mmlu_subjects``
     or all 57; ``None`` with the reason in ``mmlu_note`` when the data is not reachable; ``mmlu_results_path``
-    keeps each finished subject, see :func:`dftnb.evals.mmlu`). ``batch_size``: prompts per ``generate`` call."""
+    keeps each finished subject, see :func:`dftnb.evals.mmlu`). ``batch_size``: prompts per ``generate`` call.
+    ``seconds`` of the result holds the wall time of each part."""
+    clock = [time.perf_counter()]
+
+    def lap() -> float:
+        clock.append(time.perf_counter())
+        return round(clock[-1] - clock[-2], 1)
+
+    seconds = {}
     samples = sample_at_temperatures(model, tokenizer, prompts, temperatures, n_samples, max_new_tokens, seed,
                                      batch_size)
+    seconds["samples"] = lap()
     ppl_temperatures = [1.0] + sorted({float(t) for t in temperatures if t not in (GREEDY, 1.0)})
     ppl, token_nll = perplexity_by_corpus(
         model, tokenizer, window=ppl_window, stride=ppl_stride, max_tokens=ppl_max_tokens,
         temperatures=ppl_temperatures, return_token_nll=True,
     )
+    seconds["perplexity"] = lap()
     he = None
     if humaneval_problems != 0:
         he = humaneval(model, tokenizer, limit=humaneval_problems, max_new_tokens=humaneval_tokens, seed=seed)
+    seconds["humaneval"] = lap()
     try:
         mm = mmlu(model, tokenizer, mmlu_path, fmt=mmlu_format, shots=mmlu_shots, n_per_subject=mmlu_limit,
                   subjects=mmlu_subjects, results_path=mmlu_results_path)
         note = ""
     except NotAvailable as err:
         mm, note = None, str(err)
-    return ModelEvaluation(name, samples, ppl, he, mm, note, token_nll)
+    seconds["mmlu"] = lap()
+    return ModelEvaluation(name, samples, ppl, he, mm, note, token_nll, seconds)
 
 
 def common_length(groups_list: Sequence[Sequence[Sequence[str]]], cap: int | None = None, tokenizer=None) -> int:

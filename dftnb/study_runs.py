@@ -369,13 +369,14 @@ def train_and_evaluate(study: Study, name: str) -> None:
                       batch=study.profile.batch, block_size=study.profile.block_size,
                       train_tokens=study.profile.train_tokens, tail=study.profile.tail)
     eval_start = time.perf_counter()
-    evaluate_run(study, name, model, tokenizer, dest)
+    parts = evaluate_run(study, name, model, tokenizer, dest)
     write_json(dest / "provenance.json", provenance(
-        **fields, train_s=round(train_s, 1), eval_s=round(time.perf_counter() - eval_start, 1)))
+        **fields, train_s=round(train_s, 1), eval_s=round(time.perf_counter() - eval_start, 1), eval_parts_s=parts))
 
 
-def evaluate_run(study: Study, name: str, model, tokenizer, dest: Path) -> None:
-    """Samples, perplexity, MMLU and HumanEval of one model, stored as plain files in ``dest``."""
+def evaluate_run(study: Study, name: str, model, tokenizer, dest: Path) -> dict[str, float]:
+    """Samples, perplexity, MMLU and HumanEval of one model, stored as plain files in ``dest``; returns the wall
+    seconds of each part."""
     from .benchmark import SIZES, diversity_prompts, evaluate_model
     from .metrics import perplexity
     from .models import generate
@@ -394,6 +395,8 @@ def evaluate_run(study: Study, name: str, model, tokenizer, dest: Path) -> None:
         ppl_max_tokens=S["ppl_tokens"], seed=0, batch_size=study.profile.sample_batch,
         mmlu_results_path=mmlu_partial,
     )
+    seconds = dict(ev.seconds)
+    start = time.perf_counter()
     extra = {}
     if name in FRONTIER and name != "base":
         for label, (sampler, params) in extra_samplers(study.profile).items():
@@ -406,6 +409,7 @@ def evaluate_run(study: Study, name: str, model, tokenizer, dest: Path) -> None:
     sample_ppl = [{"setting": k, "base_perplexity": perplexity(base, tokenizer, [t for g in v for t in g],
                                                                 window=S["window"], stride=S["window"])}
                   for k, v in settings.items()]
+    seconds["extra samplers and sample perplexity"] = round(time.perf_counter() - start, 1)
     dest.mkdir(parents=True, exist_ok=True)
     write_json(dest / "samples.json", {"temperature": {f"{t:g}": g for t, g in ev.samples.items()}, "extra": extra})
     _write_csv(dest / "sample_perplexity.csv", sample_ppl)
@@ -416,6 +420,7 @@ def evaluate_run(study: Study, name: str, model, tokenizer, dest: Path) -> None:
     if ev.humaneval is not None:
         _write_jsonl(dest / "humaneval.jsonl", ev.humaneval.per_problem)
     mmlu_partial.unlink(missing_ok=True)
+    return seconds
 
 
 def full_mmlu(study: Study, name: str) -> None:

@@ -63,6 +63,8 @@ def test_every_piece_writes_its_rows_and_provenance(smoke_study):
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["seed"] == 1 and prov["train_tokens"] == study.profile.train_tokens
     assert {"commit", "command", "machine", "versions", "train_s", "eval_s"} <= set(prov)
+    parts = prov["eval_parts_s"]  # where the evaluation's time went
+    assert {"samples", "perplexity", "humaneval", "mmlu"} <= set(parts) and sum(parts.values()) <= prov["eval_s"] + 0.5
     # the rate a run trained with is the argmin of its method's stored proxy runs
     tuned = {lr: json.loads((study.results / "tuning" / f"dft_reverse_kl-lr{lr:g}.json").read_text())
              for lr in study.profile.learning_rates}
