@@ -331,6 +331,9 @@ def report(study: Study, readme: Path | None = REPO / "README.md") -> dict:
     return tables
 
 
+TARGET_READERS = {m for m in METHODS if m.startswith("dft_") or m == "self_target"}  # SFT and GEM read no target
+
+
 def _model_name(profile) -> str:
     return "SmolLM2-135M-Instruct" if profile.model == "embedded" else profile.model
 
@@ -383,9 +386,13 @@ def reviewer_paragraph(study: Study, runs: list[str], tables: dict, hours: float
         if targets.exists() and sft_train == sft_train and rkl in med:
             t = json.loads(targets.read_text())["wall_s"]
             e2e = t / sft_train + med[rkl]
-            cost_text += (f"; building the kNN-LM targets once took {t:,.0f} s, so one {rkl} run costs "
+            readers = sum(1 for k, n in plan(p) if k == "run" and n.rsplit("-s", 1)[0] in TARGET_READERS)
+            shared = t / readers / sft_train + med[rkl]
+            cost_text += (f"; building the targets once (kNN-LM over {p.datastore_tokens:,} keys for every training "
+                          f"token, and the control's self targets) took {t:,.0f} s, so one {rkl} run costs "
                           f"(targets + training) / SFT training = {e2e:.1f}x end to end, "
-                          + ("within" if e2e <= 1.3 else "beyond") + " the seed's +20-30%")
+                          + ("within" if e2e <= 1.3 else "beyond") + " the seed's +20-30%, or "
+                          f"{shared:.2f}x with the targets shared by the plan's {readers} runs that read them")
         parts.append(cost_text + ".")
     limits = [f"one model ({_model_name(p)})", "one style corpus", f"{p.train_tokens:,} training tokens (a CPU-sized budget)",
               "kNN-LM targets only"]
