@@ -372,7 +372,7 @@ def human_reference_samples(
         raise ValueError(f"need n >= 4, length >= 4 and n_prompts >= 1, got n={n}, length={length}, n_prompts={n_prompts}.")
     words = [w for t in texts for w in _words(t)]
     block = n * length
-    n_blocks = human_reference_capacity(texts, n, length)
+    n_blocks = len(words) // block  # = human_reference_capacity(texts, n, length), without splitting twice
     if n_blocks < n_prompts:
         raise ValueError(
             f"the corpus has {len(words)} words, enough for {n_blocks} groups of {n} x {length} words, not "
