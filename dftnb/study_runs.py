@@ -135,8 +135,9 @@ def plan(profile: StudyProfile) -> list[tuple[str, str]]:
     """Every piece in the order it runs: ``(kind, name)``."""
     pieces = [("targets", "targets"), ("run", "base")]
     pieces += [("tune", f"{m}-lr{lr:g}") for m in METHODS if m != "self_target" for lr in profile.learning_rates]
-    pieces += [("run", run_name(m, profile.seeds[0])) for m in METHODS]
-    pieces += [("run", run_name(m, s)) for s in profile.seeds[1:] for m in MAIN]
+    # the paired answer first: every seed of the main comparison, then the single-seed methods
+    pieces += [("run", run_name(m, s)) for s in profile.seeds for m in MAIN]
+    pieces += [("run", run_name(m, profile.seeds[0])) for m in METHODS if m not in MAIN]
     if profile.full_mmlu:
         pieces += [("mmlu-full", name) for name in FULL_MMLU]
     return pieces
