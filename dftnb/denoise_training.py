@@ -223,20 +223,24 @@ def train_denoiser(
     dft_config: DFTConfig | None = None,
     save_dir: str | Path | None = None,
     verbose: bool = False,
+    callbacks: list | None = None,
+    resume_from_checkpoint: str | bool | None = None,
     **training_args,
 ):
     """Fine-tune ``model`` as a block denoiser with ``method`` (``"sft"``: CE on the clean block tokens;
     ``"dft_forward_kl"``, ``"dft_reverse_kl"``, ...: the divergence to the stored targets) and return
-    ``(model, history)`` like :func:`dftnb.trainer.train_method`; ``save_dir`` also receives ``denoiser.json``."""
+    ``(model, history)`` like :func:`dftnb.trainer.train_method`; ``save_dir`` also receives ``denoiser.json``.
+    ``callbacks`` are added to the trainer's; ``resume_from_checkpoint`` is passed to ``Trainer.train``."""
     denoiser = denoiser or DenoiserConfig()
     freeze_embeddings(model, denoiser)
     config = DFTConfig(**{**asdict(dft_config or DFTConfig()), "divergence": METHODS.get(method, method)})
     args = default_training_args(output_dir, **training_args)
     timer = StepTimer()
-    trainer = build_denoiser_trainer(model, tokenizer, dataset, config, args, denoiser, callbacks=[timer])
+    trainer = build_denoiser_trainer(model, tokenizer, dataset, config, args, denoiser,
+                                     callbacks=[timer, *(callbacks or [])])
     if not verbose:
         trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     model.eval()
     if save_dir is not None:
         trainer.save_model(str(save_dir))

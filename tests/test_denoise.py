@@ -1,5 +1,6 @@
 """The SSD-LM-style block denoiser: schedule, ±K simplex maths, the zero-noise = greedy invariant, seeding, errors."""
 
+import json
 import math
 from pathlib import Path
 
@@ -293,3 +294,20 @@ def test_cli_config_takes_a_denoiser_section_and_names_bad_keys(tmp_path):
         load_config(path, ["denoiser.K='5'"])
     with pytest.raises(ValueError, match="data.block_size"):
         load_config(path, ["data.block_size=10"])
+
+
+def test_the_invariant_curve_resumes_from_its_checkpoint_and_measures_each_step_once(tmp_path):
+    from dftnb import denoiser_curve
+
+    results, work = tmp_path / "results", tmp_path / "work"
+    denoiser_curve.run_curve(("sft",), steps=1, every=1, results=results, work=work, profile="smoke")
+    assert sorted(set(denoiser_curve.stored_rows(results)["step"])) == [0, 1]
+    assert (work / "sft" / "checkpoint-1").is_dir()
+    table = denoiser_curve.run_curve(("sft",), steps=2, every=1, results=results, work=work, profile="smoke")
+    rows = denoiser_curve.stored_rows(results)
+    assert rows.groupby(["step", "steps S"]).size().eq(1).all()  # nothing measured twice
+    assert sorted(set(rows["step"])) == [0, 1, 2] and set(rows["steps S"]) == {8, 16, 32}
+    assert rows["tokens equal to greedy"].between(0, 1).all()
+    meta = json.loads((results / "provenance-sft.json").read_text())
+    assert meta["resumes"] == 1 and meta["complete"] and meta["steps"] == 2
+    assert list(table["step"]) == [0, 1, 2] and (results / "invariant_curve.png").exists()
