@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -300,14 +301,18 @@ def test_the_invariant_curve_resumes_from_its_checkpoint_and_measures_each_step_
     from dftnb import denoiser_curve
 
     results, work = tmp_path / "results", tmp_path / "work"
-    denoiser_curve.run_curve(("sft",), steps=1, every=1, results=results, work=work, profile="smoke")
+    quick = dict(results=results, work=work, profile="smoke", n_prompts=2, s_multiples=(1, 2))
+    denoiser_curve.run_curve(("sft",), steps=1, every=1, **quick)
     assert sorted(set(denoiser_curve.stored_rows(results)["step"])) == [0, 1]
     assert (work / "sft" / "checkpoint-1").is_dir()
-    table = denoiser_curve.run_curve(("sft",), steps=2, every=1, results=results, work=work, profile="smoke")
+    table = denoiser_curve.run_curve(("sft",), steps=2, every=1, **quick)
     rows = denoiser_curve.stored_rows(results)
     assert rows.groupby(["step", "steps S"]).size().eq(1).all()  # nothing measured twice
-    assert sorted(set(rows["step"])) == [0, 1, 2] and set(rows["steps S"]) == {8, 16, 32}
+    assert sorted(set(rows["step"])) == [0, 1, 2] and set(rows["steps S"]) == {8, 16}
     assert rows["tokens equal to greedy"].between(0, 1).all()
     meta = json.loads((results / "provenance-sft.json").read_text())
     assert meta["resumes"] == 1 and meta["complete"] and meta["steps"] == 2
     assert list(table["step"]) == [0, 1, 2] and (results / "invariant_curve.png").exists()
+    text = denoiser_curve.committed_curve(results)
+    assert re.search(r"\|\s*S = 16\s*\|", text) and "2 steps" in text and "resumed 1 time" in text and "2 held-out" in text
+    assert "No stored curve" in denoiser_curve.committed_curve(tmp_path / "empty")
