@@ -115,8 +115,8 @@ def _scaled(student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def _row_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``Σ_j x_ij y_ij`` per row as a batched dot product (no ``(N, V)`` product tensor)."""
-    return (x.unsqueeze(-2) @ y.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+    """``Σ_j x_ij y_ij`` per row (``torch.linalg.vecdot``; a ``(1, V) @ (V, 1)`` batched matmul is ~10x slower on CPU)."""
+    return torch.linalg.vecdot(x, y)
 
 
 def log_rest(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
