@@ -336,11 +336,7 @@ def tune(study: Study, method: str, lr: str) -> None:
 
 def train_and_evaluate(study: Study, name: str) -> None:
     """Train run ``name`` (resuming from its last complete checkpoint), evaluate it, write its files."""
-    from .train import _checkpoints, resolve_resume
-    from .trainer import history_frame
-
     dest = study.results / "runs" / name
-    start = time.perf_counter()
     fields = {"profile": study.profile_name, "run": name, "label": run_label(name)}
     if name == "base":
         model, tokenizer = study.base_model()
@@ -348,23 +344,7 @@ def train_and_evaluate(study: Study, name: str) -> None:
     else:
         method, seed = name.rsplit("-s", 1)
         seed, lr = int(seed), study.learning_rate(method)
-        out = study.work / "train" / name
-        final = study.work / "models" / name
-        if not (final / "config.json").exists():
-            trainer, timer, tokenizer = _trainer(study, method, seed, lr, study.profile.steps, out, save=True)
-            resume = resolve_resume(True, out, verbose=False) if _checkpoints(out) else None
-            trainer.train(resume_from_checkpoint=resume)
-            trainer.save_model(str(final))
-            history = history_frame(trainer.state.log_history, method, timer)
-            dest.mkdir(parents=True, exist_ok=True)
-            history.to_csv(dest / "training.csv", index=False, float_format="%.6g")
-            shutil.rmtree(out, ignore_errors=True)
-            (final / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
-            model = trainer.model.eval()
-        else:
-            from .models import load_model
-
-            model, tokenizer = load_model(str(final))
+        model, tokenizer, final = train_model(study, name)
         train_s = float((final / "train_seconds.txt").read_text())
         fields.update(method=method, seed=seed, learning_rate=lr, steps=study.profile.steps,
                       batch=study.profile.batch, block_size=study.profile.block_size,
@@ -373,6 +353,59 @@ def train_and_evaluate(study: Study, name: str) -> None:
     parts = evaluate_run(study, name, model, tokenizer, dest)
     write_json(dest / "provenance.json", provenance(
         **fields, train_s=round(train_s, 1), eval_s=round(time.perf_counter() - eval_start, 1), eval_parts_s=parts))
+
+
+def train_model(study: Study, name: str, history_path: Path | None = None):
+    """Run ``name``'s trained model: loaded from the work folder, else trained (resuming from its last complete
+    checkpoint) and saved there. Returns ``(model, tokenizer, folder)``; the loss history goes to ``history_path``
+    (default: the run's ``training.csv``)."""
+    from .models import load_model
+    from .train import _checkpoints, resolve_resume
+    from .trainer import history_frame
+
+    method, seed = name.rsplit("-s", 1)
+    final = study.work / "models" / name
+    if (final / "config.json").exists():
+        model, tokenizer = load_model(str(final))
+        return model, tokenizer, final
+    start = time.perf_counter()
+    out = study.work / "train" / name
+    trainer, timer, tokenizer = _trainer(study, method, int(seed), study.learning_rate(method), study.profile.steps,
+                                         out, save=True)
+    resume = resolve_resume(True, out, verbose=False) if _checkpoints(out) else None
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(final))
+    history_path = history_path or study.results / "runs" / name / "training.csv"
+    history_path.parent.mkdir(parents=True, exist_ok=True)
+    history_frame(trainer.state.log_history, method, timer).to_csv(history_path, index=False, float_format="%.6g")
+    shutil.rmtree(out, ignore_errors=True)
+    (final / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
+    return trainer.model.eval(), tokenizer, final
+
+
+def retrain_and_check(study: Study, name: str, rtol: float = 1e-3):
+    """Train run ``name`` again (its weights are not kept in git) and check that it reproduces the committed loss
+    curve: the largest relative difference of the per-step losses must stay below ``rtol``. Returns
+    ``(model, tokenizer, largest relative difference)``."""
+    import pandas as pd
+
+    committed = study.results / "runs" / name / "training.csv"
+    if not committed.exists():
+        raise FileNotFoundError(f"{committed} is missing: run {name} has not been trained by the study yet; run "
+                                f"`python -m dftnb.study --profile {study.profile_name}` in order.")
+    again = study.work / "retrained" / f"{name}.csv"
+    model, tokenizer, _ = train_model(study, name, history_path=again)
+    a, b = pd.read_csv(committed).set_index("step").loss, pd.read_csv(again).set_index("step").loss
+    if not a.index.equals(b.index):
+        raise ValueError(f"the retrained {name} logged steps {list(b.index)[:5]}..., the committed one "
+                         f"{list(a.index)[:5]}...: the study profile changed since the run; delete "
+                         f"{study.results / 'runs' / name} and rerun the study to train and evaluate it again.")
+    worst = float(((a - b).abs() / a.abs()).max())
+    if worst > rtol:
+        raise ValueError(f"the retrained {name} does not reproduce its committed losses (largest relative "
+                         f"difference {worst:.2e} > {rtol:g}): its full-MMLU score would not be the evaluated model's. "
+                         f"Delete {study.results / 'runs' / name} and rerun the study to train and evaluate it again.")
+    return model, tokenizer, worst
 
 
 def evaluate_run(study: Study, name: str, model, tokenizer, dest: Path) -> dict[str, float]:
@@ -431,24 +464,24 @@ def full_mmlu(study: Study, name: str) -> None:
     from .models import load_model
 
     start = time.perf_counter()
-    partial = study.work / "mmlu" / f"{name}-full.jsonl"
+    dest = study.results / "runs" / name
+    partial = dest / "mmlu_full.partial.jsonl"  # finished subjects, committed with the results: survives a new machine
+    extra = {}
     if name == "base" and study.profile.model == "embedded" and BASE_FULL_MMLU.exists():
         rows = [json.loads(line) for line in BASE_FULL_MMLU.read_text(encoding="utf-8").splitlines()]
         source = str(BASE_FULL_MMLU.relative_to(REPO))
     else:
         if name == "base":
             model, tokenizer = study.base_model()
+        elif (study.work / "models" / name / "config.json").exists():
+            model, tokenizer = load_model(str(study.work / "models" / name))
         else:
-            final = study.work / "models" / name
-            if not (final / "config.json").exists():
-                raise FileNotFoundError(
-                    f"{final} is missing: the full MMLU piece needs run {name}'s model. Delete "
-                    f"{study.results / 'runs' / name} and rerun the study to train it again.")
-            model, tokenizer = load_model(str(final))
+            model, tokenizer, worst = retrain_and_check(study, name)
+            extra = {"retrained": True, "retrained_max_relative_loss_difference": worst}
+        dest.mkdir(parents=True, exist_ok=True)
         rows, source = mmlu(model, tokenizer, results_path=partial).predictions, "evaluated here"
-    dest = study.results / "runs" / name
     write_json(dest / "mmlu_full_provenance.json", provenance(profile=study.profile_name, run=name, source=source,
-                                                              wall_s=round(time.perf_counter() - start, 1)))
+                                                              wall_s=round(time.perf_counter() - start, 1), **extra))
     _write_jsonl(dest / "mmlu_full.jsonl", [_mmlu_row(r) for r in rows])
     partial.unlink(missing_ok=True)
 

@@ -156,6 +156,26 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_losses(smo
     assert resumed.loss.tolist() == pytest.approx(whole.loss.tolist(), rel=1e-4)
 
 
+def test_a_model_not_kept_is_retrained_and_must_reproduce_its_committed_losses(smoke_study, tmp_path):
+    """Weights are not committed, so a later piece (full MMLU) trains a finished run again on a new machine; the
+    retrained model is used only when its loss curve matches the committed one."""
+    done, _ = smoke_study
+    study = R.Study("smoke", tmp_path / "results", tmp_path / "work")  # a new machine: no work folder
+    shutil.copytree(done.results / "tuning", study.results / "tuning")
+    shutil.copytree(done.results / "runs" / "sft-s0", study.results / "runs" / "sft-s0")
+    model, _, worst = R.retrain_and_check(study, "sft-s0")
+    assert worst <= 1e-3 and (study.work / "models" / "sft-s0" / "config.json").exists()
+    committed = study.results / "runs" / "sft-s0" / "training.csv"
+    curve = pd.read_csv(committed)
+    curve.loc[curve.index[-1], "loss"] *= 1.01  # a run that was trained differently
+    curve.to_csv(committed, index=False)
+    shutil.rmtree(study.work / "models" / "sft-s0")
+    with pytest.raises(ValueError, match="does not reproduce its committed losses"):
+        R.retrain_and_check(study, "sft-s0")
+    with pytest.raises(FileNotFoundError, match="has not been trained by the study yet"):
+        R.retrain_and_check(study, "sft-s1")
+
+
 def test_seed_verdict_needs_every_seed():
     rows = pd.DataFrame([
         {"model": "DFT (a) s0", "criterion": "c", "difference": 1.0, "verdict": "supported"},
