@@ -2,12 +2,14 @@
 
     python -m dftnb.denoiser_curve                        # CE and DFT (forward KL), 400 steps, measured every 100
     python -m dftnb.denoiser_curve --methods sft --steps 800 --every 200
+    python -m dftnb.denoiser_curve --methods dft_forward_kl --targets gpu --seed 1 --steps 800   # 1,024 rows
     python -m dftnb.denoiser_curve --report               # table and figure from the stored rows only
 
 Chapter 05 fine-tunes SmolLM2-135M as an SSD-LM-style block denoiser for a few dozen steps, within its CPU budget.
 This module continues exactly the chapter's recipe (default profile: the same Shakespeare rows with the model's own
 top-64 targets, ``B = 8``, ``K = 5``, cosine schedule, half the rows at zero noise, batch 8, constant learning rate
-3e-4, input embeddings fixed) for longer, and measures along the way the quantity the chapter's goal is stated in:
+3e-4, input embeddings fixed) for longer, optionally on more rows (``--targets gpu``: the gpu profile's 1,024
+Shakespeare blocks instead of the default 96) and with another seed, and measures along the way the quantity the chapter's goal is stated in:
 the share of tokens that the denoiser returns at zero noise with *soft* ``softmax(±K)`` inputs (argmax projection,
 ``S = 2B`` and ``4B`` steps per block) that equal the same model's greedy continuation
 (:func:`dftnb.experiments.greedy_agreement`, 12 held-out Shakespeare prompts × 16 new tokens: one early wrong token
@@ -16,10 +18,10 @@ measurements). ``S = B`` is left out: the cosine schedule's first steps feed ``s
 the input holds almost no mass on its token, so fewer than ``B`` of the ``B`` steps can be read.
 
 Resumable: every measurement is appended to ``results/denoiser/invariant_curve.csv`` as soon as it is taken (one
-row per method, step and ``S``), and a Trainer checkpoint is kept under ``.cache/denoiser_curve/<method>`` at each
-measured step; an interrupted run continues from it. The collator's draws of block starts and noise levels restart
+row per method, training rows, seed, step and ``S``: a *run* is one method x rows x seed), and a Trainer checkpoint
+is kept under ``.cache/denoiser_curve/<profile>/<run>`` at each measured step; an interrupted run continues from it. The collator's draws of block starts and noise levels restart
 from their seed on a resume, so a resumed run is not bit-identical to an uninterrupted one: ``provenance.json``
-counts the resumes.
+(``provenance-<run>.json``) counts the resumes.
 """
 
 from __future__ import annotations
@@ -37,13 +39,26 @@ from transformers import TrainerCallback
 from .study_runs import REPO, provenance, write_json
 
 RESULTS = REPO / "results" / "denoiser"
-COLUMNS = ("method", "step", "steps S", "tokens equal to greedy", "block CE", "process seconds")
+COLUMNS = ("method", "rows", "seed", "step", "steps S", "tokens equal to greedy", "block CE", "process seconds")
 LABELS = {"sft": "CE", "dft_forward_kl": "DFT (forward KL)"}
+
+
+def run_name(method: str, rows: int, seed: int) -> str:
+    """One curve: ``method`` fine-tuned on ``rows`` training rows with ``seed`` (names its checkpoint folder and
+    its ``provenance-<run>.json``)."""
+    return f"{method}-{rows}rows-s{seed}"
 
 
 def stored_rows(results: Path = RESULTS) -> pd.DataFrame:
     path = results / "invariant_curve.csv"
-    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
+    if not path.exists():
+        return pd.DataFrame(columns=COLUMNS)
+    df = pd.read_csv(path)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} lacks the columns {missing}; it was written by an older dftnb.denoiser_curve: add "
+                         "them (each run's rows and seed are in its provenance json) or move the file away.")
+    return df
 
 
 class InvariantCallback(TrainerCallback):
@@ -65,12 +80,12 @@ class InvariantCallback(TrainerCallback):
         return control
 
 
-def _measure(out_csv: Path, method: str, tokenizer, prompts, n_tokens: int, config, s_values, start: float, model,
-             step: int, ce: float) -> None:
+def _measure(out_csv: Path, method: str, n_rows: int, tokenizer, prompts, n_tokens: int, config, s_values,
+             start: float, model, step: int, ce: float) -> None:
     """Append the invariant of ``model`` after ``step`` steps, at each ``S`` of ``s_values``, to ``out_csv``."""
     from .experiments import greedy_agreement
 
-    new = [{"method": method, "step": step, "steps S": s,
+    new = [{"method": method, "rows": n_rows, "seed": config.seed, "step": step, "steps S": s,
             "tokens equal to greedy": round(greedy_agreement(model, tokenizer, prompts, n_tokens, config.block_size, s,
                                                              config.K, config.schedule), 6),
             "block CE": round(ce, 6), "process seconds": round(time.perf_counter() - start, 1)}
@@ -81,16 +96,17 @@ def _measure(out_csv: Path, method: str, tokenizer, prompts, n_tokens: int, conf
         if fresh:
             writer.writeheader()
         writer.writerows(new)
-    print(f"[denoiser-curve] {method} step {step}: "
+    print(f"[denoiser-curve] {run_name(method, n_rows, config.seed)} step {step}: "
           + ", ".join(f"S={r['steps S']} {r['tokens equal to greedy']:.0%}" for r in new), flush=True)
 
 
 def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 100, results: Path = RESULTS,
               work: Path | None = None, seed: int = 0, profile: str = "default", n_prompts: int = 12,
-              s_multiples=(2, 4)) -> pd.DataFrame:
+              s_multiples=(2, 4), targets: str | None = None) -> pd.DataFrame:
     """Train each method's denoiser to ``steps`` (resuming), measuring the invariant at step 0 and every ``every``
     on ``n_prompts`` held-out Shakespeare prompts at ``S = m · B`` for each ``m`` in ``s_multiples``.
-    ``profile="smoke"`` runs the same code on the tiny random model (tests)."""
+    ``targets`` names the profile whose Shakespeare target rows train it (default: ``profile``'s; ``"gpu"``: 1,024
+    rows). ``profile="smoke"`` runs the same code on the tiny random model (tests)."""
     import torch
 
     from .data import corpus_texts
@@ -111,11 +127,13 @@ def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 
     for method in methods:
         torch.manual_seed(seed)
         model, tokenizer = load_model_for_profile(profile, "embedded", training=True)
-        rows = shakespeare_targets(profile, model, tokenizer)
+        rows = shakespeare_targets(targets or profile, model, tokenizer)
+        run = run_name(method, len(rows), seed)
         stored = stored_rows(results)
-        done = set(stored.loc[stored["method"] == method, "step"].astype(int))
+        mine = (stored["method"] == method) & (stored["rows"] == len(rows)) & (stored["seed"] == seed)
+        done = set(stored.loc[mine, "step"].astype(int))
 
-        measure = partial(_measure, out_csv, method, tokenizer, prompts, n_tokens, config,
+        measure = partial(_measure, out_csv, method, len(rows), tokenizer, prompts, n_tokens, config,
                           [m * config.block_size for m in s_multiples], time.perf_counter())
         if 0 not in done:
             model.eval()
@@ -123,10 +141,10 @@ def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 
             done.add(0)
         if max(done) >= steps:
             continue
-        out = work / method
+        out = work / run
         checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         resume = str(checkpoints[-1]) if checkpoints else None
-        meta_path = results / f"provenance-{method}.json"
+        meta_path = results / f"provenance-{run}.json"
         meta = json.loads(meta_path.read_text()) if resume and meta_path.exists() else {}
         resumes = meta.get("resumes", -1) + 1 if resume else 0
         write_json(meta_path, {**meta, "resumes": resumes, "complete": False})
@@ -136,7 +154,7 @@ def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 
                        per_device_train_batch_size=8, learning_rate=3e-4, seed=seed, save_strategy="steps",
                        save_steps=every, save_total_limit=1, callbacks=[InvariantCallback(measure, every, done)],
                        resume_from_checkpoint=resume)
-        write_json(meta_path, provenance(method=method, steps=steps, every=every, seed=seed, resumes=resumes,
+        write_json(meta_path, provenance(method=method, rows=len(rows), targets=targets or profile, steps=steps, every=every, seed=seed, resumes=resumes,
                                          complete=True, profile=profile, prompts=n_prompts,
                                          s_values=[m * config.block_size for m in s_multiples],
                                          denoiser=config.__dict__, batch=8, learning_rate=3e-4,
@@ -159,12 +177,15 @@ def report(results: Path = RESULTS) -> pd.DataFrame:
     if df.empty:
         raise FileNotFoundError(f"no rows in {results / 'invariant_curve.csv'}: run `python -m dftnb.denoiser_curve` first.")
     df = df.assign(objective=df["method"].map(LABELS).fillna(df["method"]))
-    table = df.pivot_table(index=["objective", "step"], columns="steps S", values="tokens equal to greedy")
+    df["run"] = [f"{o}, {r} rows, seed {s}" for o, r, s in zip(df["objective"], df["rows"], df["seed"])]
+    table = df.pivot_table(index=["objective", "rows", "seed", "step"], columns="steps S",
+                           values="tokens equal to greedy")
     table.columns = [f"S = {int(c)}" for c in table.columns]
     table = table.reset_index()
     (results / "invariant_curve.md").write_text(markdown_table(table, floatfmt=".3f") + "\n", encoding="utf-8")
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    sns.lineplot(data=df, x="step", y="tokens equal to greedy", hue="objective", style="steps S", marker="o", ax=ax)
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    sns.lineplot(data=df, x="step", y="tokens equal to greedy", hue="run", style="steps S", marker="o", ax=ax)
+    ax.legend(fontsize=7, loc="upper left")
     ax.axhline(0.95, color="grey", lw=0.8, ls="--")
     ax.set_ylim(0, 1)
     ax.set_xlabel("fine-tuning steps (batch 8)")
@@ -186,7 +207,8 @@ def committed_curve(results: Path = RESULTS) -> str:
         meta = json.loads(path.read_text())
         if meta.get("complete"):
             prompts = meta.get("prompts", prompts)
-            runs.append(f"{LABELS.get(meta['method'], meta['method'])}: {meta['steps']} steps in "
+            runs.append(f"{LABELS.get(meta['method'], meta['method'])}, {meta['rows']} rows, seed {meta['seed']}: "
+                        f"{meta['steps']} steps in "
                         f"{meta['wall_s'] / 60:.0f} min ({meta['threads']} thread(s), {meta['machine']}, "
                         f"commit {meta['commit'][:7]}, resumed {meta['resumes']} time(s))")
     return ("Tokens equal to greedy at zero noise with soft $K=5$ inputs, by fine-tuning step and steps per block $S$ "
@@ -200,14 +222,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--prompts", type=int, default=12, help="held-out prompts per measurement")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the model's training and the collator's draws")
+    parser.add_argument("--targets", choices=("default", "gpu"), default=None,
+                        help="whose Shakespeare target rows to train on: default (96) or gpu (1,024)")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--report", action="store_true", help="only the table and figure from the stored rows")
     args = parser.parse_args(argv)
     if args.report:
         print(report(Path(args.results)).to_string(index=False))
     else:
-        print(run_curve(tuple(args.methods.split(",")), args.steps, args.every, Path(args.results),
-                        n_prompts=args.prompts).to_string(index=False))
+        print(run_curve(tuple(args.methods.split(",")), args.steps, args.every, Path(args.results), seed=args.seed,
+                        n_prompts=args.prompts, targets=args.targets).to_string(index=False))
 
 
 if __name__ == "__main__":

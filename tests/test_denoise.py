@@ -304,15 +304,29 @@ def test_the_invariant_curve_resumes_from_its_checkpoint_and_measures_each_step_
     quick = dict(results=results, work=work, profile="smoke", n_prompts=2, s_multiples=(1, 2))
     denoiser_curve.run_curve(("sft",), steps=1, every=1, **quick)
     assert sorted(set(denoiser_curve.stored_rows(results)["step"])) == [0, 1]
-    assert (work / "sft" / "checkpoint-1").is_dir()
+    assert (work / "sft-16rows-s0" / "checkpoint-1").is_dir()
     table = denoiser_curve.run_curve(("sft",), steps=2, every=1, **quick)
     rows = denoiser_curve.stored_rows(results)
     assert rows.groupby(["step", "steps S"]).size().eq(1).all()  # nothing measured twice
     assert sorted(set(rows["step"])) == [0, 1, 2] and set(rows["steps S"]) == {8, 16}
     assert rows["tokens equal to greedy"].between(0, 1).all()
-    meta = json.loads((results / "provenance-sft.json").read_text())
-    assert meta["resumes"] == 1 and meta["complete"] and meta["steps"] == 2
+    assert set(rows["rows"]) == {16} and set(rows["seed"]) == {0}  # the smoke profile's 16 Shakespeare rows
+    meta = json.loads((results / "provenance-sft-16rows-s0.json").read_text())
+    assert meta["resumes"] == 1 and meta["complete"] and meta["steps"] == 2 and meta["rows"] == 16
     assert list(table["step"]) == [0, 1, 2] and (results / "invariant_curve.png").exists()
     text = denoiser_curve.committed_curve(results)
     assert re.search(r"\|\s*S = 16\s*\|", text) and "2 steps" in text and "resumed 1 time" in text and "2 held-out" in text
+    assert "16 rows, seed 0" in text
     assert "No stored curve" in denoiser_curve.committed_curve(tmp_path / "empty")
+
+    # another seed is another run: its own rows, checkpoint folder and provenance, measured from step 0
+    denoiser_curve.run_curve(("sft",), steps=1, every=1, seed=1, **quick)
+    rows = denoiser_curve.stored_rows(results)
+    assert sorted(set(rows.loc[rows["seed"] == 1, "step"])) == [0, 1] and len(rows.query("seed == 0")) == 6
+    assert (work / "sft-16rows-s1" / "checkpoint-1").is_dir() and (results / "provenance-sft-16rows-s1.json").exists()
+
+    # a CSV without the run columns (older format) is refused with what to do, not silently mixed
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "invariant_curve.csv").write_text("method,step,steps S,tokens equal to greedy\nsft,0,8,0.5\n")
+    with pytest.raises(ValueError, match="rows.*seed.*provenance"):
+        denoiser_curve.stored_rows(tmp_path / "old")
