@@ -9,19 +9,22 @@ Chapter 05 fine-tunes SmolLM2-135M as an SSD-LM-style block denoiser for a few d
 This module continues exactly the chapter's recipe (default profile: the same Shakespeare rows with the model's own
 top-64 targets, ``B = 8``, ``K = 5``, cosine schedule, half the rows at zero noise, batch 8, constant learning rate
 3e-4, input embeddings fixed) for longer, optionally on more rows (``--targets gpu``: the gpu profile's 1,024
-Shakespeare blocks instead of the default 96) and with another seed, and measures along the way the quantity the chapter's goal is stated in:
-the share of tokens that the denoiser returns at zero noise with *soft* ``softmax(±K)`` inputs (argmax projection,
-``S = 2B`` and ``4B`` steps per block) that equal the same model's greedy continuation
-(:func:`dftnb.experiments.greedy_agreement`, 12 held-out Shakespeare prompts × 16 new tokens: one early wrong token
-derails the rest of its block, so a handful of prompts gives a curve that jumps by tens of points between
-measurements). ``S = B`` is left out: the cosine schedule's first steps feed ``sqrt(ᾱ) K`` far below ``½ ln V``, where
-the input holds almost no mass on its token, so fewer than ``B`` of the ``B`` steps can be read.
+Shakespeare blocks instead of the default 96) and with another seed, and measures along the way the quantity the
+chapter's goal is stated in: the share of tokens that the denoiser returns at zero noise with *soft*
+``softmax(±K)`` inputs (argmax projection, ``S = 2B`` and ``4B`` steps per block) that equal the same model's greedy
+continuation (:func:`dftnb.experiments.greedy_agreement`, 12 held-out Shakespeare prompts × 16 new tokens: one
+early wrong token derails the rest of its block, so a handful of prompts gives a curve that jumps by tens of points
+between measurements). ``S = B`` is left out: the cosine schedule's first steps feed ``sqrt(ᾱ) K`` far below
+``½ ln V``, where the input holds almost no mass on its token, so fewer than ``B`` of the ``B`` steps can be read.
+Beside it, ``greedy is a fixed point`` (:func:`dftnb.experiments.greedy_fixed_point_share`): the share of greedy
+tokens the last step returns when fed the greedy block itself, i.e. whether the model *reads* a soft input, apart
+from whether the iteration reaches it (empty for rows measured before it existed).
 
 Resumable: every measurement is appended to ``results/denoiser/invariant_curve.csv`` as soon as it is taken (one
 row per method, training rows, seed, step and ``S``: a *run* is one method x rows x seed), and a Trainer checkpoint
-is kept under ``.cache/denoiser_curve/<profile>/<run>`` at each measured step; an interrupted run continues from it. The collator's draws of block starts and noise levels restart
-from their seed on a resume, so a resumed run is not bit-identical to an uninterrupted one: ``provenance.json``
-(``provenance-<run>.json``) counts the resumes.
+is kept under ``.cache/denoiser_curve/<profile>/<run>`` at each measured step; an interrupted run continues from it.
+The collator's draws of block starts and noise levels restart from their seed on a resume, so a resumed run is not
+bit-identical to an uninterrupted one: ``provenance-<run>.json`` counts the resumes.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from transformers import TrainerCallback
 from .study_runs import REPO, provenance, write_json
 
 RESULTS = REPO / "results" / "denoiser"
-COLUMNS = ("method", "rows", "seed", "step", "steps S", "tokens equal to greedy", "block CE", "process seconds")
+COLUMNS = ("method", "rows", "seed", "step", "steps S", "tokens equal to greedy", "greedy is a fixed point", "block CE",
+           "process seconds")
 LABELS = {"sft": "CE", "dft_forward_kl": "DFT (forward KL)"}
 
 
@@ -83,11 +87,14 @@ class InvariantCallback(TrainerCallback):
 def _measure(out_csv: Path, method: str, n_rows: int, tokenizer, prompts, n_tokens: int, config, s_values,
              start: float, model, step: int, ce: float) -> None:
     """Append the invariant of ``model`` after ``step`` steps, at each ``S`` of ``s_values``, to ``out_csv``."""
-    from .experiments import greedy_agreement
+    from .denoise import alpha_bar
+    from .experiments import greedy_agreement, greedy_fixed_point_share
 
     new = [{"method": method, "rows": n_rows, "seed": config.seed, "step": step, "steps S": s,
             "tokens equal to greedy": round(greedy_agreement(model, tokenizer, prompts, n_tokens, config.block_size, s,
                                                              config.K, config.schedule), 6),
+            "greedy is a fixed point": round(greedy_fixed_point_share(
+                model, tokenizer, prompts, n_tokens, config.block_size, config.K, alpha_bar(1, s, config.schedule)), 6),
             "block CE": round(ce, 6), "process seconds": round(time.perf_counter() - start, 1)}
            for s in s_values]
     fresh = not out_csv.exists()
@@ -164,7 +171,8 @@ def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 
 
 
 def report(results: Path = RESULTS) -> pd.DataFrame:
-    """``invariant_curve.md`` and ``invariant_curve.png`` from the stored rows (the best S per method and step)."""
+    """``invariant_curve.md`` and ``invariant_curve.png`` from the stored rows: per run and step, the share of tokens
+    equal to greedy at each ``S`` and, where measured, the share for which greedy is a fixed point."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,10 +186,12 @@ def report(results: Path = RESULTS) -> pd.DataFrame:
         raise FileNotFoundError(f"no rows in {results / 'invariant_curve.csv'}: run `python -m dftnb.denoiser_curve` first.")
     df = df.assign(objective=df["method"].map(LABELS).fillna(df["method"]))
     df["run"] = [f"{o}, {r} rows, seed {s}" for o, r, s in zip(df["objective"], df["rows"], df["seed"])]
-    table = df.pivot_table(index=["objective", "rows", "seed", "step"], columns="steps S",
-                           values="tokens equal to greedy")
+    index = ["objective", "rows", "seed", "step"]
+    table = df.pivot_table(index=index, columns="steps S", values="tokens equal to greedy")
     table.columns = [f"S = {int(c)}" for c in table.columns]
-    table = table.reset_index()
+    fixed = df.pivot_table(index=index, columns="steps S", values="greedy is a fixed point")  # all-empty: no columns
+    fixed.columns = [f"fixed point, S = {int(c)}" for c in fixed.columns]
+    table = table.join(fixed).reset_index()
     (results / "invariant_curve.md").write_text(markdown_table(table, floatfmt=".3f") + "\n", encoding="utf-8")
     fig, ax = plt.subplots(figsize=(7.5, 4.0))
     sns.lineplot(data=df, x="step", y="tokens equal to greedy", hue="run", style="steps S", marker="o", ax=ax)
@@ -212,7 +222,8 @@ def committed_curve(results: Path = RESULTS) -> str:
                         f"{meta['wall_s'] / 60:.0f} min ({meta['threads']} thread(s), {meta['machine']}, "
                         f"commit {meta['commit'][:7]}, resumed {meta['resumes']} time(s))")
     return ("Tokens equal to greedy at zero noise with soft $K=5$ inputs, by fine-tuning step and steps per block $S$ "
-            f"({prompts} held-out Shakespeare prompts x 16 tokens; `results/denoiser/invariant_curve.csv`).\n\n"
+            f"({prompts} held-out Shakespeare prompts x 16 tokens; `results/denoiser/invariant_curve.csv`); "
+            "*fixed point*: the share the last step returns when fed the greedy block itself (reads a soft input).\n\n"
             + table.read_text(encoding="utf-8") + "\n" + "; ".join(runs))
 
 

@@ -248,6 +248,36 @@ def greedy_agreement(model, tokenizer, prompts: list[str], n_tokens: int, block_
     return equal / (n_tokens * len(prompts))
 
 
+@torch.no_grad()
+def greedy_fixed_point_share(model, tokenizer, prompts: list[str], n_tokens: int, block_size: int, K: float,
+                             alpha_bar: float) -> float:
+    """Share of the greedy continuation's tokens that the denoiser's *last* zero-noise step returns when its block
+    inputs already are that continuation: each block ``b`` of ``generate(do_sample=False)``'s ``n_tokens`` new tokens
+    is fed as ``softmax(sqrt(ᾱ) · K · (2 · onehot - 1)) · E`` after the hard prompt and earlier blocks (as the sampler's
+    cache holds them), and position ``i`` of the block is read from input position ``i - 1``.
+
+    1.0 means greedy decoding is a fixed point of the soft-input iteration at ``ᾱ`` (the sampler's last step reads
+    ``ᾱ = alpha_bar(1, S)``); :func:`greedy_agreement` additionally needs the iteration to *reach* it from the noise
+    end of the schedule. One forward pass per block, and no derailing: a wrong token here does not move the inputs
+    of the next ones, so it separates "cannot read a soft input" from "does not converge in S steps"."""
+    from .denoise_training import DenoiserConfig, block_inputs_embeds
+
+    config = DenoiserConfig(block_size=block_size, K=K, noise_scale=0.0, min_prefix=1)
+    equal = 0
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
+        greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_tokens,
+                                min_new_tokens=n_tokens, do_sample=False)
+        for start in range(ids.shape[1], greedy.shape[1], block_size):
+            length = min(block_size, greedy.shape[1] - start)
+            cut = greedy[:, : start + block_size] if length == block_size else torch.cat(
+                [greedy, greedy.new_zeros(1, block_size - length)], dim=1)  # a short last block: pad, read `length`
+            embeds = block_inputs_embeds(model, cut, torch.tensor([start]), torch.tensor([float(alpha_bar)]), config)
+            logits = model(inputs_embeds=embeds).logits[0, start - 1: start - 1 + length]
+            equal += int((logits.argmax(-1) == greedy[0, start: start + length]).sum())
+    return equal / (n_tokens * len(prompts))
+
+
 def fidelity_row(samples_per_prompt: list[list[str]], human_features, ppl_model, tokenizer, embedder) -> dict:
     """:func:`diversity_quality` (distinct-n, Self-BLEU, perplexity under ``ppl_model``) plus MAUVE of the samples
     against human text (MiniLM features ``human_features``, :func:`dftnb.metrics.mauve_score`)."""

@@ -72,6 +72,21 @@ def test_zero_noise_large_k_soft_inputs_is_greedy(tiny):
     assert torch.equal(out, greedy(model, ids, 8))
 
 
+@pytest.mark.parametrize("n_tokens", [8, 6])  # 6: a short last block
+def test_greedy_fixed_point_share_is_one_for_one_hot_inputs_and_not_for_uninformative_ones(tiny, n_tokens):
+    from dftnb.experiments import greedy_fixed_point_share
+
+    model, tokenizer, _ = tiny
+    prompts = ["The quick brown fox jumps", "Once upon a time there"]
+    # K = 200: softmax(±K) is one-hot in float32, so the block reads exactly the greedy tokens it was fed
+    assert greedy_fixed_point_share(model, tokenizer, prompts, n_tokens, 4, 200.0, 1.0) == 1.0
+    # K -> 0: every block input is the mean embedding, so positions 1..B-1 cannot tell the greedy tokens apart
+    low = greedy_fixed_point_share(model, tokenizer, prompts, n_tokens, 4, 1e-3, 1.0)
+    assert 0.0 <= low < 1.0
+    # position 0 of each block is read from the hard prefix, so at least one token per block is always right
+    assert low >= math.ceil(n_tokens / 4) / n_tokens
+
+
 def test_too_few_steps_can_miss_greedy_but_first_token_is_exact(tiny):
     model, tokenizer, ids = tiny
     out = denoise_generate(
@@ -309,14 +324,14 @@ def test_the_invariant_curve_resumes_from_its_checkpoint_and_measures_each_step_
     rows = denoiser_curve.stored_rows(results)
     assert rows.groupby(["step", "steps S"]).size().eq(1).all()  # nothing measured twice
     assert sorted(set(rows["step"])) == [0, 1, 2] and set(rows["steps S"]) == {8, 16}
-    assert rows["tokens equal to greedy"].between(0, 1).all()
+    assert rows["tokens equal to greedy"].between(0, 1).all() and rows["greedy is a fixed point"].between(0, 1).all()
     assert set(rows["rows"]) == {16} and set(rows["seed"]) == {0}  # the smoke profile's 16 Shakespeare rows
     meta = json.loads((results / "provenance-sft-16rows-s0.json").read_text())
     assert meta["resumes"] == 1 and meta["complete"] and meta["steps"] == 2 and meta["rows"] == 16
     assert list(table["step"]) == [0, 1, 2] and (results / "invariant_curve.png").exists()
     text = denoiser_curve.committed_curve(results)
     assert re.search(r"\|\s*S = 16\s*\|", text) and "2 steps" in text and "resumed 1 time" in text and "2 held-out" in text
-    assert "16 rows, seed 0" in text
+    assert "16 rows, seed 0" in text and re.search(r"\|\s*fixed point, S = 16\s*\|", text)
     assert "No stored curve" in denoiser_curve.committed_curve(tmp_path / "empty")
 
     # another seed is another run: its own rows, checkpoint folder and provenance, measured from step 0
