@@ -365,9 +365,13 @@ def train_model(study: Study, name: str, history_path: Path | None = None):
 
     method, seed = name.rsplit("-s", 1)
     final = study.work / "models" / name
-    if (final / "config.json").exists():
+    history_path = history_path or study.results / "runs" / name / "training.csv"
+    if (final / "config.json").exists() and history_path.exists():
         model, tokenizer = load_model(str(final))
         return model, tokenizer, final
+    # no model, or one whose loss history is gone (e.g. kept by a full-MMLU retrain after its run was deleted):
+    # train (again); training is deterministic for a given seed and code
+    shutil.rmtree(final, ignore_errors=True)
     start = time.perf_counter()
     out = study.work / "train" / name
     trainer, timer, tokenizer = _trainer(study, method, int(seed), study.learning_rate(method), study.profile.steps,
@@ -375,7 +379,6 @@ def train_model(study: Study, name: str, history_path: Path | None = None):
     resume = resolve_resume(True, out, verbose=False) if _checkpoints(out) else None
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(final))
-    history_path = history_path or study.results / "runs" / name / "training.csv"
     history_path.parent.mkdir(parents=True, exist_ok=True)
     history_frame(trainer.state.log_history, method, timer).to_csv(history_path, index=False, float_format="%.6g")
     shutil.rmtree(out, ignore_errors=True)
@@ -402,6 +405,7 @@ def retrain_and_check(study: Study, name: str, rtol: float = 1e-3):
                          f"{study.results / 'runs' / name} and rerun the study to train and evaluate it again.")
     worst = float(((a - b).abs() / a.abs()).max())
     if worst > rtol:
+        shutil.rmtree(study.work / "models" / name)  # not the evaluated model: a later piece must not load it unchecked
         raise ValueError(f"the retrained {name} does not reproduce its committed losses (largest relative "
                          f"difference {worst:.2e} > {rtol:g}): its full-MMLU score would not be the evaluated model's. "
                          f"Delete {study.results / 'runs' / name} and rerun the study to train and evaluate it again.")

@@ -8,6 +8,7 @@ import shutil
 
 import pandas as pd
 import pytest
+from pandas.testing import assert_frame_equal
 from transformers import TrainerCallback
 
 from dftnb import study as S
@@ -166,12 +167,18 @@ def test_a_model_not_kept_is_retrained_and_must_reproduce_its_committed_losses(s
     model, _, worst = R.retrain_and_check(study, "sft-s0")
     assert worst <= 1e-3 and (study.work / "models" / "sft-s0" / "config.json").exists()
     committed = study.results / "runs" / "sft-s0" / "training.csv"
+    # a kept model whose run has no loss history (the run was deleted to be redone) is trained again, not reused
+    committed.rename(tmp_path / "training-before.csv")
+    R.train_model(study, "sft-s0")
+    losses = ["step", "loss", "divergence", "ce"]  # not "seconds": timings differ between runs
+    assert_frame_equal(pd.read_csv(committed)[losses], pd.read_csv(tmp_path / "training-before.csv")[losses], rtol=1e-3)
     curve = pd.read_csv(committed)
     curve.loc[curve.index[-1], "loss"] *= 1.01  # a run that was trained differently
     curve.to_csv(committed, index=False)
     shutil.rmtree(study.work / "models" / "sft-s0")
     with pytest.raises(ValueError, match="does not reproduce its committed losses"):
         R.retrain_and_check(study, "sft-s0")
+    assert not (study.work / "models" / "sft-s0").exists()  # a later piece must not pick up the rejected model
     with pytest.raises(FileNotFoundError, match="has not been trained by the study yet"):
         R.retrain_and_check(study, "sft-s1")
 
