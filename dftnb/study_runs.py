@@ -152,7 +152,11 @@ def piece_path(results: Path, kind: str, name: str) -> Path:
 
 # ------------------------------------------------------------------------------------------------ provenance
 def provenance(**fields) -> dict:
-    """Commit, command, machine and library versions, plus ``fields`` (profile, seed, wall times, ...)."""
+    """Commit, command, machine and library versions, plus ``fields`` (profile, seed, wall times, ...).
+
+    ``dirty`` says whether tracked files other than ``results/`` differ from the commit: the code that ran is the
+    commit's only when it is false. Stored results are left out because they change while a study runs (its own
+    partial rows, another experiment's committed progress) without changing what the code computes."""
     import datasets
     import torch
     import transformers
@@ -165,7 +169,7 @@ def provenance(**fields) -> dict:
         except (OSError, subprocess.CalledProcessError):
             return None
 
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     argv = sys.argv
     command = " ".join(["python -m dftnb.study", *argv[1:]] if Path(argv[0]).name == "study.py" else argv)
     return {**fields, "commit": git("rev-parse", "HEAD"), "dirty": bool(dirty), "command": command,
