@@ -204,3 +204,25 @@ def test_a_readme_without_the_markers_is_refused(smoke_study, tmp_path):
     with pytest.raises(ValueError, match="study:begin"):
         S.report(study, readme)
     assert readme.read_text() == "# nothing to replace\n"
+
+
+def test_provenance_is_dirty_for_changed_code_not_for_changed_results(tmp_path, monkeypatch):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "dftnb").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "dftnb" / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "rows.csv").write_text("a\n1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    monkeypatch.setattr(R, "REPO", tmp_path)
+    assert R.provenance()["dirty"] is False
+    (tmp_path / "results" / "rows.csv").write_text("a\n1\n2\n")  # a study's partial rows growing
+    assert R.provenance()["dirty"] is False
+    (tmp_path / "dftnb" / "code.py").write_text("x = 2\n")
+    assert R.provenance()["dirty"] is True
