@@ -154,7 +154,8 @@ def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 
         meta_path = results / f"provenance-{run}.json"
         meta = json.loads(meta_path.read_text()) if resume and meta_path.exists() else {}
         resumes = meta.get("resumes", -1) + 1 if resume else 0
-        write_json(meta_path, {**meta, "resumes": resumes, "complete": False})
+        write_json(meta_path, {**meta, "method": method, "rows": len(rows), "seed": seed, "steps": steps,
+                               "resumes": resumes, "complete": False})
         start = time.perf_counter()
         quiet()
         train_denoiser(model, tokenizer, rows, method, out, denoiser=config, max_steps=steps,
@@ -221,6 +222,12 @@ def committed_curve(results: Path = RESULTS) -> str:
                         f"{meta['steps']} steps in "
                         f"{meta['wall_s'] / 60:.0f} min ({meta['threads']} thread(s), {meta['machine']}, "
                         f"commit {meta['commit'][:7]}, resumed {meta['resumes']} time(s))")
+        elif "method" in meta:  # interrupted or still running: its measured rows are in the table
+            mine = stored_rows(results).query("method == @meta['method'] and rows == @meta['rows'] and "
+                                              "seed == @meta['seed']")
+            runs.append(f"{LABELS.get(meta['method'], meta['method'])}, {meta['rows']} rows, seed {meta['seed']}: "
+                        f"not finished, measured up to step {int(mine['step'].max()) if len(mine) else 0} of "
+                        f"{meta['steps']}")
     return ("Tokens equal to greedy at zero noise with soft $K=5$ inputs, by fine-tuning step and steps per block $S$ "
             f"({prompts} held-out Shakespeare prompts x 16 tokens; `results/denoiser/invariant_curve.csv`); "
             "*fixed point*: the share the last step returns when fed the greedy block itself (reads a soft input).\n\n"

@@ -319,6 +319,13 @@ def test_the_invariant_curve_resumes_from_its_checkpoint_and_measures_each_step_
     quick = dict(results=results, work=work, profile="smoke", n_prompts=2, s_multiples=(1, 2))
     denoiser_curve.run_curve(("sft",), steps=1, every=1, **quick)
     assert sorted(set(denoiser_curve.stored_rows(results)["step"])) == [0, 1]
+    # as an interrupted run leaves it: the caption says how far it got
+    meta_path = results / "provenance-sft-16rows-s0.json"
+    finished = meta_path.read_text()
+    meta_path.write_text(json.dumps({**json.loads(finished), "complete": False, "steps": 4}))
+    denoiser_curve.report(results)
+    assert "16 rows, seed 0: not finished, measured up to step 1 of 4" in denoiser_curve.committed_curve(results)
+    meta_path.write_text(finished)
     assert (work / "sft-16rows-s0" / "checkpoint-1").is_dir()
     table = denoiser_curve.run_curve(("sft",), steps=2, every=1, **quick)
     rows = denoiser_curve.stored_rows(results)
