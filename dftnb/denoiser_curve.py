@@ -61,7 +61,8 @@ def stored_rows(results: Path = RESULTS) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path} lacks the columns {missing}; it was written by an older dftnb.denoiser_curve: add "
-                         "them (each run's rows and seed are in its provenance json) or move the file away.")
+                         "them (each run's rows and seed are in its provenance json; a measurement column such as "
+                         "'greedy is a fixed point' may be left empty) or move the file away.")
     return df
 
 
@@ -88,13 +89,15 @@ def _measure(out_csv: Path, method: str, n_rows: int, tokenizer, prompts, n_toke
              start: float, model, step: int, ce: float) -> None:
     """Append the invariant of ``model`` after ``step`` steps, at each ``S`` of ``s_values``, to ``out_csv``."""
     from .denoise import alpha_bar
-    from .experiments import greedy_agreement, greedy_fixed_point_share
+    from .experiments import greedy_agreement, greedy_continuations, greedy_fixed_point_share
 
+    greedy = greedy_continuations(model, tokenizer, prompts, n_tokens)
     new = [{"method": method, "rows": n_rows, "seed": config.seed, "step": step, "steps S": s,
             "tokens equal to greedy": round(greedy_agreement(model, tokenizer, prompts, n_tokens, config.block_size, s,
-                                                             config.K, config.schedule), 6),
+                                                             config.K, config.schedule, greedy=greedy), 6),
             "greedy is a fixed point": round(greedy_fixed_point_share(
-                model, tokenizer, prompts, n_tokens, config.block_size, config.K, alpha_bar(1, s, config.schedule)), 6),
+                model, tokenizer, prompts, n_tokens, config.block_size, config.K, alpha_bar(1, s, config.schedule),
+                greedy=greedy), 6),
             "block CE": round(ce, 6), "process seconds": round(time.perf_counter() - start, 1)}
            for s in s_values]
     fresh = not out_csv.exists()

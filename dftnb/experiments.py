@@ -229,28 +229,48 @@ def sampler_frontier(
 
 # ------------------------------------------------------------------------------------------- the trained denoiser
 @torch.no_grad()
+@torch.no_grad()
+def greedy_continuations(model, tokenizer, prompts: list[str], n_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(prompt ids, prompt + greedy continuation)`` per prompt: ``generate(do_sample=False)`` with exactly
+    ``n_tokens`` new tokens. Computed once, it can be passed to :func:`greedy_agreement` and
+    :func:`greedy_fixed_point_share` for several ``S``."""
+    pairs = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
+        pairs.append((ids, model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_tokens,
+                                          min_new_tokens=n_tokens, do_sample=False)))
+    return pairs
+
+
+def _greedy_pairs(model, tokenizer, prompts, n_tokens, greedy):
+    if greedy is None:
+        return greedy_continuations(model, tokenizer, prompts, n_tokens)
+    if len(greedy) != len(prompts) or any(g.shape[1] != ids.shape[1] + n_tokens for ids, g in greedy):
+        raise ValueError(f"greedy must be greedy_continuations(model, tokenizer, prompts, n_tokens={n_tokens}) for "
+                         f"these {len(prompts)} prompts; compute it again or pass greedy=None.")
+    return greedy
+
+
 def greedy_agreement(model, tokenizer, prompts: list[str], n_tokens: int, block_size: int, steps: int, K: float,
-                     schedule: str = "cosine") -> float:
+                     schedule: str = "cosine", greedy=None) -> float:
     """Share of the tokens the denoiser returns at zero noise (argmax projection, *soft* ``softmax(±K)`` inputs) that
-    equal the same model's greedy continuation (``generate(do_sample=False)``), over ``prompts`` and ``n_tokens``
-    new tokens each: 1.0 is the zero-noise invariant (docs/design.md, denoiser)."""
+    equal the same model's greedy continuation (``generate(do_sample=False)``, or ``greedy`` from
+    :func:`greedy_continuations`), over ``prompts`` and ``n_tokens`` new tokens each: 1.0 is the zero-noise invariant
+    (docs/design.md, denoiser)."""
     from .denoise import denoise_generate
 
     equal = 0
-    for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
-        greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_tokens,
-                                min_new_tokens=n_tokens, do_sample=False)
+    for ids, greedy_ids in _greedy_pairs(model, tokenizer, prompts, n_tokens, greedy):
         denoised = denoise_generate(model, tokenizer, ids, max_new_tokens=n_tokens, block_size=block_size,
                                     steps=steps, K=K, schedule=schedule, noise_scale=0.0, projection="argmax",
                                     hard_onehot_at_zero_noise=False, eos_token_id=[])
-        equal += int((denoised[0, ids.shape[1]:] == greedy[0, ids.shape[1]:]).sum())
+        equal += int((denoised[0, ids.shape[1]:] == greedy_ids[0, ids.shape[1]:]).sum())
     return equal / (n_tokens * len(prompts))
 
 
 @torch.no_grad()
 def greedy_fixed_point_share(model, tokenizer, prompts: list[str], n_tokens: int, block_size: int, K: float,
-                             alpha_bar: float) -> float:
+                             alpha_bar: float, greedy=None) -> float:
     """Share of the greedy continuation's tokens that the denoiser's *last* zero-noise step returns when its block
     inputs already are that continuation: each block ``b`` of ``generate(do_sample=False)``'s ``n_tokens`` new tokens
     is fed as ``softmax(sqrt(ᾱ) · K · (2 · onehot - 1)) · E`` after the hard prompt and earlier blocks (as the sampler's
@@ -259,22 +279,20 @@ def greedy_fixed_point_share(model, tokenizer, prompts: list[str], n_tokens: int
     1.0 means greedy decoding is a fixed point of the soft-input iteration at ``ᾱ`` (the sampler's last step reads
     ``ᾱ = alpha_bar(1, S)``); :func:`greedy_agreement` additionally needs the iteration to *reach* it from the noise
     end of the schedule. One forward pass per block, and no derailing: a wrong token here does not move the inputs
-    of the next ones, so it separates "cannot read a soft input" from "does not converge in S steps"."""
+    of the next ones, so it separates "cannot read a soft input" from "does not converge in S steps". ``greedy``:
+    as in :func:`greedy_agreement`."""
     from .denoise_training import DenoiserConfig, block_inputs_embeds
 
     config = DenoiserConfig(block_size=block_size, K=K, noise_scale=0.0, min_prefix=1)
     equal = 0
-    for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(model.device)
-        greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_tokens,
-                                min_new_tokens=n_tokens, do_sample=False)
-        for start in range(ids.shape[1], greedy.shape[1], block_size):
-            length = min(block_size, greedy.shape[1] - start)
-            cut = greedy[:, : start + block_size] if length == block_size else torch.cat(
-                [greedy, greedy.new_zeros(1, block_size - length)], dim=1)  # a short last block: pad, read `length`
+    for ids, full in _greedy_pairs(model, tokenizer, prompts, n_tokens, greedy):
+        for start in range(ids.shape[1], full.shape[1], block_size):
+            length = min(block_size, full.shape[1] - start)
+            cut = full[:, : start + block_size] if length == block_size else torch.cat(
+                [full, full.new_zeros(1, block_size - length)], dim=1)  # a short last block: pad, read `length`
             embeds = block_inputs_embeds(model, cut, torch.tensor([start]), torch.tensor([float(alpha_bar)]), config)
             logits = model(inputs_embeds=embeds).logits[0, start - 1: start - 1 + length]
-            equal += int((logits.argmax(-1) == greedy[0, start: start + length]).sum())
+            equal += int((logits.argmax(-1) == full[0, start: start + length]).sum())
     return equal / (n_tokens * len(prompts))
 
 

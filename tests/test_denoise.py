@@ -87,6 +87,22 @@ def test_greedy_fixed_point_share_is_one_for_one_hot_inputs_and_not_for_uninform
     assert low >= math.ceil(n_tokens / 4) / n_tokens
 
 
+def test_precomputed_greedy_gives_the_same_shares_and_a_mismatched_one_is_refused(tiny):
+    from dftnb.experiments import greedy_agreement, greedy_continuations, greedy_fixed_point_share
+
+    model, tokenizer, _ = tiny
+    prompts = ["The quick brown fox jumps", "Once upon a time there"]
+    pairs = greedy_continuations(model, tokenizer, prompts, 8)
+    for ids, full in pairs:
+        assert torch.equal(full, greedy(model, ids, 8))
+    assert greedy_agreement(model, tokenizer, prompts, 8, 4, 4, 1.0, greedy=pairs) == \
+        greedy_agreement(model, tokenizer, prompts, 8, 4, 4, 1.0)
+    assert greedy_fixed_point_share(model, tokenizer, prompts, 8, 4, 1.0, 0.5, greedy=pairs) == \
+        greedy_fixed_point_share(model, tokenizer, prompts, 8, 4, 1.0, 0.5)
+    with pytest.raises(ValueError, match="greedy_continuations"):
+        greedy_agreement(model, tokenizer, prompts, 6, 4, 4, 1.0, greedy=pairs)  # made for 8 tokens
+
+
 def test_too_few_steps_can_miss_greedy_but_first_token_is_exact(tiny):
     model, tokenizer, ids = tiny
     out = denoise_generate(
