@@ -3,6 +3,7 @@
     python -m dftnb.denoiser_curve                        # CE and DFT (forward KL), 400 steps, measured every 100
     python -m dftnb.denoiser_curve --methods sft --steps 800 --every 200
     python -m dftnb.denoiser_curve --methods dft_forward_kl --targets gpu --seed 1 --steps 800   # 1,024 rows
+    python -m dftnb.denoiser_curve --methods dft_forward_kl+prefix --targets gpu --steps 800     # + prefix loss
     python -m dftnb.denoiser_curve --report               # table and figure from the stored rows only
 
 Chapter 05 fine-tunes SmolLM2-135M as an SSD-LM-style block denoiser for a few dozen steps, within its CPU budget.
@@ -33,6 +34,7 @@ import argparse
 import csv
 import json
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -45,6 +47,24 @@ RESULTS = REPO / "results" / "denoiser"
 COLUMNS = ("method", "rows", "seed", "step", "steps S", "tokens equal to greedy", "greedy is a fixed point", "block CE",
            "process seconds")
 LABELS = {"sft": "CE", "dft_forward_kl": "DFT (forward KL)"}
+VARIANTS = {"": {}, "prefix": {"prefix_loss": True}}  # "<method>+<variant>": DenoiserConfig fields it changes
+
+
+def label(method: str) -> str:
+    """``dft_forward_kl`` -> ``DFT (forward KL)``; ``sft+prefix`` -> ``CE + prefix loss``."""
+    base, _, variant = method.partition("+")
+    return LABELS.get(base, base) + (" + prefix loss" if variant == "prefix" else f" + {variant}" if variant else "")
+
+
+def split_method(method: str) -> tuple[str, dict]:
+    """``"dft_forward_kl+prefix"`` -> ``("dft_forward_kl", {"prefix_loss": True})``: the training objective and the
+    recipe change a variant makes (``+prefix``: also train the clean prefix positions, with hard inputs, on the
+    same objective, so the model's ordinary next-token path is held to the target too)."""
+    base, _, variant = method.partition("+")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown denoiser-curve variant {variant!r} in {method!r}; use one of "
+                         f"{sorted(v for v in VARIANTS if v)} after a '+', or the plain method.")
+    return base, VARIANTS[variant]
 
 
 def run_name(method: str, rows: int, seed: int) -> str:
@@ -130,11 +150,14 @@ def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 
     work = Path(work) if work is not None else cache_dir() / "denoiser_curve" / profile
     results.mkdir(parents=True, exist_ok=True)
     out_csv = results / "invariant_curve.csv"
-    config = DenoiserConfig(block_size=8, K=5.0, schedule="cosine", min_prefix=4, max_prefix=24,
+    recipe = DenoiserConfig(block_size=8, K=5.0, schedule="cosine", min_prefix=4, max_prefix=24,
                             zero_noise_fraction=0.5, seed=seed)
+    variants = {method: split_method(method) for method in methods}  # refuse a bad name before any work
     prompts = [" ".join(t.split()[:10]) for t in corpus_texts("shakespeare", "test", n=n_prompts)]
-    n_tokens = 2 * config.block_size
+    n_tokens = 2 * recipe.block_size
     for method in methods:
+        objective, changes = variants[method]
+        config = replace(recipe, **changes)
         torch.manual_seed(seed)
         model, tokenizer = load_model_for_profile(profile, "embedded", training=True)
         rows = shakespeare_targets(targets or profile, model, tokenizer)
@@ -161,7 +184,7 @@ def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 
                                "resumes": resumes, "complete": False})
         start = time.perf_counter()
         quiet()
-        train_denoiser(model, tokenizer, rows, method, out, denoiser=config, max_steps=steps,
+        train_denoiser(model, tokenizer, rows, objective, out, denoiser=config, max_steps=steps,
                        per_device_train_batch_size=8, learning_rate=3e-4, seed=seed, save_strategy="steps",
                        save_steps=every, save_total_limit=1, callbacks=[InvariantCallback(measure, every, done)],
                        resume_from_checkpoint=resume)
@@ -188,7 +211,7 @@ def report(results: Path = RESULTS) -> pd.DataFrame:
     df = stored_rows(results)
     if df.empty:
         raise FileNotFoundError(f"no rows in {results / 'invariant_curve.csv'}: run `python -m dftnb.denoiser_curve` first.")
-    df = df.assign(objective=df["method"].map(LABELS).fillna(df["method"]))
+    df = df.assign(objective=df["method"].map(label))
     df["run"] = [f"{o}, {r} rows, seed {s}" for o, r, s in zip(df["objective"], df["rows"], df["seed"])]
     index = ["objective", "rows", "seed", "step"]
     table = df.pivot_table(index=index, columns="steps S", values="tokens equal to greedy")
@@ -221,14 +244,14 @@ def committed_curve(results: Path = RESULTS) -> str:
         meta = json.loads(path.read_text())
         if meta.get("complete"):
             prompts = meta.get("prompts", prompts)
-            runs.append(f"{LABELS.get(meta['method'], meta['method'])}, {meta['rows']} rows, seed {meta['seed']}: "
+            runs.append(f"{label(meta['method'])}, {meta['rows']} rows, seed {meta['seed']}: "
                         f"{meta['steps']} steps in "
                         f"{meta['wall_s'] / 60:.0f} min ({meta['threads']} thread(s), {meta['machine']}, "
                         f"commit {meta['commit'][:7]}, resumed {meta['resumes']} time(s))")
         elif "method" in meta:  # interrupted or still running: its measured rows are in the table
             mine = stored_rows(results).query("method == @meta['method'] and rows == @meta['rows'] and "
                                               "seed == @meta['seed']")
-            runs.append(f"{LABELS.get(meta['method'], meta['method'])}, {meta['rows']} rows, seed {meta['seed']}: "
+            runs.append(f"{label(meta['method'])}, {meta['rows']} rows, seed {meta['seed']}: "
                         f"not finished, measured up to step {int(mine['step'].max()) if len(mine) else 0} of "
                         f"{meta['steps']}")
     return ("Tokens equal to greedy at zero noise with soft $K=5$ inputs, by fine-tuning step and steps per block $S$ "
@@ -239,7 +262,8 @@ def committed_curve(results: Path = RESULTS) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", default="sft,dft_forward_kl", help="comma-separated: sft, dft_forward_kl, ...")
+    parser.add_argument("--methods", default="sft,dft_forward_kl",
+                        help="comma-separated: sft, dft_forward_kl, ...; append +prefix to also train the prefix")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--prompts", type=int, default=12, help="held-out prompts per measurement")

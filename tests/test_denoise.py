@@ -363,6 +363,15 @@ def test_the_invariant_curve_resumes_from_its_checkpoint_and_measures_each_step_
     assert sorted(set(rows.loc[rows["seed"] == 1, "step"])) == [0, 1] and len(rows.query("seed == 0")) == 6
     assert (work / "sft-16rows-s1" / "checkpoint-1").is_dir() and (results / "provenance-sft-16rows-s1.json").exists()
 
+    # a variant is its own run: "+prefix" trains the prefix positions too, and says so in its provenance and label
+    denoiser_curve.run_curve(("sft+prefix",), steps=1, every=1, **quick)
+    meta = json.loads((results / "provenance-sft+prefix-16rows-s0.json").read_text())
+    assert meta["denoiser"]["prefix_loss"] is True and json.loads(finished)["denoiser"]["prefix_loss"] is False
+    assert sorted(set(denoiser_curve.stored_rows(results).query("method == 'sft+prefix'")["step"])) == [0, 1]
+    assert "CE + prefix loss, 16 rows, seed 0: 1 steps" in denoiser_curve.committed_curve(results)
+    with pytest.raises(ValueError, match="unknown denoiser-curve variant 'prefx'.*prefix"):
+        denoiser_curve.run_curve(("sft", "sft+prefx"), steps=1, every=1, **quick)
+
     # a CSV without the run columns (older format) is refused with what to do, not silently mixed
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "invariant_curve.csv").write_text("method,step,steps S,tokens equal to greedy\nsft,0,8,0.5\n")
