@@ -5,6 +5,7 @@
     python -m dftnb.denoiser_curve --methods dft_forward_kl --targets gpu --seed 1 --steps 800   # 1,024 rows
     python -m dftnb.denoiser_curve --methods dft_forward_kl+prefix --targets gpu --steps 800     # + prefix loss
     python -m dftnb.denoiser_curve --report               # table and figure from the stored rows only
+    python -m dftnb.denoiser_curve --methods dft_forward_kl --targets gpu --diagnose   # where the last checkpoint misses
 
 Chapter 05 fine-tunes SmolLM2-135M as an SSD-LM-style block denoiser for a few dozen steps, within its CPU budget.
 This module continues exactly the chapter's recipe (default profile: the same Shakespeare rows with the model's own
@@ -197,6 +198,65 @@ def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 
     return report(results)
 
 
+def diagnose(method: str, seed: int = 0, results: Path = RESULTS, work: Path | None = None, profile: str = "default",
+             targets: str | None = None, n_prompts: int = 12, s_values=(8, 32, 64),
+             alpha_bars=(0.3, 0.6, 0.8, 0.9, 0.95, 1.0)) -> dict:
+    """Where a run's last checkpoint loses greedy, written to ``diagnosis-<run>.json`` beside the curve.
+
+    * ``fixed point by alpha_bar``: :func:`~dftnb.experiments.greedy_fixed_point_share` at each ``ᾱ`` (how well
+      the model reads a soft input of that sharpness);
+    * ``tokens equal to greedy by S`` and ``first mismatch by S`` (per prompt, the index of the first new token that
+      differs from greedy, ``n_tokens`` if none): if more steps change nothing, the iteration has converged and
+      every miss comes from a fixed-point error; one early miss derails the rest of its block and every later block;
+    * ``own greedy equal to base greedy``: the share of the run's greedy tokens equal to the untrained model's
+      greedy continuation (how far the ordinary next-token path moved in training; the invariant is stated against
+      the run's own greedy).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .data import corpus_texts
+    from .denoise import denoise_generate
+    from .experiments import greedy_continuations, greedy_fixed_point_share, shakespeare_targets
+    from .models import cache_dir, load_model_for_profile
+
+    split_method(method)
+    base, tokenizer = load_model_for_profile(profile, "embedded")
+    rows = shakespeare_targets(targets or profile, base, tokenizer)
+    run = run_name(method, len(rows), seed)
+    work = Path(work) if work is not None else cache_dir() / "denoiser_curve" / profile
+    checkpoints = sorted((work / run).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if not checkpoints:
+        raise FileNotFoundError(f"no checkpoint of {run} under {work / run}: train it first with `python -m "
+                                f"dftnb.denoiser_curve --methods {method}` (same --targets and --seed).")
+    model = AutoModelForCausalLM.from_pretrained(checkpoints[-1], dtype=torch.float32).eval()
+    prompts = [" ".join(t.split()[:10]) for t in corpus_texts("shakespeare", "test", n=n_prompts)]
+    block, k, n_tokens = 8, 5.0, 16  # the curve's recipe: B = 8, K = 5, 2B new tokens
+    greedy = greedy_continuations(model, tokenizer, prompts, n_tokens)
+    untrained = greedy_continuations(base, tokenizer, prompts, n_tokens)
+    out = {"run": run, "step": int(checkpoints[-1].name.split("-")[1]), "prompts": n_prompts, "new tokens": n_tokens,
+           "own greedy equal to base greedy": sum(int((g[0, -n_tokens:] == u[0, -n_tokens:]).sum())
+                                                  for (_, g), (_, u) in zip(greedy, untrained)) / (n_tokens * n_prompts),
+           "fixed point by alpha_bar": {}, "tokens equal to greedy by S": {}, "first mismatch by S": {}}
+    with torch.no_grad():
+        for a in alpha_bars:
+            out["fixed point by alpha_bar"][str(a)] = greedy_fixed_point_share(model, tokenizer, prompts, n_tokens,
+                                                                               block, k, a, greedy=greedy)
+        for steps in s_values:
+            equal, first = 0, []
+            for ids, full in greedy:
+                denoised = denoise_generate(model, tokenizer, ids, max_new_tokens=n_tokens, block_size=block,
+                                            steps=steps, K=k, noise_scale=0.0, projection="argmax",
+                                            hard_onehot_at_zero_noise=False, eos_token_id=[])
+                same = denoised[0, -n_tokens:] == full[0, -n_tokens:]
+                equal += int(same.sum())
+                first.append(int((~same).nonzero()[0]) if not bool(same.all()) else n_tokens)
+            out["tokens equal to greedy by S"][str(steps)] = equal / (n_tokens * n_prompts)
+            out["first mismatch by S"][str(steps)] = first
+    write_json(results / f"diagnosis-{run}.json", provenance(**out, profile=profile))
+    return out
+
+
 def report(results: Path = RESULTS) -> pd.DataFrame:
     """``invariant_curve.md`` and ``invariant_curve.png`` from the stored rows: per run and step, the share of tokens
     equal to greedy at each ``S`` and, where measured, the share for which greedy is a fixed point."""
@@ -272,8 +332,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="whose Shakespeare target rows to train on: default (96) or gpu (1,024)")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--report", action="store_true", help="only the table and figure from the stored rows")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="where each method's last checkpoint loses greedy: writes diagnosis-<run>.json")
     args = parser.parse_args(argv)
-    if args.report:
+    if args.diagnose:
+        for method in args.methods.split(","):
+            print(json.dumps(diagnose(method, args.seed, Path(args.results), targets=args.targets,
+                                      n_prompts=args.prompts), indent=1))
+    elif args.report:
         print(report(Path(args.results)).to_string(index=False))
     else:
         print(run_curve(tuple(args.methods.split(",")), args.steps, args.every, Path(args.results), seed=args.seed,

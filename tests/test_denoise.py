@@ -363,6 +363,21 @@ def test_the_invariant_curve_resumes_from_its_checkpoint_and_measures_each_step_
     assert sorted(set(rows.loc[rows["seed"] == 1, "step"])) == [0, 1] and len(rows.query("seed == 0")) == 6
     assert (work / "sft-16rows-s1" / "checkpoint-1").is_dir() and (results / "provenance-sft-16rows-s1.json").exists()
 
+    # the diagnosis of the last checkpoint (step 2) reproduces the curve's last measurement exactly
+    diagnosis = denoiser_curve.diagnose("sft", results=results, work=work, profile="smoke", n_prompts=2,
+                                        s_values=(8, 16), alpha_bars=(0.5, alpha_bar(1, 16)))
+    last = rows.query("seed == 0 and step == 2").set_index("steps S")
+    assert diagnosis["step"] == 2 and json.loads((results / "diagnosis-sft-16rows-s0.json").read_text())["step"] == 2
+    for s in (8, 16):
+        assert diagnosis["tokens equal to greedy by S"][str(s)] == pytest.approx(last.loc[s, "tokens equal to greedy"], abs=1e-6)
+        first = diagnosis["first mismatch by S"][str(s)]
+        assert len(first) == 2 and all(0 <= f <= 16 for f in first)
+    fixed = diagnosis["fixed point by alpha_bar"][str(alpha_bar(1, 16))]  # the ᾱ the curve's last step reads at S = 16
+    assert fixed == pytest.approx(last.loc[16, "greedy is a fixed point"], abs=1e-6)
+    assert 0 <= diagnosis["own greedy equal to base greedy"] <= 1
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        denoiser_curve.diagnose("sft", seed=7, results=results, work=work, profile="smoke", n_prompts=2)
+
     # a variant is its own run: "+prefix" trains the prefix positions too, and says so in its provenance and label
     denoiser_curve.run_curve(("sft+prefix",), steps=1, every=1, **quick)
     meta = json.loads((results / "provenance-sft+prefix-16rows-s0.json").read_text())
