@@ -60,7 +60,8 @@ def label(method: str) -> str:
 def split_method(method: str) -> tuple[str, dict]:
     """``"dft_forward_kl+prefix"`` -> ``("dft_forward_kl", {"prefix_loss": True})``: the training objective and the
     recipe change a variant makes (``+prefix``: also train the clean prefix positions, with hard inputs, on the
-    same objective, so the model's ordinary next-token path is held to the target too)."""
+    same objective, so the model's ordinary next-token path is held to the target too; the CSV's ``block CE`` of
+    such a run is the trainer's logged CE, over the prefix positions as well as the block)."""
     base, _, variant = method.partition("+")
     if variant not in VARIANTS:
         raise ValueError(f"unknown denoiser-curve variant {variant!r} in {method!r}; use one of "
