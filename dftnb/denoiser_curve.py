@@ -321,6 +321,38 @@ def committed_curve(results: Path = RESULTS) -> str:
             + table.read_text(encoding="utf-8") + "\n" + "; ".join(runs))
 
 
+def derailed_agreement(fixed_point: float, n_tokens: int) -> float:
+    """Expected share of ``n_tokens`` equal to greedy if each token is a fixed point with probability ``f``
+    independently and the first miss derails every token after it: ``(1/n) Σ_{j=1..n} f^j``."""
+    return sum(fixed_point ** j for j in range(1, n_tokens + 1)) / n_tokens
+
+
+def committed_diagnosis(results: Path = RESULTS) -> str:
+    """The stored ``diagnosis-*.json`` as a Markdown table (one row per run), with the agreement that derailing alone
+    would predict from the fixed point at ``ᾱ = 1``, or a line saying how to make them."""
+    from .plots import markdown_table
+
+    rows = []
+    for path in sorted(results.glob("diagnosis-*.json")):
+        d = json.loads(path.read_text())
+        method, rest = d["run"].rsplit("-", 2)[0], d["run"].rsplit("-", 2)[1:]
+        row = {"run": f"{label(method)}, {rest[0].removesuffix('rows')} rows, {rest[1].replace('s', 'seed ', 1)}",
+               "step": d["step"], "own greedy = untrained greedy": d["own greedy equal to base greedy"]}
+        fixed, equal = d["fixed point by alpha_bar"], d["tokens equal to greedy by S"]  # keys sorted as text on disk
+        row.update({f"fixed point, ᾱ = {float(a):.2g}": fixed[a] for a in sorted(fixed, key=float)})
+        row.update({f"equal to greedy, S = {s}": equal[s] for s in sorted(equal, key=int)})
+        last = max(d["first mismatch by S"], key=int)
+        row[f"prompts without a miss, S = {last}"] = (f"{sum(f == d['new tokens'] for f in d['first mismatch by S'][last])}"
+                                                      f" of {d['prompts']}")
+        top = max(fixed, key=float)
+        row[f"derailing alone predicts (from ᾱ = {float(top):.2g})"] = derailed_agreement(fixed[top], d["new tokens"])
+        rows.append(row)
+    if not rows:
+        return "No stored diagnosis yet: `python -m dftnb.denoiser_curve --methods <method> --diagnose` writes one."
+    table = pd.DataFrame(rows).set_index("run").map(lambda v: f"{v:.3f}" if isinstance(v, float) else str(v))
+    return markdown_table(table.T.reset_index(names="measured"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default="sft,dft_forward_kl",

@@ -328,6 +328,16 @@ def test_cli_config_takes_a_denoiser_section_and_names_bad_keys(tmp_path):
         load_config(path, ["data.block_size=10"])
 
 
+def test_derailed_agreement_is_the_mean_share_before_the_first_miss():
+    from dftnb.denoiser_curve import derailed_agreement
+
+    assert derailed_agreement(1.0, 16) == 1.0 and derailed_agreement(0.0, 16) == 0.0
+    assert derailed_agreement(0.5, 2) == pytest.approx((0.5 + 0.25) / 2)
+    rng = np.random.default_rng(0)  # Monte Carlo: tokens correct until the first miss, f = 0.9, n = 16
+    first_miss = np.minimum(rng.geometric(0.1, 200_000) - 1, 16)
+    assert derailed_agreement(0.9, 16) == pytest.approx(first_miss.mean() / 16, abs=0.005)
+
+
 def test_the_invariant_curve_resumes_from_its_checkpoint_and_measures_each_step_once(tmp_path):
     from dftnb import denoiser_curve
 
@@ -375,6 +385,9 @@ def test_the_invariant_curve_resumes_from_its_checkpoint_and_measures_each_step_
     fixed = diagnosis["fixed point by alpha_bar"][str(alpha_bar(1, 16))]  # the ᾱ the curve's last step reads at S = 16
     assert fixed == pytest.approx(last.loc[16, "greedy is a fixed point"], abs=1e-6)
     assert 0 <= diagnosis["own greedy equal to base greedy"] <= 1
+    text = denoiser_curve.committed_diagnosis(results)
+    assert "CE, 16 rows, seed 0" in text and "derailing alone predicts" in text and "prompts without a miss, S = 16" in text
+    assert "No stored diagnosis" in denoiser_curve.committed_diagnosis(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="train it first"):
         denoiser_curve.diagnose("sft", seed=7, results=results, work=work, profile="smoke", n_prompts=2)
 
