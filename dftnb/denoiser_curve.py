@@ -4,6 +4,7 @@
     python -m dftnb.denoiser_curve --methods sft --steps 800 --every 200
     python -m dftnb.denoiser_curve --methods dft_forward_kl --targets gpu --seed 1 --steps 800   # 1,024 rows
     python -m dftnb.denoiser_curve --methods dft_forward_kl+prefix --targets gpu --steps 800     # + prefix loss
+    python -m dftnb.denoiser_curve --methods dft_forward_kl+bucket --targets gpu --steps 800     # bucket target tail
     python -m dftnb.denoiser_curve --report               # table and figure from the stored rows only
     python -m dftnb.denoiser_curve --methods dft_forward_kl --targets gpu --diagnose   # where the last checkpoint misses
 
@@ -48,25 +49,38 @@ RESULTS = REPO / "results" / "denoiser"
 COLUMNS = ("method", "rows", "seed", "step", "steps S", "tokens equal to greedy", "greedy is a fixed point", "block CE",
            "process seconds")
 LABELS = {"sft": "CE", "dft_forward_kl": "DFT (forward KL)"}
-VARIANTS = {"": {}, "prefix": {"prefix_loss": True}}  # "<method>+<variant>": DenoiserConfig fields it changes
+# "<method>+<variant>[+<variant>]": (DenoiserConfig fields, DFTConfig fields) each variant changes, and its label
+VARIANTS = {"prefix": ({"prefix_loss": True}, {}, "prefix loss"),
+            "bucket": ({}, {"tail": "bucket"}, "bucket tail")}
+
+
+def split_method(method: str) -> tuple[str, dict, dict]:
+    """``"dft_forward_kl+prefix"`` -> ``("dft_forward_kl", {"prefix_loss": True}, {})``: the training objective and
+    the changes its variants make to the recipe (denoiser fields, then DFT loss fields).
+
+    * ``+prefix``: also train the clean prefix positions, with hard inputs, on the same objective, so the model's
+      ordinary next-token path is held to the target too (the CSV's ``block CE`` of such a run is the trainer's
+      logged CE, over the prefix positions as well as the block);
+    * ``+bucket``: read the target's tail mass as one "everything else" bucket instead of spreading it uniformly over
+      the ``V - k`` tokens off its support (:data:`dftnb.sparse_target.TAIL_MODES`); DFT methods only.
+    """
+    base, *variants = method.split("+")
+    denoiser, dft = {}, {}
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown denoiser-curve variant {variant!r} in {method!r}; use one of "
+                             f"{sorted(VARIANTS)} after a '+', or the plain method.")
+        denoiser.update(VARIANTS[variant][0])
+        dft.update(VARIANTS[variant][1])
+    if dft and base == "sft":
+        raise ValueError(f"{method!r}: a target tail only changes a DFT objective; CE (sft) reads no target.")
+    return base, denoiser, dft
 
 
 def label(method: str) -> str:
     """``dft_forward_kl`` -> ``DFT (forward KL)``; ``sft+prefix`` -> ``CE + prefix loss``."""
-    base, _, variant = method.partition("+")
-    return LABELS.get(base, base) + (" + prefix loss" if variant == "prefix" else f" + {variant}" if variant else "")
-
-
-def split_method(method: str) -> tuple[str, dict]:
-    """``"dft_forward_kl+prefix"`` -> ``("dft_forward_kl", {"prefix_loss": True})``: the training objective and the
-    recipe change a variant makes (``+prefix``: also train the clean prefix positions, with hard inputs, on the
-    same objective, so the model's ordinary next-token path is held to the target too; the CSV's ``block CE`` of
-    such a run is the trainer's logged CE, over the prefix positions as well as the block)."""
-    base, _, variant = method.partition("+")
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown denoiser-curve variant {variant!r} in {method!r}; use one of "
-                         f"{sorted(v for v in VARIANTS if v)} after a '+', or the plain method.")
-    return base, VARIANTS[variant]
+    base, *variants = method.split("+")
+    return " + ".join([LABELS.get(base, base), *(VARIANTS[v][2] if v in VARIANTS else v for v in variants)])
 
 
 def run_name(method: str, rows: int, seed: int) -> str:
@@ -146,6 +160,7 @@ def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 
     from .experiments import shakespeare_targets
     from .models import cache_dir, load_model_for_profile
     from .runner import quiet
+    from .trainer import DFTConfig
 
     if steps % every:
         raise ValueError(f"steps ({steps}) must be a multiple of every ({every}): the last step is a measured one.")
@@ -158,7 +173,7 @@ def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 
     prompts = [" ".join(t.split()[:10]) for t in corpus_texts("shakespeare", "test", n=n_prompts)]
     n_tokens = 2 * recipe.block_size
     for method in methods:
-        objective, changes = variants[method]
+        objective, changes, loss_changes = variants[method]
         config = replace(recipe, **changes)
         torch.manual_seed(seed)
         model, tokenizer = load_model_for_profile(profile, "embedded", training=True)
@@ -186,14 +201,14 @@ def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 
                                "resumes": resumes, "complete": False})
         start = time.perf_counter()
         quiet()
-        train_denoiser(model, tokenizer, rows, objective, out, denoiser=config, max_steps=steps,
-                       per_device_train_batch_size=8, learning_rate=3e-4, seed=seed, save_strategy="steps",
+        train_denoiser(model, tokenizer, rows, objective, out, denoiser=config, dft_config=DFTConfig(**loss_changes),
+                       max_steps=steps, per_device_train_batch_size=8, learning_rate=3e-4, seed=seed, save_strategy="steps",
                        save_steps=every, save_total_limit=1, callbacks=[InvariantCallback(measure, every, done)],
                        resume_from_checkpoint=resume)
         write_json(meta_path, provenance(method=method, rows=len(rows), targets=targets or profile, steps=steps, every=every, seed=seed, resumes=resumes,
                                          complete=True, profile=profile, prompts=n_prompts,
                                          s_values=[m * config.block_size for m in s_multiples],
-                                         denoiser=config.__dict__, batch=8, learning_rate=3e-4,
+                                         denoiser=config.__dict__, loss=loss_changes, batch=8, learning_rate=3e-4,
                                          wall_s=round(meta.get("wall_s", 0.0) + time.perf_counter() - start, 1),
                                          threads=torch.get_num_threads()))
     return report(results)
@@ -356,7 +371,8 @@ def committed_diagnosis(results: Path = RESULTS) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", default="sft,dft_forward_kl",
-                        help="comma-separated: sft, dft_forward_kl, ...; append +prefix to also train the prefix")
+                        help="comma-separated: sft, dft_forward_kl, ...; variants: +prefix (also train the prefix), "
+                             "+bucket (bucket target tail)")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--prompts", type=int, default=12, help="held-out prompts per measurement")

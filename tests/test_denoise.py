@@ -399,6 +399,14 @@ def test_the_invariant_curve_resumes_from_its_checkpoint_and_measures_each_step_
     assert "CE + prefix loss, 16 rows, seed 0: 1 steps" in denoiser_curve.committed_curve(results)
     with pytest.raises(ValueError, match="unknown denoiser-curve variant 'prefx'.*prefix"):
         denoiser_curve.run_curve(("sft", "sft+prefx"), steps=1, every=1, **quick)
+    with pytest.raises(ValueError, match="CE .sft. reads no target"):
+        denoiser_curve.run_curve(("sft+bucket",), steps=1, every=1, **quick)
+    assert denoiser_curve.split_method("dft_forward_kl+prefix+bucket") == (
+        "dft_forward_kl", {"prefix_loss": True}, {"tail": "bucket"})
+    assert denoiser_curve.label("dft_forward_kl+prefix+bucket") == "DFT (forward KL) + prefix loss + bucket tail"
+    denoiser_curve.run_curve(("dft_forward_kl+bucket",), steps=1, every=1, **quick)
+    meta = json.loads((results / "provenance-dft_forward_kl+bucket-16rows-s0.json").read_text())
+    assert meta["loss"] == {"tail": "bucket"} and meta["denoiser"]["prefix_loss"] is False
 
     # a CSV without the run columns (older format) is refused with what to do, not silently mixed
     (tmp_path / "old").mkdir()
