@@ -83,6 +83,27 @@ def label(method: str) -> str:
     return " + ".join([LABELS.get(base, base), *(VARIANTS[v][2] if v in VARIANTS else v for v in variants)])
 
 
+def recipe(seed: int = 0):
+    """The curve's denoiser recipe (chapter 05's): ``B = 8``, ``K = 5``, cosine schedule, prefix 4-24 tokens, half
+    the rows at zero noise; measured on ``2B`` new tokens."""
+    from .denoise_training import DenoiserConfig
+
+    return DenoiserConfig(block_size=8, K=5.0, schedule="cosine", min_prefix=4, max_prefix=24,
+                          zero_noise_fraction=0.5, seed=seed)
+
+
+def held_out_prompts(n: int) -> list[str]:
+    """The first ten words of the first ``n`` Shakespeare test texts: the prompts every measurement uses."""
+    from .data import corpus_texts
+
+    return [" ".join(t.split()[:10]) for t in corpus_texts("shakespeare", "test", n=n)]
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """The Trainer checkpoints under ``out``, oldest step first."""
+    return sorted(Path(out).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
 def run_name(method: str, rows: int, seed: int) -> str:
     """One curve: ``method`` fine-tuned on ``rows`` training rows with ``seed`` (names its checkpoint folder and
     its ``provenance-<run>.json``)."""
@@ -155,8 +176,7 @@ def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 
     rows). ``profile="smoke"`` runs the same code on the tiny random model (tests)."""
     import torch
 
-    from .data import corpus_texts
-    from .denoise_training import DenoiserConfig, train_denoiser
+    from .denoise_training import train_denoiser
     from .experiments import shakespeare_targets
     from .models import cache_dir, load_model_for_profile
     from .runner import quiet
@@ -167,14 +187,13 @@ def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 
     work = Path(work) if work is not None else cache_dir() / "denoiser_curve" / profile
     results.mkdir(parents=True, exist_ok=True)
     out_csv = results / "invariant_curve.csv"
-    recipe = DenoiserConfig(block_size=8, K=5.0, schedule="cosine", min_prefix=4, max_prefix=24,
-                            zero_noise_fraction=0.5, seed=seed)
+    base_recipe = recipe(seed)
     variants = {method: split_method(method) for method in methods}  # refuse a bad name before any work
-    prompts = [" ".join(t.split()[:10]) for t in corpus_texts("shakespeare", "test", n=n_prompts)]
-    n_tokens = 2 * recipe.block_size
+    prompts = held_out_prompts(n_prompts)
+    n_tokens = 2 * base_recipe.block_size
     for method in methods:
         objective, changes, loss_changes = variants[method]
-        config = replace(recipe, **changes)
+        config = replace(base_recipe, **changes)
         torch.manual_seed(seed)
         model, tokenizer = load_model_for_profile(profile, "embedded", training=True)
         rows = shakespeare_targets(targets or profile, model, tokenizer)
@@ -192,8 +211,8 @@ def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 
         if max(done) >= steps:
             continue
         out = work / run
-        checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        resume = str(checkpoints[-1]) if checkpoints else None
+        saved = checkpoints(out)
+        resume = str(saved[-1]) if saved else None
         meta_path = results / f"provenance-{run}.json"
         meta = json.loads(meta_path.read_text()) if resume and meta_path.exists() else {}
         resumes = meta.get("resumes", -1) + 1 if resume else 0
@@ -231,26 +250,29 @@ def diagnose(method: str, seed: int = 0, results: Path = RESULTS, work: Path | N
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .data import corpus_texts
-    from .denoise import denoise_generate
-    from .experiments import greedy_continuations, greedy_fixed_point_share, shakespeare_targets
+    from .experiments import (
+        SHAKESPEARE_TARGET_SIZES,
+        greedy_continuations,
+        greedy_fixed_point_share,
+        greedy_matches,
+    )
     from .models import cache_dir, load_model_for_profile
 
     split_method(method)
-    base, tokenizer = load_model_for_profile(profile, "embedded")
-    rows = shakespeare_targets(targets or profile, base, tokenizer)
-    run = run_name(method, len(rows), seed)
+    run = run_name(method, SHAKESPEARE_TARGET_SIZES[targets or profile][0], seed)  # the rows it was trained on
     work = Path(work) if work is not None else cache_dir() / "denoiser_curve" / profile
-    checkpoints = sorted((work / run).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    if not checkpoints:
+    saved = checkpoints(work / run)
+    if not saved:
         raise FileNotFoundError(f"no checkpoint of {run} under {work / run}: train it first with `python -m "
                                 f"dftnb.denoiser_curve --methods {method}` (same --targets and --seed).")
-    model = AutoModelForCausalLM.from_pretrained(checkpoints[-1], dtype=torch.float32).eval()
-    prompts = [" ".join(t.split()[:10]) for t in corpus_texts("shakespeare", "test", n=n_prompts)]
-    block, k, n_tokens = 8, 5.0, 16  # the curve's recipe: B = 8, K = 5, 2B new tokens
+    base, tokenizer = load_model_for_profile(profile, "embedded")
+    model = AutoModelForCausalLM.from_pretrained(saved[-1], dtype=torch.float32).eval()
+    prompts = held_out_prompts(n_prompts)
+    config = recipe(seed)
+    block, k, n_tokens = config.block_size, config.K, 2 * config.block_size
     greedy = greedy_continuations(model, tokenizer, prompts, n_tokens)
     untrained = greedy_continuations(base, tokenizer, prompts, n_tokens)
-    out = {"run": run, "step": int(checkpoints[-1].name.split("-")[1]), "prompts": n_prompts, "new tokens": n_tokens,
+    out = {"run": run, "step": int(saved[-1].name.split("-")[1]), "prompts": n_prompts, "new tokens": n_tokens,
            "own greedy equal to base greedy": sum(int((g[0, -n_tokens:] == u[0, -n_tokens:]).sum())
                                                   for (_, g), (_, u) in zip(greedy, untrained)) / (n_tokens * n_prompts),
            "fixed point by alpha_bar": {}, "tokens equal to greedy by S": {}, "first mismatch by S": {}}
@@ -259,16 +281,10 @@ def diagnose(method: str, seed: int = 0, results: Path = RESULTS, work: Path | N
             out["fixed point by alpha_bar"][str(a)] = greedy_fixed_point_share(model, tokenizer, prompts, n_tokens,
                                                                                block, k, a, greedy=greedy)
         for steps in s_values:
-            equal, first = 0, []
-            for ids, full in greedy:
-                denoised = denoise_generate(model, tokenizer, ids, max_new_tokens=n_tokens, block_size=block,
-                                            steps=steps, K=k, noise_scale=0.0, projection="argmax",
-                                            hard_onehot_at_zero_noise=False, eos_token_id=[])
-                same = denoised[0, -n_tokens:] == full[0, -n_tokens:]
-                equal += int(same.sum())
-                first.append(int((~same).nonzero()[0]) if not bool(same.all()) else n_tokens)
-            out["tokens equal to greedy by S"][str(steps)] = equal / (n_tokens * n_prompts)
-            out["first mismatch by S"][str(steps)] = first
+            matches = greedy_matches(model, tokenizer, prompts, n_tokens, block, steps, k, config.schedule, greedy)
+            out["tokens equal to greedy by S"][str(steps)] = sum(int(m.sum()) for m in matches) / (n_tokens * n_prompts)
+            out["first mismatch by S"][str(steps)] = [int((~m).nonzero()[0]) if not bool(m.all()) else n_tokens
+                                                      for m in matches]
     write_json(results / f"diagnosis-{run}.json", provenance(**out, profile=profile))
     return out
 

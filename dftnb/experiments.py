@@ -251,21 +251,28 @@ def _greedy_pairs(model, tokenizer, prompts, n_tokens, greedy):
     return greedy
 
 
-def greedy_agreement(model, tokenizer, prompts: list[str], n_tokens: int, block_size: int, steps: int, K: float,
-                     schedule: str = "cosine", greedy=None) -> float:
-    """Share of the tokens the denoiser returns at zero noise (argmax projection, *soft* ``softmax(±K)`` inputs) that
-    equal the same model's greedy continuation (``generate(do_sample=False)``, or ``greedy`` from
-    :func:`greedy_continuations`), over ``prompts`` and ``n_tokens`` new tokens each: 1.0 is the zero-noise invariant
-    (docs/design.md, denoiser)."""
+def greedy_matches(model, tokenizer, prompts: list[str], n_tokens: int, block_size: int, steps: int, K: float,
+                   schedule: str = "cosine", greedy=None) -> list[torch.Tensor]:
+    """Per prompt, a boolean vector over its ``n_tokens`` new tokens: whether the token the denoiser returns at zero
+    noise (argmax projection, *soft* ``softmax(±K)`` inputs) equals the same model's greedy one
+    (``generate(do_sample=False)``, or ``greedy`` from :func:`greedy_continuations`)."""
     from .denoise import denoise_generate
 
-    equal = 0
+    matches = []
     for ids, greedy_ids in _greedy_pairs(model, tokenizer, prompts, n_tokens, greedy):
         denoised = denoise_generate(model, tokenizer, ids, max_new_tokens=n_tokens, block_size=block_size,
                                     steps=steps, K=K, schedule=schedule, noise_scale=0.0, projection="argmax",
                                     hard_onehot_at_zero_noise=False, eos_token_id=[])
-        equal += int((denoised[0, ids.shape[1]:] == greedy_ids[0, ids.shape[1]:]).sum())
-    return equal / (n_tokens * len(prompts))
+        matches.append(denoised[0, ids.shape[1]:] == greedy_ids[0, ids.shape[1]:])
+    return matches
+
+
+def greedy_agreement(model, tokenizer, prompts: list[str], n_tokens: int, block_size: int, steps: int, K: float,
+                     schedule: str = "cosine", greedy=None) -> float:
+    """Share of the tokens of :func:`greedy_matches` that equal greedy, over ``prompts`` and ``n_tokens`` new tokens
+    each: 1.0 is the zero-noise invariant (docs/design.md, denoiser)."""
+    matches = greedy_matches(model, tokenizer, prompts, n_tokens, block_size, steps, K, schedule, greedy)
+    return sum(int(m.sum()) for m in matches) / (n_tokens * len(prompts))
 
 
 @torch.no_grad()
