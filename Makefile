@@ -46,7 +46,7 @@ unit: env
 	$(BIN)/python -m pytest -q tests --ignore=tests/browser
 
 smoke: env
-	$(BIN)/python -m dftnb.runner --profile smoke --out build
+	$(BIN)/python -m dftnb.runner --profile smoke --out build --overwrite
 
 nbval: env
 	DFTNB_HEADLESS=1 DFTNB_EXECUTED=build $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --sanitize-with tests/nbval_sanitize.cfg build/[0-9][0-9]_*.ipynb tests/test_executed_notebooks.py

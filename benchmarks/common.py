@@ -7,7 +7,6 @@ as CSV under ``outputs/tables/`` (notebook 06 reads them).
 from __future__ import annotations
 
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -18,6 +17,7 @@ import pandas as pd
 import torch
 
 from dftnb.experiments import machine_description
+from dftnb.records import portable_command
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = REPO / "outputs" / "tables"
@@ -30,8 +30,7 @@ machine = machine_description  # one description of the machine for every table 
 def command() -> str:
     """The command line that reproduces this run, with the thread setting it ran under."""
     prefix = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
-    script = os.path.relpath(sys.argv[0], REPO) if os.path.isabs(sys.argv[0]) else sys.argv[0]
-    return prefix + shlex.join(["python", script, *sys.argv[1:]])
+    return prefix + portable_command(sys.argv)
 
 
 def resolve_device(name: str | None) -> torch.device:

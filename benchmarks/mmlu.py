@@ -41,6 +41,7 @@ from common import REPO, interleaved_medians, report, resolve_device, verdict
 
 from dftnb import evals
 from dftnb.models import load_model, pad_right, tiny_model
+from dftnb.records import portable_path
 from dftnb.runner import quiet
 
 RATIO_GOAL = 0.8
@@ -123,7 +124,7 @@ def evaluate(args, model, tokenizer, device, name):
             "macro": round(100 * r.macro_accuracy, 2), "macro_ci_low": round(100 * r.macro_ci[0], 2),
             "macro_ci_high": round(100 * r.macro_ci[1], 2), "card": "-" if card is None else card,
             "met": verdict(None if card is None else r.macro_ci[0] <= card / 100 <= r.macro_ci[1]),
-            "wall_s (this call)": round(wall), "results": str(out.relative_to(REPO) if out.is_relative_to(REPO) else out),
+            "wall_s (this call)": round(wall), "results": portable_path(out),
         })
     title = f"MMLU accuracy (%): {name}, {args.fmt} {args.shots}-shot, 95% CI (Wilson; macro: stratified bootstrap)"
     report(pd.DataFrame(rows), "mmlu_accuracy", title, "the model card's 29.3 (cloze, 0-shot, acc_norm, mean over "

@@ -232,7 +232,7 @@ def evaluate_model(
     seconds["humaneval"] = lap()
     try:
         mm = mmlu(model, tokenizer, mmlu_path, fmt=mmlu_format, shots=mmlu_shots, n_per_subject=mmlu_limit,
-                  subjects=mmlu_subjects, results_path=mmlu_results_path)
+                  subjects=mmlu_subjects, results_path=mmlu_results_path, model_name=name)
         note = ""
     except NotAvailable as err:
         mm, note = None, str(err)
@@ -539,11 +539,13 @@ def training_cost_ratio(*candidates: str | Path):
     or ``None`` when none exists (run ``make bench``)."""
     import pandas as pd
 
+    from .records import portable_path
+
     for path in map(Path, candidates):
         if path.exists():
             df = pd.read_csv(path)
             keep = [c for c in ("divergence", "median_step_s", "ratio_vs_sft", "machine") if c in df.columns]
-            return df[keep].assign(source=str(path))
+            return df[keep].assign(source=portable_path(path))
     return None
 
 

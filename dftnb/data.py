@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -276,3 +277,19 @@ def pack_texts(tokenizer, texts, block_size: int, max_blocks: int | None = None,
     if not blocks:
         raise ValueError(f"the texts hold fewer than block_size={block_size} tokens; pass more text or a smaller block.")
     return blocks
+
+
+def read_jsonl(path: str | Path):
+    """``(line number, object)`` for every non-blank line of a JSON-lines file; a line that is not valid JSON or not
+    a JSON object raises a ``ValueError`` naming the file and the line."""
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            problem = None if isinstance(record, dict) else f"a JSON {type(record).__name__}, not an object"
+        except json.JSONDecodeError as err:
+            problem = f"not valid JSON ({err.msg} at column {err.colno})"
+        if problem:
+            raise ValueError(f"{path}:{n}: {problem}; each line must be one JSON object: fix or remove that line.")
+        yield n, record

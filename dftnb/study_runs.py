@@ -29,13 +29,13 @@ import json
 import platform
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .records import model_record, portable_command, portable_path
 from .runner import REPO
 
 RESULTS = REPO / "results" / "study"
@@ -152,7 +152,8 @@ def piece_path(results: Path, kind: str, name: str) -> Path:
 
 # ------------------------------------------------------------------------------------------------ provenance
 def provenance(**fields) -> dict:
-    """Commit, command, machine and library versions, plus ``fields`` (profile, seed, wall times, ...).
+    """Commit, command, machine and library versions, plus ``fields`` (profile, seed, wall times, ...). The command
+    names no absolute path (:func:`portable_command`); a model in ``fields`` belongs there as :func:`model_record`.
 
     ``dirty`` says whether tracked files other than ``results/`` differ from the commit: the code that ran is the
     commit's only when it is false. Stored results are left out because they change while a study runs (its own
@@ -170,9 +171,7 @@ def provenance(**fields) -> dict:
             return None
 
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
-    argv = sys.argv
-    command = " ".join(["python -m dftnb.study", *argv[1:]] if Path(argv[0]).name == "study.py" else argv)
-    return {**fields, "commit": git("rev-parse", "HEAD"), "dirty": bool(dirty), "command": command,
+    return {**fields, "commit": git("rev-parse", "HEAD"), "dirty": bool(dirty), "command": portable_command(),
             "machine": machine_description(), "python": platform.python_version(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "datasets": datasets.__version__, "numpy": np.__version__},
@@ -356,7 +355,8 @@ def train_and_evaluate(study: Study, name: str) -> None:
     eval_start = time.perf_counter()
     parts = evaluate_run(study, name, model, tokenizer, dest)
     write_json(dest / "provenance.json", provenance(
-        **fields, train_s=round(train_s, 1), eval_s=round(time.perf_counter() - eval_start, 1), eval_parts_s=parts))
+        **fields, model=model_record(model, study.profile.model if name == "base" else name), train_s=round(train_s, 1),
+        eval_s=round(time.perf_counter() - eval_start, 1), eval_parts_s=parts))
 
 
 def train_model(study: Study, name: str, history_path: Path | None = None):
@@ -477,7 +477,8 @@ def full_mmlu(study: Study, name: str) -> None:
     extra = {}
     if name == "base" and study.profile.model == "embedded" and BASE_FULL_MMLU.exists():
         rows = [json.loads(line) for line in BASE_FULL_MMLU.read_text(encoding="utf-8").splitlines()]
-        source = str(BASE_FULL_MMLU.relative_to(REPO))
+        source = portable_path(BASE_FULL_MMLU)
+        extra = {"model": json.loads(rows[0]["run"])["model"]} if rows and "run" in rows[0] else {}
     else:
         if name == "base":
             model, tokenizer = study.base_model()
@@ -487,7 +488,9 @@ def full_mmlu(study: Study, name: str) -> None:
             model, tokenizer, worst = retrain_and_check(study, name)
             extra = {"retrained": True, "retrained_max_relative_loss_difference": worst}
         dest.mkdir(parents=True, exist_ok=True)
-        rows, source = mmlu(model, tokenizer, results_path=partial).predictions, "evaluated here"
+        label = study.profile.model if name == "base" else name  # the rows' key, the same on every machine
+        rows, source = mmlu(model, tokenizer, results_path=partial, model_name=label).predictions, "evaluated here"
+        extra["model"] = model_record(model, label)
     write_json(dest / "mmlu_full_provenance.json", provenance(profile=study.profile_name, run=name, source=source,
                                                               wall_s=round(time.perf_counter() - start, 1), **extra))
     _write_jsonl(dest / "mmlu_full.jsonl", [_mmlu_row(r) for r in rows])

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .models import model_vocab_size
+from .records import model_fingerprint, model_label
 
 
 def id_dtype(vocab_size: int) -> str:
@@ -133,47 +133,18 @@ def tokenizer_hash(tokenizer) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-# Config entries that change how a model runs, not what it outputs: the Trainer flips ``use_cache`` (gradient
-# checkpointing), loaders set the attention kernel, the name and the library version; parameter dtypes are hashed
-# with the weights. They are left out of :func:`model_fingerprint`, at every level of nested (composite) configs.
-RUNTIME_CONFIG_KEYS = frozenset({
-    "use_cache", "output_attentions", "output_hidden_states", "return_dict", "torchscript", "_name_or_path",
-    "transformers_version", "_commit_hash", "_attn_implementation", "_attn_implementation_autoset",
-    "_attn_implementation_internal", "attn_implementation", "torch_dtype", "dtype", "gradient_checkpointing",
-})
-
-
-def _output_config(value):
-    """A config dict without :data:`RUNTIME_CONFIG_KEYS`, recursively."""
-    if isinstance(value, dict):
-        return {k: _output_config(v) for k, v in value.items() if k not in RUNTIME_CONFIG_KEYS}
-    if isinstance(value, (list, tuple)):
-        return [_output_config(v) for v in value]
-    return value
-
-
-def model_fingerprint(model) -> str:
-    """sha256 over what determines the model's outputs: its config without runtime flags (``use_cache``, the
-    attention kernel, ... : :data:`RUNTIME_CONFIG_KEYS`) and the raw bytes of every parameter (distinguishes seeds
-    and fine-tunes). A Trainer setting ``use_cache=False`` therefore does not make a valid target cache stale."""
-    config = json.dumps(_output_config(model.config.to_dict()), sort_keys=True, default=str)
-    h = hashlib.sha256(config.encode())
-    for name, p in model.state_dict().items():
-        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
-        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def target_metadata(model, tokenizer, *, source: str, corpus: str, k: int, model_name: str | None = None, **params) -> dict:
     """The cache key of a target build: what :func:`build_or_load` compares against the sidecar.
 
-    ``model`` is ``model_name`` (or the config's ``_name_or_path``) plus a fingerprint of the weights; ``params``
-    are the builder's arguments (sizes, temperature, prefix, lam, ...) and must be JSON-serialisable.
+    ``model`` is ``model_name`` (or the config's ``_name_or_path``), never a local absolute path
+    (:func:`dftnb.records.model_label`: the embedded model is ``"embedded"`` wherever its cache lives), plus a
+    fingerprint of the weights; ``params`` are the builder's arguments (sizes, temperature, prefix, lam, ...) and
+    must be JSON-serialisable.
     """
     from . import __version__
 
     return {
-        "model": model_name or getattr(model.config, "_name_or_path", "") or model.config.model_type,
+        "model": model_label(model, model_name or None),
         "model_fingerprint": model_fingerprint(model),
         "tokenizer_hash": tokenizer_hash(tokenizer),
         "corpus": corpus,
@@ -183,6 +154,9 @@ def target_metadata(model, tokenizer, *, source: str, corpus: str, k: int, model
         "code_version": f"dftnb-{__version__}/targets-v{TARGET_FORMAT_VERSION}",
         "params": json.loads(json.dumps(params)),
     }
+
+
+DATASET_FILES = ("state.json", "dataset_dict.json")  # what Dataset / DatasetDict.save_to_disk write besides data
 
 
 class StaleTargetCacheError(RuntimeError):
@@ -289,7 +263,16 @@ def load_target_dataset(path: str | os.PathLike, verify: bool = True):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; build it with dftnb.target_cache.build_or_load.")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not a saved dataset (a folder); point it at the folder that "
+                                 "dftnb.target_cache.build_or_load or Dataset.save_to_disk wrote.")
     side = read_sidecar(path)
+    if side is None and not any((path / name).is_file() for name in DATASET_FILES):
+        raise FileNotFoundError(
+            f"{path} is not a dftnb target cache or a saved dataset: it has no {SIDECAR} and none of "
+            f"{', '.join(DATASET_FILES)} (the files Dataset.save_to_disk writes); point it at the folder that "
+            "dftnb.target_cache.build_or_load or Dataset.save_to_disk wrote, or build the targets there."
+        )
     fix = ("rebuild it with build_or_load(..., rebuild='auto') or delete it" if side is not None else
            "save it again (Dataset.save_to_disk) or rebuild it")
     if side is not None and verify and "files" in side:

@@ -53,7 +53,7 @@ from .sparse_target import (  # noqa: F401  (re-exported: the format is part of 
     pad_logprob,
     target_parts,
 )
-from .target_cache import id_dtype, rows_to_dataset, target_info
+from .target_cache import id_dtype, rows_to_dataset, target_info, tokenizer_hash
 
 SAMPLING = ("topk", "sampled")  # what a builder stores: the top-k of the distribution, or n tokens drawn from it
 
@@ -153,6 +153,15 @@ def _row(input_ids, labels, target: SparseTarget) -> dict:
     }
 
 
+def _check_temperature(temperature: float) -> float:
+    """A finite temperature > 0 (``inf`` would turn every target into the uniform distribution, NaN into NaNs)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) or not (
+            math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0 (1.0 keeps the model's distribution; inf would "
+                         f"make every target uniform), got {temperature!r}.")
+    return float(temperature)
+
+
 def _check_sampling(sampling: str, n: int | None, k: int) -> None:
     if sampling not in SAMPLING:
         raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}.")
@@ -222,12 +231,19 @@ def from_reference_model(
     """
     V = model_vocab_size(model, tokenizer)
     _check_sampling(sampling, n, k)
+    _check_temperature(temperature)
     generator = torch.Generator().manual_seed(seed) if sampling == "sampled" else None
     prefix_ids = _encode(tokenizer, prefix, None) if prefix else []
     if prefix is not None and not prefix_ids:
         raise ValueError("prefix tokenises to nothing; pass None for no prefix or a non-empty style prefix.")
     seqs = [_encode(tokenizer, t, max_length, add_special_tokens=not prefix_ids) for t in as_text_list(texts_or_dataset)]
     kept = [s for s in seqs if len(s) >= 2]
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    longest = max(map(len, kept), default=0)
+    if context and kept and len(prefix_ids) + longest > context:
+        plus = f" + the prefix's {len(prefix_ids)} tokens" if prefix_ids else ""
+        raise ValueError(f"the longest text has {longest} tokens{plus}, more than the model's context length "
+                         f"(max_position_embeddings = {context}); pass max_length <= {context - len(prefix_ids)}.")
     pad_id, P, rows = pad_token_id(tokenizer), len(prefix_ids), []
     for batch in progress_bar(batches(kept, batch_size), progress, "reference targets"):
         ids, mask = pad_right([prefix_ids + s for s in batch], pad_id, model.device)
@@ -242,7 +258,7 @@ def from_reference_model(
             rows.append(_row(s, s, target))
     info = {"source": "reference", "max_length": max_length, "prefix": prefix, "temperature": temperature,
             "skipped": len(seqs) - len(kept), "sampling": sampling, "n": (n or k) if sampling == "sampled" else None}
-    return rows_to_dataset(rows, k, V, info)
+    return rows_to_dataset(rows, k, V, {**info, "tokenizer_hash": tokenizer_hash(tokenizer)})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -373,7 +389,7 @@ def from_samples(
                          "target_ids": ids, "target_logprobs": logprobs, "target_tail_mass": tail})
     info = {"source": "samples", "n": n, "max_new_tokens": max_new_tokens, "temperature": temperature,
             "top_p": top_p, "seed": seed, "distinct_completions": distinct}
-    return rows_to_dataset(rows, k, V, info)
+    return rows_to_dataset(rows, k, V, {**info, "tokenizer_hash": tokenizer_hash(tokenizer)})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -438,4 +454,4 @@ def from_corpus(
             "distance": distance, "datastore_tokens": len(datastore), "max_length": max_length, "sampling": sampling,
             "datastore_index": type(datastore.index).__name__ if datastore.index is not None else "brute force",
             "n": (n or k) if sampling == "sampled" else None}
-    return rows_to_dataset(rows, k, V, info)
+    return rows_to_dataset(rows, k, V, {**info, "tokenizer_hash": tokenizer_hash(tokenizer)})

@@ -46,9 +46,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import enum
 import functools
 import json
+import math
 import re
 import shutil
 import sys
@@ -175,6 +177,30 @@ def _training_hints() -> dict:
     return typing.get_type_hints(TrainingArguments)
 
 
+def _load_yaml(text: str, where: str):
+    """``yaml.safe_load(text)``; a syntax error becomes a ``ValueError`` naming ``where`` (the file or the ``--set``
+    item), the line and column, and what to do."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        lines = text.splitlines() or [""]
+
+        def place(mark) -> str:
+            line = f"line {mark.line + 1}, " if len(lines) > 1 else ""
+            shown = f" {lines[mark.line][:80]!r}" if mark.line < len(lines) else " (the end of the text)"
+            return f"{line}column {mark.column + 1}{shown}"
+
+        mark, context = getattr(err, "problem_mark", None), getattr(err, "context_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        at = f" at {place(mark)}" if mark is not None else ""
+        if context is not None and getattr(err, "context", None) and (mark is None or context.line != mark.line
+                                                                      or context.column != mark.column):
+            at += f" ({err.context} that starts at {place(context)})"
+        fix = ("indent with spaces: YAML does not allow tabs" if "\\t" in problem else
+               "fix the YAML there (see configs/ for examples; quote a string that holds : [ ] { } # or a leading *)")
+        raise ValueError(f"{where} is not valid YAML: {problem}{at}; {fix}.") from None
+
+
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
     """``--set a.b=value`` overrides (YAML-parsed values) on a nested config dict, in order."""
     for item in overrides:
@@ -190,7 +216,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             if not isinstance(node, dict):
                 where = ".".join(keys[: depth + 1])
                 raise ValueError(f"--set {item}: {where} is {node!r}, not a mapping, so it has no key {keys[depth + 1]!r}.")
-        node[keys[-1]] = yaml.safe_load(value)
+        node[keys[-1]] = _load_yaml(value, f"--set {item}: the value")
     return config
 
 
@@ -199,7 +225,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config {path} does not exist; see configs/ for examples.")
-    config = yaml.safe_load(path.read_text()) or {}
+    config = _load_yaml(path.read_text(), f"config {path}") or {}
     if not isinstance(config, dict):
         raise ValueError(f"config {path} must be a mapping of keys (model, method, data, training, ...), "
                          f"got a {type(config).__name__}; see configs/ for examples.")
@@ -211,6 +237,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
 def validate_config(config: dict) -> None:
     """Raise ``ValueError`` naming the offending key for anything the CLI would not use: unknown keys, values of the
     wrong type (no coercion), out-of-range sizes and unknown choices."""
+    from transformers import TrainingArguments
+
     from .data import CORPORA, SPLITS
 
     _check_keys(config, TOP_KEYS, "the top level")
@@ -249,23 +277,84 @@ def validate_config(config: dict) -> None:
             )
         if spec.get("k", 64) < 1:
             raise ValueError(f"data.targets.k must be >= 1 (target tokens per position), got {spec['k']}.")
-        if not spec.get("temperature", 1.0) > 0:
-            raise ValueError(f"data.targets.temperature must be > 0, got {spec['temperature']}.")
+        temperature = spec.get("temperature", 1.0)
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"data.targets.temperature must be a finite number > 0 (1.0 keeps the reference's "
+                             f"distribution; inf would make every target uniform), got {temperature}.")
         _check_choice("data.targets.rebuild", spec.get("rebuild", "auto"), REBUILD)
 
     training = config["training"]
     if not isinstance(training, dict) or "output_dir" not in training:
         raise ValueError("training needs at least output_dir (any transformers.TrainingArguments field is allowed).")
-    _check_section_types(training, _training_hints(), "training")
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    for key in sorted(set(training) - fields):
+        close = difflib.get_close_matches(key, fields, n=1)
+        raise ValueError(f"unknown key {key!r} in training: not a transformers.TrainingArguments field"
+                         + (f"; did you mean {close[0]!r}?" if close else "."))
+    by_epochs = training.get("max_steps", 0) is None  # null: train for num_train_epochs (TrainingArguments' -1)
+    _check_section_types({k: v for k, v in training.items() if not (k == "max_steps" and by_epochs)},
+                         _training_hints(), "training")
     if not isinstance(training["output_dir"], str) or not training["output_dir"]:
         raise ValueError(f"training.output_dir must be a string (a folder), got {training['output_dir']!r}.")
-    dft_config(config)  # unknown methods / bad loss options fail here, before any model is loaded
+    check_training_values(training)
+    try:
+        dft_config(config)  # unknown methods / bad loss options fail here, before any model is loaded
+    except ValueError as err:
+        raise ValueError(f"method {config['method']!r} / dft section: {err}") from None
     denoiser = denoiser_config(config)
     if denoiser is not None and "corpus" in data and data.get("block_size", 64) < denoiser.min_prefix + denoiser.block_size:
         raise ValueError(
             f"data.block_size {data.get('block_size', 64)} is shorter than denoiser.min_prefix + denoiser.block_size = "
             f"{denoiser.min_prefix + denoiser.block_size}: raise data.block_size or lower the denoiser's sizes."
         )
+
+
+def check_training_values(training: dict) -> None:
+    """The ``training`` values that TrainingArguments accepts but that would train silently wrong (``max_steps`` 0
+    or negative trains ``num_train_epochs`` instead) or fail inside the first step (batch size 0, a negative or NaN
+    learning rate, ``gradient_accumulation_steps`` 0); raise a ``ValueError`` naming the key and the fix."""
+    for key, value in training.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"training.{key} must be a finite number, got {value}.")
+    steps = training.get("max_steps")
+    if steps is not None and steps < 1:
+        raise ValueError(
+            f"training.max_steps must be >= 1 (optimizer steps), got {steps}; to train for training.num_train_epochs "
+            "instead, remove max_steps (or --set training.max_steps=null)."
+        )
+    if steps is None and not training.get("num_train_epochs", 3.0) > 0:
+        raise ValueError(f"training.num_train_epochs must be > 0 when max_steps is not set, got "
+                         f"{training['num_train_epochs']}; or set training.max_steps >= 1.")
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if training.get(key, 1) < 1:
+            raise ValueError(f"training.{key} must be >= 1, got {training[key]}.")
+    if not training.get("learning_rate", 5e-5) > 0:
+        raise ValueError(f"training.learning_rate must be a finite number > 0 (e.g. 1.0e-4), got "
+                         f"{training['learning_rate']}.")
+
+
+def check_config_against_model(config: dict, model, tokenizer=None, role: str = "model") -> None:
+    """What ``config`` asks of the loaded ``model``, checked before any target is built: ``data.block_size`` within
+    the model's context (``max_position_embeddings``; longer positions are out of what it was trained on, and the
+    target build would run for a long time on them) and ``data.targets.k`` within its vocabulary."""
+    from .models import model_vocab_size
+
+    data = config["data"]
+    context = getattr(model.config, "max_position_embeddings", None)
+    block_size = data.get("block_size", 64)
+    prefix = (data.get("targets") or {}).get("prefix")
+    extra = len(tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix and tokenizer is not None else 0
+    if "corpus" in data and context and block_size + extra > context:
+        what = f"data.block_size {block_size}" + (f" + the prefix's {extra} tokens" if extra else "")
+        raise ValueError(
+            f"{what} exceeds the {role}'s context length (max_position_embeddings = {context}); lower "
+            f"data.block_size to at most {context - extra}."
+        )
+    if "corpus" in data and "targets" in data:
+        k, vocab = data["targets"].get("k", 64), model_vocab_size(model, tokenizer)
+        if k > vocab:
+            raise ValueError(f"data.targets.k {k} exceeds the {role}'s vocabulary size ({vocab}); lower data.targets.k "
+                             f"to at most {vocab}.")
 
 
 def denoiser_config(config: dict):
@@ -289,6 +378,7 @@ def training_arguments(section: dict):
     from transformers import HfArgumentParser, TrainingArguments
 
     defaults = {"report_to": "none", "logging_steps": 1}
+    section = {k: v for k, v in section.items() if not (k == "max_steps" and v is None)}  # null: train by epochs
     try:
         (args,) = HfArgumentParser(TrainingArguments).parse_dict({**defaults, **section}, allow_extra_keys=False)
     except ValueError as err:
@@ -480,6 +570,7 @@ def dataset_loader(config: dict, model, tokenizer) -> Callable[[World], object]:
     reference, ref_tokenizer = model, tokenizer
     if spec.get("reference_model") not in (None, config["model"]):
         reference, ref_tokenizer = load_student({**config, "model": spec["reference_model"]})
+        check_config_against_model(config, reference, ref_tokenizer, role="reference model")
     k = int(spec.get("k", 64))
     params = {"prefix": spec.get("prefix"), "temperature": float(spec.get("temperature", 1.0))}
     block_size = int(data.get("block_size", 64))
@@ -524,6 +615,11 @@ def run(config: dict, resume: bool | str | None = None, overwrite: bool = False)
     """
     args = training_arguments(config["training"])
     out = Path(args.output_dir)
+    file = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if file is not None:
+        where = "is a file" if file == out else f"is inside {file}, which is a file"
+        raise NotADirectoryError(f"training.output_dir {out} {where}, not a folder: choose a folder for the run "
+                                 "(--set training.output_dir=...).")
     resume = resume if resume is not None else config.get("resume_from_checkpoint")
     existing = previous_run(out)
     if resume and overwrite:
@@ -537,10 +633,11 @@ def run(config: dict, resume: bool | str | None = None, overwrite: bool = False)
     checkpoint = resolve_resume(resume, out, verbose=args.process_index == 0)
     # rank 0 first: it clears a run being overwritten and fills the model and corpus caches the other ranks read
     with args.main_process_first(desc="model and corpus"):
-        if overwrite and existing and args.process_index == 0:
-            _clear_previous_run(out, existing)
         model, tokenizer = load_student(config)
+        check_config_against_model(config, model, tokenizer)  # before any target is built
         finish = dataset_loader(config, model, tokenizer)
+        if overwrite and existing and args.process_index == 0:  # only once the model and the data are known good
+            _clear_previous_run(out, existing)
     dataset = finish(World.current())  # every rank at once: a target cache is built in slices, one per rank
     if args.process_index == 0:
         _note_unchecked_tokenizer(dataset, dft_config(config))

@@ -81,8 +81,9 @@ class DFTConfig:
             raise ValueError(
                 f"unknown divergence {self.divergence!r}; choose one of {LOSSES} or a method name {tuple(METHODS)}."
             )
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0 (inf makes every distribution uniform), got "
+                             f"{self.temperature}.")
         if not 0.0 <= self.ce_weight <= 1.0:
             raise ValueError(f"ce_weight (λ in λ·CE + (1−λ)·D) must be in [0, 1], got {self.ce_weight}.")
         if self.chunk_size < 1:

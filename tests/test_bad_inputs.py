@@ -210,9 +210,18 @@ def test_build_trainer_refuses_targets_of_another_tokenizer(tiny_cache, tmp_path
     with pytest.raises(ValueError, match="another tokenizer of the same vocabulary size.*rebuild the targets"):
         build_trainer(model, other, dataset, DFTConfig(), args)
     build_trainer(model, tok, dataset, DFTConfig(), args)  # the tokenizer it was built with is accepted
-    bare = T.from_reference_model(model, tok, TEXTS, k=4)  # built without the cache: no tokenizer hash
-    with pytest.warns(UserWarning, match="records no tokenizer hash"):
-        build_trainer(model, other, bare, DFTConfig(), args)
+    direct = T.from_reference_model(model, tok, TEXTS, k=4)  # built without the cache: the builder records the hash
+    with pytest.raises(ValueError, match="another tokenizer of the same vocabulary size"):
+        build_trainer(model, other, direct, DFTConfig(), args)
+    with pytest.warns(UserWarning, match="records no tokenizer hash"):  # rows assembled by hand: no record
+        build_trainer(model, other, _without_tokenizer_hash(direct), DFTConfig(), args)
+
+
+def _without_tokenizer_hash(dataset):
+    info = target_cache.target_info(dataset)
+    del info["tokenizer_hash"]
+    dataset.info.description = json.dumps({"dftnb_target": info})
+    return dataset
 
 
 # -- the training CLI ------------------------------------------------------------------------------------------------
@@ -296,7 +305,7 @@ def test_cli_says_when_the_tokenizer_cannot_be_checked(tiny_cache, tmp_path, cap
     from dftnb.train import main
 
     model, tok, _, _ = tiny_cache
-    T.from_reference_model(model, tok, TEXTS, k=4).save_to_disk(str(tmp_path / "data"))  # saved by hand: no hash
+    _without_tokenizer_hash(T.from_reference_model(model, tok, TEXTS, k=4)).save_to_disk(str(tmp_path / "data"))
     main(["--config", str(SMOKE), "--set", "data={dataset: " + str(tmp_path / "data") + "}", "--set",
           "training.max_steps=1", "--set", f"training.output_dir={tmp_path / 'run'}", "--set", "save_final=false"])
     assert "records no tokenizer hash" in capsys.readouterr().err
@@ -356,3 +365,256 @@ def test_config_values_are_not_coerced():
     config = load_config(SMOKE, ["training.max_steps=3", "data.max_blocks=null"])
     assert config["training"]["max_steps"] == 3 and config["data"]["max_blocks"] is None
     assert math.isclose(config["training"]["learning_rate"], 1e-3)
+
+
+# -- the notebook runner: another profile's (or a hand-made) chapter in --out ----------------------------------------
+def _executed_copy(folder: Path, name: str, profile: str | None) -> Path:
+    """A chapter as the runner leaves it: papermill records the runner's parameters in the metadata (or, with
+    ``profile=None``, a notebook saved by hand, without that record)."""
+    nb = json.loads((ROOT / "notebooks" / name).read_text())
+    if profile is not None:
+        nb["metadata"]["papermill"] = {"parameters": {"profile": profile, "out_dir": str(folder)}}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(json.dumps(nb, indent=1))
+    return path
+
+
+@pytest.fixture
+def executed(monkeypatch):
+    """papermill.execute_notebook replaced by a recorder: the runner's checks run, no kernel starts."""
+    import papermill
+
+    from dftnb import runner
+
+    calls = []
+    monkeypatch.setenv(runner.HEADLESS_ENV, "1")
+    monkeypatch.setattr(papermill, "execute_notebook", lambda src, dst, **kw: calls.append(Path(dst).name))
+    return calls
+
+
+def test_runner_refuses_to_overwrite_another_profiles_run(tmp_path, executed):
+    from dftnb import runner
+
+    out = tmp_path / "outputs"
+    earlier = _executed_copy(out, "00_tour.ipynb", "default")  # what `make run` left there
+    before = earlier.read_bytes()
+    message = (rf"{re.escape(str(earlier))} holds an executed run of profile 'default'.*profile 'smoke'.*"
+               r"another folder \(--out .*outputs-smoke\) or pass --overwrite")
+    with pytest.raises(SystemExit, match=message):
+        runner.main(["--profile", "smoke", "--only", "00", "--out", str(out)])
+    with pytest.raises(SystemExit, match="holds an executed run of profile 'default'"):  # any chapter of it counts
+        runner.main(["--profile", "smoke", "--only", "01", "--out", str(out)])
+    assert executed == [] and earlier.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["00_tour.ipynb"]  # no timings, figures or tables either
+    runner.main(["--profile", "smoke", "--only", "00", "--out", str(out), "--overwrite"])
+    assert executed == ["00_tour.ipynb"]
+
+
+def test_runner_refuses_to_overwrite_a_notebook_it_did_not_write(tmp_path, executed):
+    from dftnb import runner
+
+    out = tmp_path / "build"
+    mine = _executed_copy(out, "00_tour.ipynb", None)
+    before = mine.read_bytes()
+    with pytest.raises(SystemExit, match=r"00_tour.ipynb is not a chapter executed by the runner.*--overwrite"):
+        runner.main(["--profile", "smoke", "--only", "00", "--out", str(out)])
+    assert executed == [] and mine.read_bytes() == before
+    runner.main(["--profile", "smoke", "--only", "01", "--out", str(out)])  # another chapter: nothing overwritten
+    assert executed == ["01_target_construction.ipynb"]
+
+
+def test_runner_reruns_a_profile_into_its_own_folder(tmp_path, executed):
+    """`make run` / `make smoke` on a fresh clone (no folder, an empty one) and again into their own folder."""
+    from dftnb import runner
+
+    runner.main(["--profile", "default", "--only", "00", "--out", str(tmp_path / "fresh")])
+    (tmp_path / "empty").mkdir()
+    runner.main(["--profile", "default", "--only", "00", "--out", str(tmp_path / "empty")])
+    _executed_copy(tmp_path / "build", "00_tour.ipynb", "smoke")
+    _executed_copy(tmp_path / "build", "01_target_construction.ipynb", "smoke")
+    runner.main(["--profile", "smoke", "--only", "00", "01", "--out", str(tmp_path / "build")])
+    assert executed == ["00_tour.ipynb", "00_tour.ipynb", "00_tour.ipynb", "01_target_construction.ipynb"]
+    assert "--overwrite" in (ROOT / "Makefile").read_text().split("\nsmoke:")[1].split("\n\n")[0]  # build/: scratch
+
+
+# -- config values that trained silently wrong or failed in the first step --------------------------------------------
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["training.max_steps=0"], r"training.max_steps must be >= 1.*remove max_steps \(or --set training.max_steps=null"),
+        (["training.max_steps=-5"], r"training.max_steps must be >= 1"),
+        (["training.max_steps=null", "training.num_train_epochs=0"], r"training.num_train_epochs must be > 0"),
+        (["training.per_device_train_batch_size=0"], r"training.per_device_train_batch_size must be >= 1, got 0"),
+        (["training.gradient_accumulation_steps=0"], r"training.gradient_accumulation_steps must be >= 1, got 0"),
+        (["training.learning_rate=-1"], r"training.learning_rate must be a finite number > 0 \(e.g. 1.0e-4\), got -1"),
+        (["training.learning_rate=.nan"], r"training.learning_rate must be a finite number, got nan"),
+        (["training.max_grad_norm=.nan"], r"training.max_grad_norm must be a finite number, got nan"),
+        (["training.max_step=3"], r"unknown key 'max_step' in training.*did you mean 'max_steps'"),
+        (["data.targets.temperature=.inf"], r"data.targets.temperature must be a finite number > 0.*got inf"),
+        (["dft.temperature=.inf"], r"dft section: temperature must be a finite number > 0.*got inf"),
+    ],
+)
+def test_config_values_are_checked_before_any_work(overrides, message):
+    from dftnb.train import load_config
+
+    with pytest.raises(ValueError, match=message):
+        load_config(SMOKE, overrides)
+
+
+def test_max_steps_null_trains_by_epochs():
+    from dftnb.train import load_config, training_arguments
+
+    config = load_config(SMOKE, ["training.max_steps=null", "training.num_train_epochs=2"])
+    args = training_arguments(config["training"])
+    assert args.max_steps == -1 and args.num_train_epochs == 2
+
+
+def test_dft_config_refuses_an_infinite_temperature():
+    from dftnb.trainer import DFTConfig
+
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        DFTConfig(temperature=INF)
+
+
+# -- YAML syntax errors name the file (or the --set item), the line and the fix -------------------------------------
+def test_malformed_yaml_names_the_file_and_line(tmp_path):
+    from dftnb.train import load_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: tiny\nmethod: sft\ndata:\n  corpus: [shakespeare\ntraining: {output_dir: x}\n")
+    with pytest.raises(ValueError, match=rf"config {re.escape(str(bad))} is not valid YAML: .*line 4, column 11 "
+                                         r"'  corpus: \[shakespeare'.*fix the YAML there"):
+        load_config(bad)
+    tabs = tmp_path / "tabs.yaml"
+    tabs.write_text("model: tiny\nmethod: sft\ndata:\n\tcorpus: shakespeare\n")
+    with pytest.raises(ValueError, match=rf"config {re.escape(str(tabs))} is not valid YAML: .*at line 4, column 1.*"
+                                         "indent with spaces: YAML does not allow tabs"):
+        load_config(tabs)
+
+
+def test_malformed_set_value_names_the_item():
+    from dftnb.train import load_config
+
+    with pytest.raises(ValueError, match=r"--set training.max_steps=\[1: the value is not valid YAML: .*column 3"):
+        load_config(SMOKE, ["training.max_steps=[1"])
+
+
+# -- the CLI: checked against the loaded model before targets are built; output_dir a file ---------------------------
+@pytest.fixture
+def no_targets(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("targets were built before the config was checked against the model")
+
+    monkeypatch.setattr(T, "from_reference_model", refuse)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.block_size=100000", r"data.block_size 100000 exceeds the model's context length "
+                                   r"\(max_position_embeddings = 2048\); lower data.block_size to at most 2048"),
+        ("data.targets.k=100000", r"data.targets.k 100000 exceeds the model's vocabulary size \(49152\)"),
+    ],
+)
+def test_cli_checks_the_config_against_the_model_first(tmp_path, no_targets, override, message):
+    from dftnb.train import main
+
+    with pytest.raises(ValueError, match=message):
+        main(["--config", str(SMOKE), "--set", override, f"training.output_dir={tmp_path / 'run'}"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_keeps_the_earlier_run_when_the_config_does_not_fit_the_model(finished_run, tmp_path, no_targets):
+    from dftnb.train import main
+
+    out = _copy(finished_run, tmp_path / "run")
+    before = sorted(p.name for p in out.iterdir())
+    for bad in ("data.block_size=100000", "data={dataset: " + str(tmp_path) + "}"):
+        with pytest.raises((ValueError, FileNotFoundError), match="exceeds the model's context|not a dftnb target"):
+            main(["--config", str(SMOKE), "--set", bad, f"training.output_dir={out}", "--overwrite"])
+    assert sorted(p.name for p in out.iterdir()) == before  # --overwrite deleted nothing
+
+
+def test_output_dir_that_is_a_file(tmp_path):
+    from dftnb.train import main
+
+    file = tmp_path / "notes.txt"
+    file.write_text("keep me")
+    for out in (file, file / "run"):
+        with pytest.raises(NotADirectoryError, match=rf"training.output_dir {re.escape(str(out))} (is a file|is inside "
+                                                     r".*which is a file), not a folder: choose a folder"):
+            main(["--config", str(SMOKE), "--set", f"training.output_dir={out}", "training.max_steps=1"])
+    assert file.read_text() == "keep me"
+
+
+def test_folder_that_is_not_a_dataset(tmp_path):
+    from dftnb.train import main
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("not a dataset")
+    message = rf"{re.escape(str(folder))} is not a dftnb target cache or a saved dataset: it has no dftnb_target.json"
+    with pytest.raises(FileNotFoundError, match=message + ".*point it at the folder"):
+        target_cache.load_target_dataset(folder)
+    with pytest.raises(FileNotFoundError, match=message):  # the CLI's data.dataset
+        main(["--config", str(SMOKE), "--set", "data={dataset: " + str(folder) + "}",
+              f"training.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(NotADirectoryError, match="readme.txt is a file, not a saved dataset"):
+        target_cache.load_target_dataset(folder / "readme.txt")
+
+
+# -- library calls -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("temperature", [INF, NAN, 0.0, -1.0])
+def test_reference_targets_refuse_a_non_finite_temperature(tiny, temperature):
+    model, tok = tiny
+    with pytest.raises(ValueError, match=r"temperature must be a finite number > 0 .*uniform"):
+        T.from_reference_model(model, tok, TEXTS, k=4, temperature=temperature)
+
+
+def test_reference_targets_refuse_texts_longer_than_the_context(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match=r"2100 tokens, more than the model's context length "
+                                         r"\(max_position_embeddings = 2048\); pass max_length <= 2048"):
+        T.from_reference_model(model, tok, [[5] * 2100], k=4, max_length=4096)
+
+
+@pytest.mark.parametrize("temperature", [NAN, INF, -1.0, "0.7"])
+def test_generate_refuses_a_bad_temperature(tiny, temperature):
+    from dftnb.models import generate
+
+    model, tok = tiny
+    with pytest.raises(ValueError, match=r"temperature must be a finite number > 0 .*do_sample=False"):
+        generate(model, tok, ["Hello"], max_new_tokens=2, do_sample=True, temperature=temperature)
+
+
+@pytest.mark.parametrize("limit", [-1, 0, 1.5])
+def test_humaneval_limit_must_be_positive(limit):
+    from dftnb.evals import humaneval
+
+    problems = [{"task_id": f"t/{i}", "prompt": "def f():\n", "test": "", "entry_point": "f"} for i in range(3)]
+    with pytest.raises(ValueError, match=r"limit must be None \(every problem\) or an integer >= 1"):
+        humaneval(None, None, problems=problems, limit=limit)
+
+
+def test_malformed_mmlu_jsonl_names_file_and_line(tmp_path):
+    from dftnb.evals import load_mmlu
+
+    good = json.dumps({"question": "2 + 2?", "answer_a": "3", "answer_b": "4", "answer_c": "5", "answer_d": "6",
+                       "correct_answer": "B", "topic": "arithmetic"})
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f"{good}\n{{oops\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:2: not valid JSON .*fix or remove that line"):
+        load_mmlu(str(path))
+    path.write_text(f"{good}\n[1, 2]\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:2: a JSON list, not an object"):
+        load_mmlu(str(path))
+
+
+@pytest.mark.parametrize("temperature", [INF, NAN])
+def test_knn_temperature_must_be_finite(temperature):
+    from dftnb.datastore import KNNDatastore, knn_neighbours
+
+    store = KNNDatastore(torch.randn(6, 3), torch.arange(6))
+    with pytest.raises(ValueError, match="knn_temperature must be a finite number > 0"):
+        knn_neighbours(torch.randn(2, 3), store, 2, temperature)

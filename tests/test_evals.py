@@ -324,6 +324,24 @@ def test_results_file_resumes_finished_subjects(tiny, monkeypatch, tmp_path):
         evals.mmlu(model, tok, FIXTURE, fmt="cloze", shots=1, results_path=path)
 
 
+def test_results_rows_name_the_model_by_name_and_hash_not_by_its_path(tiny, monkeypatch, tmp_path):
+    from dftnb.target_cache import model_fingerprint
+
+    model, tok = tiny
+    monkeypatch.delenv("DFTNB_CACHE", raising=False)
+    path = tmp_path / "run.jsonl"
+    evals.mmlu(model, tok, FIXTURE, fmt="mc", shots=1, results_path=path, model_name=str(tmp_path / "sft-s0"))
+    written = path.read_text()
+    run = json.loads(json.loads(written.splitlines()[0])["run"])
+    assert run["model"] == {"name": "sft-s0", "hash": model_fingerprint(model)}  # no local path
+    assert run["source"] == FIXTURE and str(tmp_path) not in written
+    monkeypatch.setattr(evals, "score_continuations", lambda *a, **k: pytest.fail("a finished subject was scored"))
+    evals.mmlu(model, tok, FIXTURE, fmt="mc", shots=1, results_path=path, model_name=str(tmp_path / "sft-s0"))
+    assert path.read_text() == written  # resumed on another machine's path to the same run: nothing scored again
+    with pytest.raises(ValueError, match="another MMLU run"):  # another model's rows are still refused
+        evals.mmlu(model, tok, FIXTURE, fmt="mc", shots=1, results_path=path, model_name="dft_reverse_kl-s0")
+
+
 @pytest.mark.slow
 def test_prefix_sharing_on_the_embedded_model(embedded):
     model, tok = embedded

@@ -4,13 +4,17 @@ same losses, and the verdict over seeds is only as strong as its weakest seed.""
 
 import hashlib
 import json
+import re
 import shutil
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 from transformers import TrainerCallback
 
+from dftnb import records
 from dftnb import study as S
 from dftnb import study_runs as R
 from dftnb.benchmark import SIZES
@@ -94,8 +98,9 @@ def test_paired_rows_compare_each_seed_with_sft_of_that_seed(smoke_study):
     assert {"base", "SFT s0", "SFT s1", "control: reverse KL to its own targets s0"} <= set(table.model)
     cost = pd.read_csv(study.results / "tables" / "cost.csv").set_index("run").median_step_s
     ratios = pd.read_csv(study.results / "tables" / "cost.csv").set_index("run").step_ratio_vs_sft
-    assert ratios["DFT (reverse KL) s1"] == pytest.approx(cost["DFT (reverse KL) s1"] / cost["SFT s1"], rel=1e-5)
-    assert ratios["GEM s0"] == pytest.approx(cost["GEM s0"] / cost["SFT s0"], rel=1e-5)
+    # stored with 5 significant digits, each of the three: a ratio of rounded values agrees to about 1e-4
+    assert ratios["DFT (reverse KL) s1"] == pytest.approx(cost["DFT (reverse KL) s1"] / cost["SFT s1"], rel=2e-4)
+    assert ratios["GEM s0"] == pytest.approx(cost["GEM s0"] / cost["SFT s0"], rel=2e-4)
 
 
 def test_the_readme_paragraph_reads_each_criterion_as_the_verdict_table_does(smoke_study):
@@ -226,3 +231,51 @@ def test_provenance_is_dirty_for_changed_code_not_for_changed_results(tmp_path, 
     assert R.provenance()["dirty"] is False
     (tmp_path / "dftnb" / "code.py").write_text("x = 2\n")
     assert R.provenance()["dirty"] is True
+
+
+ABSOLUTE = re.compile(r"(/work/|/root/|/home/|/tmp/)")
+
+
+def test_provenance_names_models_and_paths_without_absolute_paths(tiny, tmp_path, monkeypatch):
+    from dftnb.models import EMBEDDED, _embedded_cache
+    from dftnb.target_cache import model_fingerprint
+
+    monkeypatch.delenv("DFTNB_CACHE", raising=False)
+    model, _ = tiny
+    for path in (R.REPO / "results" / "mmlu" / "x.jsonl", tmp_path / "run" / "checkpoint-3", "/", "/tmp", "rel/x"):
+        got = records.portable_path(path)
+        assert not Path(got).is_absolute() and not ABSOLUTE.search(got), (path, got)
+    assert records.portable_path(R.REPO / "results" / "mmlu" / "x.jsonl") == "results/mmlu/x.jsonl"
+    monkeypatch.setenv("DFTNB_CACHE", str(tmp_path))
+    assert records.portable_path(tmp_path / "study" / "models" / "sft-s0") == "$DFTNB_CACHE/study/models/sft-s0"
+    monkeypatch.delenv("DFTNB_CACHE")
+
+    record = records.model_record(model, "sft-s0")
+    assert record == {"name": "sft-s0", "hash": model_fingerprint(model)} and len(record["hash"]) == 16
+    assert records.model_record(model)["name"] == "llama"  # no name at all: its model type
+    assert records.model_label(None, str(_embedded_cache())) == EMBEDDED == records.model_label(None, EMBEDDED)
+    for name in (tmp_path / "sft-s0", str(tmp_path / "sft-s0"), R.REPO / ".cache" / "study" / "models" / "gem-s0"):
+        label = records.model_label(model, name)
+        assert not Path(label).is_absolute() and not ABSOLUTE.search(label), (name, label)
+    assert records.model_label(model, "HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"  # a hub id as given
+
+    argv = [str(records.PACKAGE / "denoiser_curve.py"), "--results", str(tmp_path / "r"), f"--work={tmp_path / 'w'}"]
+    assert records.portable_command(argv) == "python -m dftnb.denoiser_curve --results r --work=w"
+    monkeypatch.setattr(sys, "argv", ["/root/.venv/bin/pytest", str(R.REPO / "tests" / "test_study.py")])
+    assert R.provenance()["command"] == "pytest tests/test_study.py"
+
+
+def test_committed_results_record_no_absolute_local_path():
+    """Results are committed: no file under results/ may name where it was computed (a model by name and hash,
+    a path relative to the repository root; see dftnb.records)."""
+    found = []
+    for path in sorted((R.REPO / "results").rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:  # binary (figures, npz)
+            continue
+        found += [f"{path.relative_to(R.REPO)}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
+                  for m in ABSOLUTE.finditer(text)][:3]
+    assert not found, "absolute local paths in committed results:\n" + "\n".join(found)

@@ -498,8 +498,10 @@ def test_cache_hit_mismatch_and_foreign_folder(tiny, tmp_path):
     foreign_tok = {**meta8, "tokenizer_hash": "0" * 64}
     with pytest.raises(target_cache.StaleTargetCacheError, match="tokenizer_hash"):
         target_cache.build_or_load(path, foreign_tok, builder(8), rebuild="never")
-    target_cache.build_or_load(path, foreign_tok, builder(8))
-    assert calls == [4, 8, 8]
+    # a key that names another tokenizer than the one the builder used is refused, not saved under the wrong key
+    with pytest.raises(ValueError, match="builder recorded another tokenizer than the metadata"):
+        target_cache.build_or_load(path, foreign_tok, builder(8))
+    assert calls == [4, 8, 8] and target_cache.read_sidecar(path)["metadata"]["tokenizer_hash"] != "0" * 64
 
     other_model, _ = tiny_model(seed=1, tokenizer=tok)
     assert target_cache.target_metadata(other_model, tok, source="reference", corpus="toy", k=4, texts=2) != meta4
