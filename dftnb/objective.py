@@ -371,7 +371,9 @@ def dft_loss(
         divergence_kwargs = {**divergence_kwargs, "tail": tail}
 
     def chunk_target(idx: torch.Tensor) -> SparseTarget:
-        return SparseTarget(target_ids[idx], target_logprobs[idx], vocab, None if target_r is None else target_r[idx])
+        # a slice of the batch's target, which was validated when it was built: no check, no host synchronisation
+        return SparseTarget.unchecked(target_ids[idx], target_logprobs[idx], vocab,
+                                      None if target_r is None else target_r[idx])
 
     def row_loss(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         loss = 0.0

@@ -296,13 +296,25 @@ class SparseTarget:
                     "to these log-probabilities; rebuild the target, or pass r=None to derive r from them."
                 )
 
+    @classmethod
+    def unchecked(cls, ids, logprobs, vocab_size: int, r=None) -> SparseTarget:
+        """A target made of parts of one that was already validated (a slice, a device copy): no :meth:`validate`.
+
+        Validation reads values back (``.any()``, ``int()``), which on a GPU waits for every queued kernel; the
+        losses slice a batch's target into many row chunks, so the batch is validated once (at construction,
+        :func:`batch_sparse_target`) and its slices are not."""
+        target = cls.__new__(cls)
+        target.ids, target.logprobs, target.vocab_size, target.r = ids, logprobs, vocab_size, r
+        return target
+
     def __getitem__(self, index) -> SparseTarget:
         r = None if self.r is None else self.r[index]
-        return SparseTarget(self.ids[index], self.logprobs[index], self.vocab_size, r)
+        return SparseTarget.unchecked(self.ids[index], self.logprobs[index], self.vocab_size, r)
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> SparseTarget:
         r = None if self.r is None else self.r.to(device=device, dtype=dtype)
-        return SparseTarget(self.ids.to(device), self.logprobs.to(device=device, dtype=dtype), self.vocab_size, r)
+        return SparseTarget.unchecked(self.ids.to(device), self.logprobs.to(device=device, dtype=dtype),
+                                      self.vocab_size, r)
 
 
 def _as_float(logits: torch.Tensor) -> torch.Tensor:

@@ -736,3 +736,23 @@ def test_bucket_forward_kl_when_the_students_tail_underflows_float32():
     (g_want,) = torch.autograd.grad(want.sum(), z64)
     torch.testing.assert_close(rows.double(), want.detach(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(grad.double(), g_want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["reverse_kl", "forward_kl", "sinkhorn"])
+def test_dft_loss_validates_the_target_once_per_batch_not_per_slice(name, monkeypatch):
+    """Validation reads values back to the host (on a GPU: a synchronisation); the batch's target is validated when
+    it is built, and the row chunks the loss slices it into are not validated again."""
+    hidden, weight, target, labels, emb = make_batch()
+    calls = []
+    real = SparseTarget.validate
+    monkeypatch.setattr(SparseTarget, "validate", lambda self: (calls.append(self.ids.shape), real(self))[1])
+    built = SparseTarget(target.ids, target.logprobs, target.vocab_size, target.r)
+    assert len(calls) == 1  # at construction
+    extra = {"k": 4, "n_iters": 5} if name == "sinkhorn" else {}
+    loss = objective.dft_loss(hidden, built, name, lm_head_weight=weight, labels=labels, embeddings=emb,
+                              chunk_size=1, **extra)
+    loss.backward()
+    assert len(calls) == 1, f"validated again on slices of shapes {calls[1:4]}..."
+    assert (labels != -100).sum() > 3  # chunk_size=1: many slices were taken
+    with pytest.raises(ValueError, match="ids span"):  # the construction check still refuses a bad target
+        SparseTarget(target.ids + target.vocab_size, target.logprobs, target.vocab_size, target.r)
