@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import CORPORA, corpus_texts
+from .data import CORPORA, corpus_texts, load_corpus
 from .evals import HumanEvalResult, MMLUResult, NotAvailable, humaneval, mmlu
 from .metrics import (
     classifier_two_sample_test,
@@ -221,8 +221,9 @@ def evaluate_model(
                                      batch_size)
     seconds["samples"] = lap()
     ppl_temperatures = [1.0] + sorted({float(t) for t in temperatures if t not in (GREEDY, 1.0)})
+    texts = {name: load_corpus(name)["test"]["text"] for name in CORPORA}
     ppl, token_nll = perplexity_by_corpus(
-        model, tokenizer, window=ppl_window, stride=ppl_stride, max_tokens=ppl_max_tokens,
+        model, tokenizer, texts, window=ppl_window, stride=ppl_stride, max_tokens=ppl_max_tokens,
         temperatures=ppl_temperatures, return_token_nll=True,
     )
     seconds["perplexity"] = lap()

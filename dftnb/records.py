@@ -69,20 +69,15 @@ def portable_command(argv: list[str] | None = None) -> str:
 
 def model_label(model=None, name: str | os.PathLike | None = None) -> str:
     """How provenance names a model: ``name`` (default: the config's ``_name_or_path``) as given when it is a
-    Hugging Face id, a relative path or a run name; ``"embedded"`` for the embedded SmolLM2-135M-Instruct (by name,
-    or loaded from its de-quantised cache); any other absolute path through :func:`portable_path`; a model without a
-    name by its ``model_type`` (or class). Never a local absolute path."""
-    from .models import EMBEDDED, _embedded_cache
-
+    Hugging Face id, a relative path or a run name (the embedded SmolLM2-135M-Instruct is ``"embedded"``: its loader
+    names it so); an absolute path through :func:`portable_path`; a model without a name by its ``model_type`` (or
+    class). Never a local absolute path."""
     if name is None and model is not None:
         name = getattr(model.config, "_name_or_path", "") or ""
     name = os.fspath(name) if name is not None else ""
     if not name:
         return (getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__) if model else ""
-    path = Path(name)
-    if name == EMBEDDED or (path.is_absolute() and path.resolve() == _embedded_cache().resolve()):
-        return EMBEDDED
-    return portable_path(name) if path.is_absolute() else name
+    return portable_path(name) if Path(name).is_absolute() else name
 
 
 def model_record(model, name: str | os.PathLike | None = None) -> dict:

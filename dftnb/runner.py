@@ -23,24 +23,18 @@ import time
 import warnings
 from pathlib import Path
 
+from .modeling import HEADLESS_ENV, interactive  # noqa: F401  (the runner sets what they read)
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 PROFILES = ("smoke", "default", "gpu")
 KERNEL = "dftnb"
-# Set by run_all (papermill) and by `make nbval`: the chapter runs headless, so progress bars stay off stderr.
-HEADLESS_ENV = "DFTNB_HEADLESS"
 
 
 def resolve(path: str | Path) -> Path:
     """A path relative to the repository root (notebooks run with any working directory)."""
     path = Path(path)
     return path if path.is_absolute() else REPO / path
-
-
-def interactive() -> bool:
-    """Whether a person is watching: true in JupyterLab and plain Python, false under the runner, nbval and CI
-    (which set ``DFTNB_HEADLESS=1``). Decides whether long loops show progress bars."""
-    return os.environ.get(HEADLESS_ENV, "0") != "1"
 
 
 def quiet(progress: bool = False) -> None:

@@ -198,3 +198,13 @@ def minimum_detectable_difference(p: float, n: int, alpha: float = 0.05, power: 
     p = min(max(p, 1 / n), 1 - 1 / n) if n > 1 else 0.5
     z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
     return float(z * math.sqrt(2 * p * (1 - p) / n))
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval (Wilson, JASA 1927) of a binomial proportion ``k / n``, 95% by default:
+    ``(p + z²/2n ± z·sqrt(p(1 − p)/n + z²/4n²)) / (1 + z²/n)``, clipped to [0, 1] against rounding."""
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"need n >= 1 and 0 <= k <= n, got k={k}, n={n}.")
+    p, z2 = k / n, z * z
+    centre, half = p + z2 / (2 * n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z2 / n)), min(1.0, (centre + half) / (1 + z2 / n))

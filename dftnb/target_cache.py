@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import model_vocab_size
+from .modeling import model_vocab_size
 from .records import model_fingerprint, model_label
 
 
@@ -291,7 +291,7 @@ def load_target_dataset(path: str | os.PathLike, verify: bool = True):
 
 def target_cache_path(cache: str | os.PathLike) -> Path:
     """A bare name goes under ``cache_dir()/targets/``; anything with a path separator is used as given."""
-    from .models import cache_dir
+    from .modeling import cache_dir
 
     cache = str(cache)
     return Path(cache) if (os.sep in cache or "/" in cache) else cache_dir() / "targets" / cache

@@ -38,9 +38,16 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from .data import as_text_list
 from .datastore import KNNDatastore, build_datastore, knn_lm_mixture, knn_neighbours
-from .models import batches, forward_with_hidden, model_vocab_size, pad_right, pad_token_id, progress_bar
+from .modeling import (
+    as_text_list,
+    batches,
+    forward_with_hidden,
+    model_vocab_size,
+    pad_right,
+    pad_token_id,
+    progress_bar,
+)
 from .sparse_target import (  # noqa: F401  (re-exported: the format is part of this module's API)
     IGNORE_INDEX,
     TAIL_EPS,

@@ -531,7 +531,7 @@ def build_trainer(model, tokenizer, dataset, dft_config: DFTConfig, args: Traini
 def default_training_args(output_dir: str | Path, **overrides) -> TrainingArguments:
     """Reproducible ``TrainingArguments`` for the notebooks: log every step, no reports; the Trainer's progress bar
     only when a person is watching (:func:`dftnb.runner.interactive`)."""
-    from .runner import interactive
+    from .modeling import interactive
 
     args = dict(
         output_dir=str(output_dir),

@@ -104,8 +104,7 @@ def test_perplexity_temperature_and_bad_args(tiny):
 def test_perplexity_by_corpus_matches_per_corpus_calls(tiny):
     model, tok = tiny
     texts = {"a": [TEXT], "b": ["Hello there, how are you today?", "Fine, thanks."]}
-    df = metrics.perplexity_by_corpus(model, tok, ["a", "b"], window=8, stride=4, temperatures=(1.0, 1.5),
-                                      texts_by_corpus=texts)
+    df = metrics.perplexity_by_corpus(model, tok, texts, window=8, stride=4, temperatures=(1.0, 1.5))
     for t in (1.0, 1.5):
         rows = df[df.temperature == t].set_index("corpus")
         for name in ("a", "b"):
@@ -127,8 +126,8 @@ def test_token_nll_is_each_tokens_brute_force_nll_in_stream_order(tiny):
                 k += 1
             logp = torch.log_softmax(model(ids[k * stride : j + 1][None]).logits[0, -2].double(), -1)
             expected.append(-float(logp[ids[j]]))
-    df, nll = metrics.perplexity_by_corpus(model, tok, ["a"], window=window, stride=stride, temperatures=(1.0, 2.0),
-                                           texts_by_corpus={"a": [TEXT]}, return_token_nll=True)
+    df, nll = metrics.perplexity_by_corpus(model, tok, {"a": [TEXT]}, window=window, stride=stride,
+                                           temperatures=(1.0, 2.0), return_token_nll=True)
     assert nll["a"].tolist() == pytest.approx(expected, rel=1e-5)
     row = df[(df.temperature == 1.0) & (df.corpus == "a")].iloc[0]
     assert row.tokens == len(expected) and row.perplexity == pytest.approx(math.exp(sum(expected) / len(expected)))
