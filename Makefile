@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 run: env
-	$(BIN)/python -m dftnb.runner --profile $(PROFILE) --out $(OUT)
+	$(BIN)/python -m dftnb.lab.runner --profile $(PROFILE) --out $(OUT)
 
 lint: env
 	$(BIN)/ruff check dftnb tests benchmarks
@@ -46,7 +46,7 @@ unit: env
 	$(BIN)/python -m pytest -q tests --ignore=tests/browser
 
 smoke: env
-	$(BIN)/python -m dftnb.runner --profile smoke --out build --overwrite
+	$(BIN)/python -m dftnb.lab.runner --profile smoke --out build --overwrite
 
 nbval: env
 	DFTNB_HEADLESS=1 DFTNB_EXECUTED=build $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --sanitize-with tests/nbval_sanitize.cfg build/[0-9][0-9]_*.ipynb tests/test_executed_notebooks.py
@@ -68,14 +68,14 @@ bench: env
 # A workshop's caches, built once, offline: the de-quantised model, the embedder check, chapter 01-02 targets and the
 # models chapter 02 trains (which chapters 04 and 06 read). Afterwards every chapter starts in seconds.
 prepare: env
-	$(BIN)/python -m dftnb.runner --profile $(PROFILE) --out $(OUT) --only 00 01 02
-	$(BIN)/python -c "from dftnb.models import load_embedder; load_embedder()"
+	$(BIN)/python -m dftnb.lab.runner --profile $(PROFILE) --out $(OUT) --only 00 01 02
+	$(BIN)/python -c "from dftnb.lab.models import load_embedder; load_embedder()"
 	@du -sh .cache $(OUT) 2>/dev/null | sed 's/^/disk used: /'
 
 # The study (results/study/): resumable piece by piece; a finished piece is skipped, so this also regenerates the
-# tables from the committed rows. `python -m dftnb.study --list` shows what is done.
+# tables from the committed rows. `python -m dftnb.lab.study --list` shows what is done.
 study: env
-	$(BIN)/python -m dftnb.study --profile study
+	$(BIN)/python -m dftnb.lab.study --profile study
 
 lab: env
 	$(BIN)/jupyter lab notebooks/

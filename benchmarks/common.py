@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from dftnb.experiments import machine_description
+from dftnb.lab.experiments import machine_description
 from dftnb.records import portable_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ TABLES = REPO / "outputs" / "tables"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 
-machine = machine_description  # one description of the machine for every table (dftnb.experiments)
+machine = machine_description  # one description of the machine for every table (dftnb.lab.experiments)
 
 
 def command() -> str:
@@ -50,8 +50,8 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def load_trainable(name: str, device: torch.device, dtype: torch.dtype):
-    """``dftnb.models.load_model``, refusing a model that loads as quantized (``Trainer`` cannot fine-tune it)."""
-    from dftnb.models import load_model
+    """``dftnb.lab.models.load_model``, refusing a model that loads as quantized (``Trainer`` cannot fine-tune it)."""
+    from dftnb.lab.models import load_model
 
     model, tokenizer = load_model(name, device=device, dtype=dtype)
     if getattr(model, "hf_quantizer", None) is not None:

@@ -29,10 +29,10 @@ import pandas as pd
 import torch
 from common import report, resolve_device, verdict
 
-from dftnb import data
 from dftnb.datastore import build_datastore, faiss_index
-from dftnb.models import batches, forward_with_hidden, load_model, pad_right, pad_token_id, tiny_model
-from dftnb.runner import quiet
+from dftnb.lab import data
+from dftnb.lab.models import batches, forward_with_hidden, load_model, pad_right, pad_token_id, tiny_model
+from dftnb.lab.runner import quiet
 
 GOALS = {"keys": 200_000, "search_share": 0.20, "bytes_per_key": 64, "recall": 0.9}
 

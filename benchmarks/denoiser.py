@@ -21,8 +21,8 @@ from common import interleaved_medians, report, resolve_device, verdict
 
 from dftnb.denoise import denoise_generate
 from dftnb.denoise_training import DenoiserConfig, train_denoiser
-from dftnb.experiments import shakespeare_targets
-from dftnb.models import load_model, tiny_model
+from dftnb.lab.experiments import shakespeare_targets
+from dftnb.lab.models import load_model, tiny_model
 from dftnb.sampling import sampler_kwargs
 
 GOAL = 1.2

@@ -35,9 +35,9 @@ import torch
 from common import interleaved_medians, load_trainable, machine, report, resolve_device, verdict
 from step_time import make_batch, step_functions
 
-from dftnb import data
-from dftnb.models import batches, pad_right, pad_token_id, tiny_model
-from dftnb.runner import quiet
+from dftnb.lab import data
+from dftnb.lab.models import batches, pad_right, pad_token_id, tiny_model
+from dftnb.lab.runner import quiet
 from dftnb.target_cache import build_or_load, target_metadata
 from dftnb.targets import from_reference_model
 

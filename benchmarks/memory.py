@@ -109,8 +109,8 @@ def step_worker(spec: dict) -> dict:
     """One training step of ``spec['divergence']`` after a warm-up step (optimizer state allocated)."""
     from step_time import make_batch, step_functions
 
-    from dftnb.models import tiny_model
-    from dftnb.runner import quiet
+    from dftnb.lab.models import tiny_model
+    from dftnb.lab.runner import quiet
 
     quiet()
     device, dtype = torch.device(spec["device"]), resolve_dtype(spec["dtype"])

@@ -5,7 +5,7 @@
     python benchmarks/mmlu.py --evaluate      # accuracy: all 14,042 questions, cloze 0-shot, resumable (hours on CPU)
     python benchmarks/mmlu.py --evaluate --fmt mc --shots 5 --total 1400   # a stratified subset in another setting
 
-Throughput: the same questions (a stratified sample, ``dftnb.evals.mmlu_subset(total=...)``, so the mix of prompt
+Throughput: the same questions (a stratified sample, ``dftnb.measure.evals.mmlu_subset(total=...)``, so the mix of prompt
 lengths is the full set's) scored three ways, interleaved (``common.interleaved_medians``):
 
 * ``shared``: ``score_continuations(share_prefix=True)``: one row per question, the context read once and the four
@@ -21,7 +21,7 @@ sharing / measured tokens_per_s) <= 40 min on 2 cores. ``full_set_min_cpu`` proj
 seconds / torch threads): the wall time on cores the process has to itself; on a busy machine the two differ.
 Table ``outputs/tables/mmlu.csv``.
 
-``--evaluate``: :func:`dftnb.evals.mmlu` with per-question rows appended to ``--out`` (a JSONL file, one subject at a
+``--evaluate``: :func:`dftnb.measure.evals.mmlu` with per-question rows appended to ``--out`` (a JSONL file, one subject at a
 time; a rerun skips finished subjects), then accuracy with its 95% CI next to the model card's figure. SmolLM2-135M-
 Instruct's card reports MMLU (cloze) 29.3: lighteval, 0-shot, the mean over the 57 subject tasks
 (``mmlu_cloze:_average``, the macro accuracy: what the goal compares), the prompt of
@@ -39,10 +39,10 @@ import pandas as pd
 import torch
 from common import REPO, interleaved_medians, report, resolve_device, verdict
 
-from dftnb import evals
-from dftnb.models import load_model, pad_right, tiny_model
+from dftnb.lab.models import load_model, pad_right, tiny_model
+from dftnb.lab.runner import quiet
+from dftnb.measure import evals
 from dftnb.records import portable_path
-from dftnb.runner import quiet
 
 RATIO_GOAL = 0.8
 FULL_SET_GOAL_MIN = 40

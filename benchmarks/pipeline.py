@@ -1,10 +1,10 @@
 """Wall time of every notebook in the smoke and default profiles against the budgets.
 
     python benchmarks/pipeline.py                  # read build/timings-smoke.csv and outputs/timings-default.csv
-    python benchmarks/pipeline.py --run smoke      # run the smoke profile first (python -m dftnb.runner), then read
+    python benchmarks/pipeline.py --run smoke      # run the smoke profile first (python -m dftnb.lab.runner), then read
     python benchmarks/pipeline.py --run default    # the whole default profile (up to 45 min on 2 cores)
 
-The timings are the ``timings-<profile>.csv`` files ``python -m dftnb.runner`` writes (seconds per notebook,
+The timings are the ``timings-<profile>.csv`` files ``python -m dftnb.lab.runner`` writes (seconds per notebook,
 papermill start to end, kernel start-up included). A notebook with no timing is shown as ``not run``; a total is a
 pass only when every chapter has a timing. Budgets (docs/design.md, profiles): each smoke notebook < 90 s; all default
 notebooks together <= 45 min on 2 CPU cores.
@@ -17,7 +17,7 @@ import argparse
 import pandas as pd
 from common import REPO, machine, report
 
-from dftnb.runner import notebooks, run_all
+from dftnb.lab.runner import notebooks, run_all
 
 OUT = {"smoke": "build", "default": "outputs"}
 SMOKE_EACH_S = 90
@@ -34,7 +34,7 @@ def read_timings(profile: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", choices=tuple(OUT), help="execute this profile with dftnb.runner before reading")
+    parser.add_argument("--run", choices=tuple(OUT), help="execute this profile with dftnb.lab.runner before reading")
     args = parser.parse_args()
     if args.run:
         run_all(args.run, OUT[args.run])

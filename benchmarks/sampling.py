@@ -23,7 +23,7 @@ import torch
 from common import interleaved_medians, report, resolve_device, synchronize, verdict
 
 from dftnb.denoise import denoise_generate
-from dftnb.models import load_model, tiny_model
+from dftnb.lab.models import load_model, tiny_model
 from dftnb.sampling import sampler_kwargs
 
 GOAL = 0.03

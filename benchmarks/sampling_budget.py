@@ -3,7 +3,7 @@
     python benchmarks/sampling_budget.py            # embedded SmolLM2-135M, 4 prompts x 16 samples x 128 tokens
     python benchmarks/sampling_budget.py --quick    # tiny random model, a smoke check of the script, not a result
 
-Every evaluation in dftnb draws its samples through ``dftnb.models.generate``: left-padded prompts, several per
+Every evaluation in dftnb draws its samples through ``dftnb.lab.models.generate``: left-padded prompts, several per
 ``model.generate`` call, each with ``num_return_sequences = n``. This script measures its tokens/s at the study's
 shape (16 samples per prompt, 128 new tokens, every sample run to full length) for 1, 2, 4 … prompts per call
 (16, 32, 64 … sequences decoded together), against the per-sample loop it replaces: ``generate`` with one prompt and
@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 from common import interleaved_medians, report, resolve_device, verdict
 
-from dftnb.benchmark import diversity_prompts
-from dftnb.models import generate, load_model, tiny_model
-from dftnb.runner import quiet
+from dftnb.lab.benchmark import diversity_prompts
+from dftnb.lab.models import generate, load_model, tiny_model
+from dftnb.lab.runner import quiet
 from dftnb.sampling import sampler_kwargs
 
 GOAL = 4.0

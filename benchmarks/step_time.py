@@ -38,9 +38,9 @@ from common import (
     verdict,
 )
 
-from dftnb.data import pack_texts
-from dftnb.models import tiny_model
-from dftnb.runner import quiet
+from dftnb.lab.data import pack_texts
+from dftnb.lab.models import tiny_model
+from dftnb.lab.runner import quiet
 from dftnb.targets import IGNORE_INDEX, SparseTarget
 from dftnb.trainer import DFTConfig, DFTTrainer, default_training_args
 
@@ -60,7 +60,7 @@ def make_batch(model, tokenizer, batch_size: int, seq_len: int, k: int, device: 
     The log-probabilities go through float16 as in the stored target cache, then back to float32 as the collator
     returns them.
     """
-    from dftnb.data import corpus_texts
+    from dftnb.lab.data import corpus_texts
 
     blocks = pack_texts(tokenizer, corpus_texts("shakespeare", "train", n=400), seq_len, batch_size)
     if len(blocks) < batch_size:

@@ -26,9 +26,9 @@ import pandas as pd
 import torch
 from common import machine, report
 
-from dftnb.data import CORPORA, corpus_texts, pack_texts
-from dftnb.models import load_model, tiny_model
-from dftnb.runner import quiet
+from dftnb.lab.data import CORPORA, corpus_texts, pack_texts
+from dftnb.lab.models import load_model, tiny_model
+from dftnb.lab.runner import quiet
 from dftnb.target_cache import arrow_bytes, build_or_load, target_metadata
 from dftnb.targets import dense_storage_bytes, from_reference_model, storage_bytes, truncation_kl
 

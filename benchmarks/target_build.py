@@ -25,9 +25,9 @@ import pandas as pd
 import torch
 from common import interleaved_medians, report, resolve_device, verdict
 
-from dftnb import data
-from dftnb.models import batches, load_model, pad_right, pad_token_id, tiny_model
-from dftnb.runner import quiet
+from dftnb.lab import data
+from dftnb.lab.models import batches, load_model, pad_right, pad_token_id, tiny_model
+from dftnb.lab.runner import quiet
 from dftnb.targets import from_reference_model
 
 GOAL = 0.8

@@ -393,7 +393,7 @@ def denoise_samples(
 
     Each prompt is repeated ``n_per_prompt`` times in one batch (rows draw different noise from the same seeded
     generator; prompt ``i`` uses seed ``seed + i``). ``fixed_length=True`` disables EOS so every sample has
-    ``max_new_tokens`` tokens, like :func:`dftnb.models.generate`.
+    ``max_new_tokens`` tokens, like :func:`dftnb.lab.models.generate`.
     """
     if not prompts or any(not p.strip() for p in prompts):
         raise ValueError("denoise_samples needs a non-empty list of non-empty prompts.")

@@ -40,7 +40,7 @@ def portable_path(path: str | os.PathLike) -> str:
 
 def portable_argv(argv: list[str] | None = None) -> list[str]:
     """The command line ``argv`` (default ``sys.argv``) as provenance records it: a module of this package as
-    ``python -m dftnb.<module>``, any other ``.py`` script as ``python <script>``, and every absolute path (an
+    ``python -m dftnb[.<subpackage>].<module>``, any other ``.py`` script as ``python <script>``, and every absolute path (an
     argument or the value of ``--flag=path``) through :func:`portable_path`."""
     argv = list(sys.argv if argv is None else argv)
     if not argv:
@@ -53,8 +53,8 @@ def portable_argv(argv: list[str] | None = None) -> list[str]:
         return portable_path(a) if os.path.isabs(a) else a
 
     script = Path(argv[0])
-    if script.suffix == ".py" and script.resolve().parent == PACKAGE:
-        head = ["python", "-m", f"{PACKAGE.name}.{script.stem}"]
+    if script.suffix == ".py" and script.resolve().is_relative_to(PACKAGE):
+        head = ["python", "-m", ".".join(script.resolve().relative_to(REPO).with_suffix("").parts)]
     elif script.suffix == ".py":
         head = ["python", arg(argv[0])]
     else:

@@ -530,7 +530,7 @@ def build_trainer(model, tokenizer, dataset, dft_config: DFTConfig, args: Traini
 
 def default_training_args(output_dir: str | Path, **overrides) -> TrainingArguments:
     """Reproducible ``TrainingArguments`` for the notebooks: log every step, no reports; the Trainer's progress bar
-    only when a person is watching (:func:`dftnb.runner.interactive`)."""
+    only when a person is watching (:func:`dftnb.lab.runner.interactive`)."""
     from .modeling import interactive
 
     args = dict(

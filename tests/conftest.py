@@ -10,13 +10,13 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny():
-    from dftnb.models import tiny_model
+    from dftnb.lab.models import tiny_model
 
     return tiny_model(seed=0)
 
 
 @pytest.fixture(scope="session")
 def embedded():
-    from dftnb.models import load_model
+    from dftnb.lab.models import load_model
 
     return load_model("embedded")

@@ -17,7 +17,7 @@ import torch
 from dftnb import sampling as S
 from dftnb import target_cache
 from dftnb import targets as T
-from dftnb.models import tiny_model
+from dftnb.lab.models import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke_tiny.yaml"
@@ -228,7 +228,7 @@ def _without_tokenizer_hash(dataset):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """The exact command of the report: two --set flags, 3 steps into a fresh output_dir."""
-    from dftnb.train import main
+    from dftnb.lab.train import main
 
     out = tmp_path_factory.mktemp("cli") / "run"
     main(["--config", str(SMOKE), "--set", "training.max_steps=3", "--set", f"training.output_dir={out}"])
@@ -246,7 +246,7 @@ def test_repeated_set_flags_all_apply(finished_run):
 
 
 def test_finished_output_dir_is_refused_without_overwrite(finished_run, tmp_path):
-    from dftnb.train import main
+    from dftnb.lab.train import main
 
     out = _copy(finished_run, tmp_path / "run")
     stamp = (out / "log_history.json").stat().st_mtime_ns
@@ -273,7 +273,7 @@ def _break_checkpoints(out: Path) -> str:
 
 
 def test_resume_skips_incomplete_checkpoints(finished_run, tmp_path, capsys):
-    from dftnb.train import main
+    from dftnb.lab.train import main
 
     out = _copy(finished_run, tmp_path / "run")
     last = _break_checkpoints(out)
@@ -287,7 +287,7 @@ def test_resume_skips_incomplete_checkpoints(finished_run, tmp_path, capsys):
 
 
 def test_resume_errors_name_the_checkpoint(finished_run, tmp_path):
-    from dftnb.train import resolve_resume
+    from dftnb.lab.train import resolve_resume
 
     out = _copy(finished_run, tmp_path / "run")
     last = _break_checkpoints(out)
@@ -302,7 +302,7 @@ def test_resume_errors_name_the_checkpoint(finished_run, tmp_path):
 
 
 def test_cli_says_when_the_tokenizer_cannot_be_checked(tiny_cache, tmp_path, capsys):
-    from dftnb.train import main
+    from dftnb.lab.train import main
 
     model, tok, _, _ = tiny_cache
     _without_tokenizer_hash(T.from_reference_model(model, tok, TEXTS, k=4)).save_to_disk(str(tmp_path / "data"))
@@ -338,21 +338,21 @@ def test_cli_says_when_the_tokenizer_cannot_be_checked(tiny_cache, tmp_path, cap
     ],
 )
 def test_config_types_are_checked_with_the_key_named(override, message):
-    from dftnb.train import load_config
+    from dftnb.lab.train import load_config
 
     with pytest.raises(ValueError, match=message):
         load_config(SMOKE, [override])
 
 
 def test_set_into_a_non_mapping_is_refused():
-    from dftnb.train import load_config
+    from dftnb.lab.train import load_config
 
     with pytest.raises(ValueError, match=r"--set training.max_steps=3: training is 3, not a mapping"):
         load_config(SMOKE, ["training=3", "training.max_steps=3"])
 
 
 def test_set_flags_accumulate_in_the_parser():
-    from dftnb.train import parse_args
+    from dftnb.lab.train import parse_args
 
     args = parse_args(["--config", "c.yaml", "--set", "a=1", "--set", "b=2", "c=3"])
     assert args.set == ["a=1", "b=2", "c=3"] and not args.overwrite
@@ -360,7 +360,7 @@ def test_set_flags_accumulate_in_the_parser():
 
 
 def test_config_values_are_not_coerced():
-    from dftnb.train import load_config
+    from dftnb.lab.train import load_config
 
     config = load_config(SMOKE, ["training.max_steps=3", "data.max_blocks=null"])
     assert config["training"]["max_steps"] == 3 and config["data"]["max_blocks"] is None
@@ -385,7 +385,7 @@ def executed(monkeypatch):
     """papermill.execute_notebook replaced by a recorder: the runner's checks run, no kernel starts."""
     import papermill
 
-    from dftnb import runner
+    from dftnb.lab import runner
 
     calls = []
     monkeypatch.setenv(runner.HEADLESS_ENV, "1")
@@ -394,7 +394,7 @@ def executed(monkeypatch):
 
 
 def test_runner_refuses_to_overwrite_another_profiles_run(tmp_path, executed):
-    from dftnb import runner
+    from dftnb.lab import runner
 
     out = tmp_path / "outputs"
     earlier = _executed_copy(out, "00_tour.ipynb", "default")  # what `make run` left there
@@ -412,7 +412,7 @@ def test_runner_refuses_to_overwrite_another_profiles_run(tmp_path, executed):
 
 
 def test_runner_refuses_to_overwrite_a_notebook_it_did_not_write(tmp_path, executed):
-    from dftnb import runner
+    from dftnb.lab import runner
 
     out = tmp_path / "build"
     mine = _executed_copy(out, "00_tour.ipynb", None)
@@ -426,7 +426,7 @@ def test_runner_refuses_to_overwrite_a_notebook_it_did_not_write(tmp_path, execu
 
 def test_runner_reruns_a_profile_into_its_own_folder(tmp_path, executed):
     """`make run` / `make smoke` on a fresh clone (no folder, an empty one) and again into their own folder."""
-    from dftnb import runner
+    from dftnb.lab import runner
 
     runner.main(["--profile", "default", "--only", "00", "--out", str(tmp_path / "fresh")])
     (tmp_path / "empty").mkdir()
@@ -456,14 +456,14 @@ def test_runner_reruns_a_profile_into_its_own_folder(tmp_path, executed):
     ],
 )
 def test_config_values_are_checked_before_any_work(overrides, message):
-    from dftnb.train import load_config
+    from dftnb.lab.train import load_config
 
     with pytest.raises(ValueError, match=message):
         load_config(SMOKE, overrides)
 
 
 def test_max_steps_null_trains_by_epochs():
-    from dftnb.train import load_config, training_arguments
+    from dftnb.lab.train import load_config, training_arguments
 
     config = load_config(SMOKE, ["training.max_steps=null", "training.num_train_epochs=2"])
     args = training_arguments(config["training"])
@@ -479,7 +479,7 @@ def test_dft_config_refuses_an_infinite_temperature():
 
 # -- YAML syntax errors name the file (or the --set item), the line and the fix -------------------------------------
 def test_malformed_yaml_names_the_file_and_line(tmp_path):
-    from dftnb.train import load_config
+    from dftnb.lab.train import load_config
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: tiny\nmethod: sft\ndata:\n  corpus: [shakespeare\ntraining: {output_dir: x}\n")
@@ -494,7 +494,7 @@ def test_malformed_yaml_names_the_file_and_line(tmp_path):
 
 
 def test_malformed_set_value_names_the_item():
-    from dftnb.train import load_config
+    from dftnb.lab.train import load_config
 
     with pytest.raises(ValueError, match=r"--set training.max_steps=\[1: the value is not valid YAML: .*column 3"):
         load_config(SMOKE, ["training.max_steps=[1"])
@@ -518,7 +518,7 @@ def no_targets(monkeypatch):
     ],
 )
 def test_cli_checks_the_config_against_the_model_first(tmp_path, no_targets, override, message):
-    from dftnb.train import main
+    from dftnb.lab.train import main
 
     with pytest.raises(ValueError, match=message):
         main(["--config", str(SMOKE), "--set", override, f"training.output_dir={tmp_path / 'run'}"])
@@ -526,7 +526,7 @@ def test_cli_checks_the_config_against_the_model_first(tmp_path, no_targets, ove
 
 
 def test_overwrite_keeps_the_earlier_run_when_the_config_does_not_fit_the_model(finished_run, tmp_path, no_targets):
-    from dftnb.train import main
+    from dftnb.lab.train import main
 
     out = _copy(finished_run, tmp_path / "run")
     before = sorted(p.name for p in out.iterdir())
@@ -537,7 +537,7 @@ def test_overwrite_keeps_the_earlier_run_when_the_config_does_not_fit_the_model(
 
 
 def test_output_dir_that_is_a_file(tmp_path):
-    from dftnb.train import main
+    from dftnb.lab.train import main
 
     file = tmp_path / "notes.txt"
     file.write_text("keep me")
@@ -549,7 +549,7 @@ def test_output_dir_that_is_a_file(tmp_path):
 
 
 def test_folder_that_is_not_a_dataset(tmp_path):
-    from dftnb.train import main
+    from dftnb.lab.train import main
 
     folder = tmp_path / "notes"
     folder.mkdir()
@@ -581,7 +581,7 @@ def test_reference_targets_refuse_texts_longer_than_the_context(tiny):
 
 @pytest.mark.parametrize("temperature", [NAN, INF, -1.0, "0.7"])
 def test_generate_refuses_a_bad_temperature(tiny, temperature):
-    from dftnb.models import generate
+    from dftnb.lab.models import generate
 
     model, tok = tiny
     with pytest.raises(ValueError, match=r"temperature must be a finite number > 0 .*do_sample=False"):
@@ -590,7 +590,7 @@ def test_generate_refuses_a_bad_temperature(tiny, temperature):
 
 @pytest.mark.parametrize("limit", [-1, 0, 1.5])
 def test_humaneval_limit_must_be_positive(limit):
-    from dftnb.evals import humaneval
+    from dftnb.measure.evals import humaneval
 
     problems = [{"task_id": f"t/{i}", "prompt": "def f():\n", "test": "", "entry_point": "f"} for i in range(3)]
     with pytest.raises(ValueError, match=r"limit must be None \(every problem\) or an integer >= 1"):
@@ -598,7 +598,7 @@ def test_humaneval_limit_must_be_positive(limit):
 
 
 def test_malformed_mmlu_jsonl_names_file_and_line(tmp_path):
-    from dftnb.evals import load_mmlu
+    from dftnb.measure.evals import load_mmlu
 
     good = json.dumps({"question": "2 + 2?", "answer_a": "3", "answer_b": "4", "answer_c": "5", "answer_d": "6",
                        "correct_answer": "B", "topic": "arithmetic"})

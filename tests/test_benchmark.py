@@ -1,4 +1,4 @@
-"""dftnb.benchmark: chapter 06's rows, calibration checks, paired differences and verdict on hand-made models."""
+"""dftnb.lab.benchmark: chapter 06's rows, calibration checks, paired differences and verdict on hand-made models."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from dftnb import benchmark, metrics
-from dftnb.stats import minimum_detectable_difference
+from dftnb.lab import benchmark
+from dftnb.measure import metrics
+from dftnb.measure.stats import minimum_detectable_difference
 
 DIM = 64
 

@@ -1,6 +1,6 @@
 import pytest
 
-from dftnb import data
+from dftnb.lab import data
 
 
 @pytest.mark.parametrize("name", data.CORPORA)

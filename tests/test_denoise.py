@@ -16,7 +16,7 @@ REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.fixture(scope="module")
 def tiny():
-    from dftnb.models import tiny_model
+    from dftnb.lab.models import tiny_model
 
     model, tokenizer = tiny_model(seed=0)
     ids = tokenizer(["The quick brown fox jumps", "Once upon a time there"], return_tensors="pt").input_ids[:, :5]
@@ -74,7 +74,7 @@ def test_zero_noise_large_k_soft_inputs_is_greedy(tiny):
 
 @pytest.mark.parametrize("n_tokens", [8, 6])  # 6: a short last block
 def test_greedy_fixed_point_share_is_one_for_one_hot_inputs_and_not_for_uninformative_ones(tiny, n_tokens):
-    from dftnb.experiments import greedy_fixed_point_share
+    from dftnb.lab.experiments import greedy_fixed_point_share
 
     model, tokenizer, _ = tiny
     prompts = ["The quick brown fox jumps", "Once upon a time there"]
@@ -88,7 +88,7 @@ def test_greedy_fixed_point_share_is_one_for_one_hot_inputs_and_not_for_uninform
 
 
 def test_precomputed_greedy_gives_the_same_shares_and_a_mismatched_one_is_refused(tiny):
-    from dftnb.experiments import greedy_agreement, greedy_continuations, greedy_fixed_point_share
+    from dftnb.lab.experiments import greedy_agreement, greedy_continuations, greedy_fixed_point_share
 
     model, tokenizer, _ = tiny
     prompts = ["The quick brown fox jumps", "Once upon a time there"]
@@ -186,7 +186,7 @@ def test_padded_or_empty_prompts_are_refused(tiny):
 
 @pytest.mark.slow
 def test_embedded_model_zero_noise_is_greedy():
-    from dftnb.models import load_model
+    from dftnb.lab.models import load_model
 
     model, tokenizer = load_model("embedded")
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
@@ -291,7 +291,7 @@ def test_a_denoiser_trained_on_fixed_blocks_recovers_one_through_the_sampler(tmp
     from datasets import Dataset
 
     from dftnb.denoise_training import train_denoiser
-    from dftnb.models import tiny_model
+    from dftnb.lab.models import tiny_model
 
     model, tokenizer = tiny_model(seed=1)
     prefix = tokenizer("It was a dark and stormy", add_special_tokens=False).input_ids[:6]
@@ -313,7 +313,7 @@ def test_a_denoiser_trained_on_fixed_blocks_recovers_one_through_the_sampler(tmp
 
 
 def test_cli_config_takes_a_denoiser_section_and_names_bad_keys(tmp_path):
-    from dftnb.train import denoiser_config, load_config
+    from dftnb.lab.train import denoiser_config, load_config
 
     path = tmp_path / "c.yaml"
     base = (REPO_CONFIGS / "denoiser_dft.yaml").read_text()
@@ -329,7 +329,7 @@ def test_cli_config_takes_a_denoiser_section_and_names_bad_keys(tmp_path):
 
 
 def test_derailed_agreement_is_the_mean_share_before_the_first_miss():
-    from dftnb.denoiser_curve import derailed_agreement
+    from dftnb.lab.denoiser_curve import derailed_agreement
 
     assert derailed_agreement(1.0, 16) == 1.0 and derailed_agreement(0.0, 16) == 0.0
     assert derailed_agreement(0.5, 2) == pytest.approx((0.5 + 0.25) / 2)
@@ -339,7 +339,7 @@ def test_derailed_agreement_is_the_mean_share_before_the_first_miss():
 
 
 def test_the_invariant_curve_resumes_from_its_checkpoint_and_measures_each_step_once(tmp_path):
-    from dftnb import denoiser_curve
+    from dftnb.lab import denoiser_curve
 
     results, work = tmp_path / "results", tmp_path / "work"
     quick = dict(results=results, work=work, profile="smoke", n_prompts=2, s_multiples=(1, 2))

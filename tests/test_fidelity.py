@@ -4,13 +4,13 @@ two random halves of one human set look alike, word-shuffled text and another co
 import numpy as np
 import pytest
 
-from dftnb.data import corpus_texts
-from dftnb.metrics import classifier_two_sample_test, mauve_score, shuffle_words, wilson_interval
+from dftnb.lab.data import corpus_texts
+from dftnb.measure.metrics import classifier_two_sample_test, mauve_score, shuffle_words, wilson_interval
 
 
 @pytest.fixture(scope="module")
 def features():
-    from dftnb.models import load_embedder
+    from dftnb.lab.models import load_embedder
 
     rng = np.random.default_rng(1)
     speeches = [t for t in corpus_texts("shakespeare", "train") if len(t.split()) >= 30]

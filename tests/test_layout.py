@@ -1,5 +1,7 @@
-"""The package's shape: an acyclic import graph, the method never importing orchestration, small modules, and
-documentation references that resolve inside the repository."""
+"""The package's shape: three layers visible in its folders (the method in ``dftnb/``, measurement in
+``dftnb/measure/``, the lab in ``dftnb/lab/``), imports only downward (the method imports neither of the others,
+measurement does not import the lab), an acyclic import graph, small modules, a layout table in the README that
+matches the folders, and documentation references that resolve inside the repository."""
 
 import ast
 import re
@@ -7,31 +9,48 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "dftnb"
-METHOD = {"targets", "datastore", "losses", "transport", "objective", "trainer", "sampling", "denoise", "metrics"}
-ORCHESTRATION = {"experiments", "benchmark", "study", "study_runs"}
+LAYERS = {"method": PACKAGE, "measurement": PACKAGE / "measure", "lab": PACKAGE / "lab"}
+MAY_IMPORT = {"method": {"method"}, "measurement": {"method", "measurement"},
+              "lab": {"method", "measurement", "lab"}}
 MAX_LINES = 700
 
 
-def import_graph() -> dict[str, set[str]]:
-    """``{module: {dftnb modules it imports}}`` from the source (relative and absolute imports, at any depth)."""
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
+def layer_of() -> dict[str, str]:
+    """``{dotted module: layer}``, read from the folders: the one place a module's layer is written."""
+    return {f"{folder.relative_to(REPO).as_posix().replace('/', '.')}.{p.stem}": layer
+            for layer, folder in LAYERS.items() for p in folder.glob("*.py") if p.stem != "__init__"}
+
+
+def _absolute(module: str, level: int, name: str | None, is_package: bool) -> str:
+    """The dotted name a relative import ``from <level dots><name>`` in ``module`` refers to."""
+    parts = module.split(".")
+    base = parts[: len(parts) - level + (1 if is_package else 0)]
+    return ".".join(base + ([name] if name else []))
+
+
+def import_graph(sources: dict[str, str] | None = None) -> dict[str, set[str]]:
+    """``{module: {package modules it imports}}`` from the source (relative and absolute imports, at any depth);
+    ``sources`` (``{dotted module: source}``) replaces the files, for tests of this test."""
+    if sources is None:
+        sources = {m: (REPO / (m.replace(".", "/") + ".py")).read_text() for m in layer_of()}
+    known = set(sources)
     graph = {}
-    for path in PACKAGE.glob("*.py"):
+    for module, text in sources.items():
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.ImportFrom):
-                if node.level == 1 and node.module:
-                    deps.add(node.module.split(".")[0])
-                elif node.level == 1:
-                    deps.update(a.name for a in node.names if a.name in modules)
-                elif node.module and node.module.startswith("dftnb."):
-                    deps.add(node.module.split(".")[1])
-                elif node.module == "dftnb":
-                    deps.update(a.name for a in node.names if a.name in modules)
+                base = _absolute(module, node.level, node.module, False) if node.level else (node.module or "")
+                deps.add(base)
+                deps.update(f"{base}.{a.name}" for a in node.names)
             elif isinstance(node, ast.Import):
-                deps.update(a.name.split(".")[1] for a in node.names if a.name.startswith("dftnb."))
-        graph[path.stem] = deps & modules - {"__init__", path.stem}
+                deps.update(a.name for a in node.names)
+        graph[module] = {d for d in deps if d in known} - {module}
     return graph
+
+
+def layering_violations(graph: dict[str, set[str]], layers: dict[str, str]) -> list[str]:
+    return sorted(f"{m} ({layers[m]}) imports {d} ({layers[d]})" for m, deps in graph.items() for d in deps
+                  if layers[d] not in MAY_IMPORT[layers[m]])
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -60,29 +79,63 @@ def test_find_cycle_detects_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_import_graph_is_acyclic():
-    graph = import_graph()
-    assert {"losses", "objective", "experiments", "evals"} <= set(graph)
+def test_the_layering_check_catches_a_method_module_importing_the_lab():
+    """The check itself can fail: a method module with a relative, an absolute or a function-level import of the
+    lab, or a measurement module importing the lab, is reported."""
+    layers = {"dftnb.losses": "method", "dftnb.lab.models": "lab", "dftnb.measure.metrics": "measurement"}
+    for text in ("from .lab.models import load_model", "from dftnb.lab import models",
+                 "def f():\n    from .lab import models\n"):
+        graph = import_graph({"dftnb.losses": text, "dftnb.lab.models": "", "dftnb.measure.metrics": ""})
+        assert layering_violations(graph, layers) == ["dftnb.losses (method) imports dftnb.lab.models (lab)"], text
+    graph = import_graph({"dftnb.losses": "", "dftnb.lab.models": "",
+                          "dftnb.measure.metrics": "from ..lab.models import load_model"})
+    assert layering_violations(graph, layers) == ["dftnb.measure.metrics (measurement) imports dftnb.lab.models (lab)"]
+    graph = import_graph({"dftnb.losses": "", "dftnb.lab.models": "from ..losses import reverse_kl",
+                          "dftnb.measure.metrics": "from .. import losses"})
+    assert layering_violations(graph, layers) == []  # downward imports are fine
+
+
+def test_imports_go_only_downward_and_have_no_cycle():
+    layers, graph = layer_of(), import_graph()
+    assert {"dftnb.losses", "dftnb.measure.evals", "dftnb.lab.study"} <= set(graph)
+    assert {"dftnb.measure.metrics", "dftnb.lab.models"} <= graph["dftnb.lab.benchmark"]  # the parser sees imports
+    assert layering_violations(graph, layers) == []
     assert find_cycle(graph) is None
 
 
-def test_method_and_measurement_never_import_orchestration():
-    graph = import_graph()
-    offenders = {m: sorted(graph[m] & ORCHESTRATION) for m in METHOD | {"evals", "sandbox"} if graph[m] & ORCHESTRATION}
-    assert not offenders
-    assert {"metrics", "targets", "models"} <= graph["experiments"]  # the parser sees their imports
-    assert {"evals", "metrics", "stats", "models"} <= graph["benchmark"]
+def test_the_public_api_is_the_method():
+    import dftnb
+
+    assert {f"dftnb.{module}" for module in dftnb._API} <= {m for m, layer in layer_of().items() if layer == "method"}
+
+
+def test_the_readme_layout_table_lists_every_module_in_its_layer():
+    """The README's table of modules (rows ``| layer (folder) | `module` · `module` | ... |``) names each module,
+    in the layer of its folder."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("## Package layout"):]
+    table = table[: table.index("\n\n", table.index("|"))]
+    listed, layer = {}, None
+    for row in table.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) < 3 or all(c and set(c) <= {"-"} for c in cells) or cells[1] == "module":
+            continue
+        layer = cells[0].split()[0] if cells[0] else layer  # "method (`dftnb/`)"
+        for name in re.findall(r"`(\w+)`", cells[1]):
+            listed[name] = layer
+    want = {m.rsplit(".", 1)[1]: layer for m, layer in layer_of().items()}
+    assert listed == want
 
 
 def test_modules_stay_small():
-    sizes = {p.name: len(p.read_text().splitlines()) for p in PACKAGE.glob("*.py")}
+    sizes = {p.relative_to(REPO).as_posix(): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
 
 
 def test_documentation_references_resolve_inside_the_repository():
     """Every design document named in the package, notebooks, tests, benchmarks and README is a file of the
     repository (a user has nothing else to follow the reference to)."""
-    files = [*PACKAGE.glob("*.py"), *(REPO / "notebooks").glob("*.ipynb"), *(REPO / "tests").glob("*.py"),
+    files = [*PACKAGE.rglob("*.py"), *(REPO / "notebooks").glob("*.ipynb"), *(REPO / "tests").glob("*.py"),
              *(REPO / "benchmarks").glob("*.py"), REPO / "README.md"]
     pattern = re.compile(r"(?:[\w.-]+/)*(?:DESIGN|design)[\w-]*\.md|docs/[\w./-]+\.md")
     refs = {(path.name, ref) for path in files for ref in pattern.findall(path.read_text())}

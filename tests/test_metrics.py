@@ -1,4 +1,4 @@
-"""dftnb.metrics against hand computations and brute-force references."""
+"""dftnb.measure.metrics against hand computations and brute-force references."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import string
 import pytest
 import torch
 
-from dftnb import evals, metrics
-from dftnb.models import tiny_model
+from dftnb.lab.models import tiny_model
+from dftnb.measure import evals, metrics
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +228,7 @@ def test_human_reference_samples_cut_consecutive_passages():
 
 
 def test_sds_with_minilm_identical_vs_varied():
-    from dftnb.models import load_embedder
+    from dftnb.lab.models import load_embedder
 
     emb = load_embedder()
     same = ["the ship sailed out of the harbour at dawn"] * 4
@@ -268,7 +268,7 @@ def test_truncate_completion_and_program():
 
 
 def test_humaneval_scores_canonical_and_wrong_completions(monkeypatch):
-    from dftnb.data import load_humaneval
+    from dftnb.lab.data import load_humaneval
 
     problems = load_humaneval()[:3]
     canned = {  # greedy: right, wrong, right; sampled (n=4): 4, 0, 1 correct
@@ -294,7 +294,7 @@ def test_humaneval_scores_canonical_and_wrong_completions(monkeypatch):
 
 
 def test_humaneval_runs_a_tiny_model_end_to_end(tiny):
-    from dftnb.data import load_humaneval
+    from dftnb.lab.data import load_humaneval
 
     model, tok = tiny
     res = evals.humaneval(model, tok, load_humaneval(), limit=2, max_new_tokens=6, timeout=2.0)

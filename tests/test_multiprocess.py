@@ -1,6 +1,6 @@
 """Real data-parallel training: ``torchrun --nproc_per_node 2`` (gloo, CPU) against one process, same global batch.
 
-Both runs go through the CLI entry point (``dftnb.train.run``; the DDP one as ``torchrun -m dftnb.train``) on a saved tiny Llama (vocab 64) with its own word-level
+Both runs go through the CLI entry point (``dftnb.lab.train.run``; the DDP one as ``torchrun -m dftnb.lab.train``) on a saved tiny Llama (vocab 64) with its own word-level
 tokenizer and a saved target dataset whose rows have different numbers of masked labels, so the per-step loss only
 matches if every rank divides its token-sum by the *global* token count.
 """
@@ -16,9 +16,9 @@ import torch
 import yaml
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from dftnb.lab.train import load_config, run
 from dftnb.target_cache import rows_to_dataset
 from dftnb.targets import SparseTarget
-from dftnb.train import load_config, run
 
 VOCAB = 64
 STEPS = 4
@@ -87,7 +87,7 @@ def run_cli(tmp_path, name, launcher, per_device_batch, **training):
         return _history(tmp_path / name)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [*launcher, "-m", "dftnb.train", "--config", str(path)],
+        [*launcher, "-m", "dftnb.lab.train", "--config", str(path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stderr[-4000:]

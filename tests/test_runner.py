@@ -2,7 +2,7 @@ import csv
 
 import pytest
 
-from dftnb import runner
+from dftnb.lab import runner
 
 
 def test_notebooks_are_numbered_and_have_a_parameters_cell():

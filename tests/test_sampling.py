@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import LogitsProcessorList
 
-from dftnb.experiments import diversity_quality, temperature_grid
-from dftnb.models import generate
+from dftnb.lab.experiments import diversity_quality, temperature_grid
+from dftnb.lab.models import generate
 from dftnb.sampling import (
     DynamicTemperatureLogitsProcessor,
     EDTLogitsProcessor,
@@ -248,7 +248,7 @@ def test_sampler_kwargs_shapes():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from dftnb.models import tiny_model
+    from dftnb.lab.models import tiny_model
 
     model, tokenizer = tiny_model(seed=0)
     ids = tokenizer(["The quick brown fox", "Once upon a time"], return_tensors="pt").input_ids[:, :4]
@@ -307,7 +307,7 @@ def test_top_nsigma_zero_is_greedy(tiny):
 
 def test_generate_shape_seed_and_batching(tiny):
     model, _ = tiny
-    from dftnb.models import load_tokenizer
+    from dftnb.lab.models import load_tokenizer
 
     tokenizer = load_tokenizer()
     prompts = ["Hello there", "A much longer prompt than the first one"]

@@ -1,10 +1,10 @@
-"""dftnb.stats: paired intervals, McNemar, and the three-way verdict, on hand-made cases and against scipy."""
+"""dftnb.measure.stats: paired intervals, McNemar, and the three-way verdict, on hand-made cases and against scipy."""
 
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from dftnb.stats import (
+from dftnb.measure.stats import (
     mcnemar,
     minimum_detectable_difference,
     paired_block_bootstrap,

@@ -15,9 +15,9 @@ from pandas.testing import assert_frame_equal
 from transformers import TrainerCallback
 
 from dftnb import records
-from dftnb import study as S
-from dftnb import study_runs as R
-from dftnb.benchmark import SIZES
+from dftnb.lab import study as S
+from dftnb.lab import study_runs as R
+from dftnb.lab.benchmark import SIZES
 
 
 class Interrupt(RuntimeError):
@@ -237,7 +237,7 @@ ABSOLUTE = re.compile(r"(/work/|/root/|/home/|/tmp/)")
 
 
 def test_provenance_names_models_and_paths_without_absolute_paths(tiny, tmp_path, monkeypatch):
-    from dftnb.models import EMBEDDED
+    from dftnb.lab.models import EMBEDDED
     from dftnb.target_cache import model_fingerprint
 
     monkeypatch.delenv("DFTNB_CACHE", raising=False)
@@ -259,8 +259,8 @@ def test_provenance_names_models_and_paths_without_absolute_paths(tiny, tmp_path
         assert not Path(label).is_absolute() and not ABSOLUTE.search(label), (name, label)
     assert records.model_label(model, "HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"  # a hub id as given
 
-    argv = [str(records.PACKAGE / "denoiser_curve.py"), "--results", str(tmp_path / "r"), f"--work={tmp_path / 'w'}"]
-    assert records.portable_command(argv) == "python -m dftnb.denoiser_curve --results r --work=w"
+    argv = [str(records.PACKAGE / "lab" / "denoiser_curve.py"), "--results", str(tmp_path / "r"), f"--work={tmp_path / 'w'}"]
+    assert records.portable_command(argv) == "python -m dftnb.lab.denoiser_curve --results r --work=w"
     monkeypatch.setattr(sys, "argv", ["/root/.venv/bin/pytest", str(R.REPO / "tests" / "test_study.py")])
     assert R.provenance()["command"] == "pytest tests/test_study.py"
 

@@ -1,5 +1,5 @@
 """Target construction split across processes (dftnb.target_shards): the assembled cache equals the one-process
-build row for row, with two ranks as threads (fast) and as ``torchrun`` processes through ``dftnb.train`` (gloo)."""
+build row for row, with two ranks as threads (fast) and as ``torchrun`` processes through ``dftnb.lab.train`` (gloo)."""
 
 import json
 import math
@@ -177,9 +177,9 @@ TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shu
 
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun (part of torch) is not on PATH")
 def test_torchrun_builds_the_reference_targets_in_slices(tmp_path):
-    """``torchrun --nproc_per_node 2 -m dftnb.train`` on a config with a target cache: the two ranks build 8 and 2 of
+    """``torchrun --nproc_per_node 2 -m dftnb.lab.train`` on a config with a target cache: the two ranks build 8 and 2 of
     the 10 blocks, rank 0 assembles the cache, and it equals the one-process build row for row."""
-    from dftnb.train import load_config, load_dataset, load_student
+    from dftnb.lab.train import load_config, load_dataset, load_student
 
     config = {
         "model": "tiny", "method": "dft_forward_kl", "save_final": False,
@@ -192,7 +192,7 @@ def test_torchrun_builds_the_reference_targets_in_slices(tmp_path):
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "dftnb.train", "--config",
+    result = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "dftnb.lab.train", "--config",
                              str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]
     sharded = target_cache.load_target_dataset(tmp_path / "ddp-targets")  # checksums verified

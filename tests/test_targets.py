@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from dftnb import data, datastore, experiments, target_cache
+from dftnb import datastore, target_cache
 from dftnb import targets as T
-from dftnb.models import tiny_model
+from dftnb.lab import data, experiments
+from dftnb.lab.models import tiny_model
 from dftnb.targets import SparseTarget
 
 V = 49152

@@ -329,7 +329,7 @@ def test_train_method_refuses_targets_without_builder_record(tmp_path):
 def test_example_configs_validate():
     from pathlib import Path
 
-    from dftnb.train import load_config, training_arguments
+    from dftnb.lab.train import load_config, training_arguments
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
     assert configs, "configs/ holds the example YAML files"
@@ -354,7 +354,7 @@ def test_example_configs_validate():
 def test_cli_config_errors_name_the_key(tmp_path, override, message):
     from pathlib import Path
 
-    from dftnb.train import load_config
+    from dftnb.lab.train import load_config
 
     path = Path(__file__).resolve().parents[1] / "configs" / "dft_reverse_kl.yaml"
     with pytest.raises(ValueError, match=message):
@@ -362,7 +362,7 @@ def test_cli_config_errors_name_the_key(tmp_path, override, message):
 
 
 def test_cli_unknown_training_argument(tmp_path):
-    from dftnb.train import training_arguments
+    from dftnb.lab.train import training_arguments
 
     with pytest.raises(ValueError, match="learning_rat.*TrainingArguments fields"):
         training_arguments({"output_dir": str(tmp_path), "learning_rat": 1e-3})

@@ -1,6 +1,6 @@
 """What the chapters run: target sweeps, sampling grids and the machine description of every table caption.
 
-An orchestration module, like :mod:`dftnb.benchmark` (chapter 06's evaluation, comparisons and verdict): it imports
+An orchestration module, like :mod:`dftnb.lab.benchmark` (chapter 06's evaluation, comparisons and verdict): it imports
 the method (targets, losses, trainer, sampling, denoise) and the measurements (metrics, evals); none of them imports
 it. Sizes that several chapters share live here.
 """
@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import corpus_texts, pack_texts
-from .metrics import (
+from ..measure.metrics import (
     distinct_n,
     perplexity,
     self_bleu,
     style_diversity_score,
 )
+from ..sampling import sampler_kwargs
+from ..target_cache import build_or_load, target_metadata
+from ..targets import from_reference_model
+from .data import corpus_texts, pack_texts
 from .models import generate
-from .sampling import sampler_kwargs
-from .target_cache import build_or_load, target_metadata
-from .targets import from_reference_model
 
 SHAKESPEARE_TARGET_SIZES = {  # (sequences, tokens per sequence) of the shakespeare train targets per profile
     "smoke": (16, 32),
@@ -58,7 +58,7 @@ def entropy_and_ce(model, dataset, pad_token_id: int, batch_size: int = 8) -> di
     """Token means over ``dataset``'s predicted positions of the model's entropy ``H(p)`` and its cross-entropy on
     the next token ``−log p(y)`` (temperature 1): where a model stands, measured on a fixed set before and after
     a run (chapter 02's control). ``dataset`` rows hold ``input_ids`` and ``labels``."""
-    from .trainer import SparseTargetCollator, final_hidden_states, student_stats
+    from ..trainer import SparseTargetCollator, final_hidden_states, student_stats
 
     collate = SparseTargetCollator(pad_token_id)
     weight = model.get_output_embeddings().weight
@@ -256,7 +256,7 @@ def greedy_matches(model, tokenizer, prompts: list[str], n_tokens: int, block_si
     """Per prompt, a boolean vector over its ``n_tokens`` new tokens: whether the token the denoiser returns at zero
     noise (argmax projection, *soft* ``softmax(±K)`` inputs) equals the same model's greedy one
     (``generate(do_sample=False)``, or ``greedy`` from :func:`greedy_continuations`)."""
-    from .denoise import denoise_generate
+    from ..denoise import denoise_generate
 
     matches = []
     for ids, greedy_ids in _greedy_pairs(model, tokenizer, prompts, n_tokens, greedy):
@@ -288,7 +288,7 @@ def greedy_fixed_point_share(model, tokenizer, prompts: list[str], n_tokens: int
     end of the schedule. One forward pass per block, and no derailing: a wrong token here does not move the inputs
     of the next ones, so it separates "cannot read a soft input" from "does not converge in S steps". ``greedy``:
     as in :func:`greedy_agreement`."""
-    from .denoise_training import DenoiserConfig, block_inputs_embeds
+    from ..denoise_training import DenoiserConfig, block_inputs_embeds
 
     config = DenoiserConfig(block_size=block_size, K=K, noise_scale=0.0, min_prefix=1)
     equal = 0
@@ -305,8 +305,8 @@ def greedy_fixed_point_share(model, tokenizer, prompts: list[str], n_tokens: int
 
 def fidelity_row(samples_per_prompt: list[list[str]], human_features, ppl_model, tokenizer, embedder) -> dict:
     """:func:`diversity_quality` (distinct-n, Self-BLEU, perplexity under ``ppl_model``) plus MAUVE of the samples
-    against human text (MiniLM features ``human_features``, :func:`dftnb.metrics.mauve_score`)."""
-    from .metrics import mauve_score
+    against human text (MiniLM features ``human_features``, :func:`dftnb.measure.metrics.mauve_score`)."""
+    from ..measure.metrics import mauve_score
 
     row = diversity_quality(samples_per_prompt, ppl_model, tokenizer)
     texts = [t for group in samples_per_prompt for t in group if t.strip()]

