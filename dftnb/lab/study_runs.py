@@ -249,9 +249,9 @@ class Study:
 
 def build_rows(study: Study) -> dict:
     """Training and validation rows with kNN-LM targets and with the model's own (reference) targets."""
-    from ..datastore import build_datastore
     from .. import target_cache as TC
     from .. import targets as T
+    from ..datastore import build_datastore
     from .data import corpus_texts, pack_texts
 
     p = study.profile
