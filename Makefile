@@ -1,6 +1,7 @@
 # dftnb: two commands from a fresh clone
 #   make run    execute every numbered notebook (profile default) into outputs/
 #   make test   ruff + unit tests + papermill smoke run into build/ + nbval re-execution
+#   make publish  copy the outputs of `make run` into the committed chapters (make stale: which are out of date)
 #   make study  the study behind the README's results (hours; resumable into results/study/)
 #   make test-lab   chapter 00 run through JupyterLab's UI in headless Chromium (installs Debian's chromium if missing)
 #
@@ -20,7 +21,7 @@ export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE ?= 1
 export PYTHONWARNINGS := ignore
 
-.PHONY: env run test test-lab lint unit smoke nbval bench study lab prepare clean
+.PHONY: env run publish stale test test-lab lint unit smoke nbval bench study lab prepare clean
 
 env: $(STAMP)
 
@@ -38,6 +39,14 @@ $(STAMP): pyproject.toml
 
 run: env
 	$(BIN)/python -m dftnb.lab.runner --profile $(PROFILE) --out $(OUT)
+
+# The committed chapters carry the default profile's outputs: after `make run`, copy them in (and say which run).
+publish: env
+	$(BIN)/python -m dftnb.lab.publish $(OUT)
+
+# Which committed chapters' outputs were made from other code than they hold now (refresh: make run publish).
+stale: env
+	$(BIN)/python -m dftnb.lab.publish --stale
 
 lint: env
 	$(BIN)/ruff check dftnb tests benchmarks

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -48,7 +47,11 @@ def lab(tmp_path_factory):
         pytest.fail(f"{CHROMIUM} not found: run `make test-lab` (it installs Debian's chromium) or set DFTNB_CHROMIUM.")
     root = REPO / "build" / "lab"
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "notebooks" / NOTEBOOK, root / NOTEBOOK)
+    nb = json.loads((REPO / "notebooks" / NOTEBOOK).read_text())
+    for cell in nb["cells"]:  # the committed chapter carries published outputs: the UI run must make its own
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    (root / NOTEBOOK).write_text(json.dumps(nb, indent=1))
     # fresh JupyterLab state: every cell rendered (no virtual scrolling), no news pop-up, no saved workspace
     settings = tmp_path_factory.mktemp("lab-settings")
     tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
