@@ -8,6 +8,78 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+_CB = sns.color_palette("colorblind", 10)
+# One colour per method in every chapter and study figure: a reader who learned "SFT is blue" in chapter 02 finds it
+# blue in chapter 06. Keys are method names (run folders such as "dft_reverse_kl-s1" map to their method).
+METHOD_COLORS = {
+    "base": (0.45, 0.45, 0.45),
+    "sft": _CB[0],
+    "dft_reverse_kl": _CB[1],
+    "dft_forward_kl": _CB[2],
+    "dft_sorted_w1": _CB[4],
+    "dft_sinkhorn": _CB[8],
+    "dft_jsd": _CB[9],
+    "dft_tvd": _CB[5],
+    "gem": _CB[3],
+    "self_target": _CB[7],
+    "human": (0.0, 0.0, 0.0),
+}
+# Table labels the chapters and the study print -> method name.
+_LABELS = {
+    "base": "base", "base model": "base", "sft": "sft", "ce": "sft", "gem": "gem", "human": "human",
+    "human text": "human", "dft (reverse kl)": "dft_reverse_kl", "dft (forward kl)": "dft_forward_kl",
+    "dft (sorted w₁ / uld)": "dft_sorted_w1", "dft (sinkhorn w, embedding cost)": "dft_sinkhorn",
+    "dft (jsd)": "dft_jsd", "dft (tvd)": "dft_tvd", "control: reverse kl to its own targets": "self_target",
+}
+
+
+def method_key(name: str) -> str | None:
+    """The method behind a run folder (``"dft_reverse_kl-s1"``), a method name or a table label (``"SFT s0"``);
+    None when it names no known method."""
+    text = str(name).strip().lower()
+    for candidate in (text, text.rsplit("-s", 1)[0], text.rsplit(" s", 1)[0]):
+        if candidate in METHOD_COLORS:
+            return candidate
+        if candidate in _LABELS:
+            return _LABELS[candidate]
+    return None
+
+
+def method_color(name: str):
+    """The colour of a method in every figure (see :data:`METHOD_COLORS`); grey-blue for names it does not know."""
+    key = method_key(name)
+    return METHOD_COLORS[key] if key else (0.35, 0.45, 0.6)
+
+
+def method_palette(names) -> dict:
+    """``{name: colour}`` for seaborn's ``palette=`` from any run names or labels (unknown names get distinct
+    colours from a second palette, so two of them never share one)."""
+    names = list(dict.fromkeys(names))
+    spare = iter(sns.color_palette("dark", max(1, len(names))))
+    return {n: (method_color(n) if method_key(n) else next(spare)) for n in names}
+
+
+def figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 3.6, **kwargs):
+    """A figure with constrained layout (titles, labels and outside legends never overlap a neighbour panel),
+    ``width`` x ``height`` inches per panel; returns ``(fig, axes)`` like ``plt.subplots``."""
+    return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), layout="constrained", **kwargs)
+
+
+def legend_outside(ax, title: str | None = None, **kwargs) -> None:
+    """Move an axes' legend to the right of its panel, outside the data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    if handles:
+        ax.legend(handles, labels, title=title, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, **kwargs)
+
+
+def label_points(ax, xs, ys, labels, fmt: str = "T={:g}", fontsize: int = 8) -> None:
+    """Write a small label (by default a sampling temperature, ``T=1.3``) next to each point of a frontier."""
+    for x, y, label in zip(xs, ys, labels):
+        text = fmt.format(label) if isinstance(label, (int, float)) else str(label)
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=fontsize, alpha=0.8)
+
 
 def setup(context: str = "notebook") -> None:
     """The one theme all chapters use."""

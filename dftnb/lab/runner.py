@@ -83,6 +83,32 @@ def setup_chapter(profile: str, out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
+SOLUTIONS_ENV = "DFTNB_SOLUTIONS"
+
+
+def solutions_shown() -> bool:
+    """Whether exercise solutions print their answer: yes in a headless run (the runner, nbval, CI: the published
+    chapters show them), or when a reader sets ``DFTNB_SOLUTIONS=1`` or calls :func:`show_solutions`; no under
+    JupyterLab's "Run All", so a room predicts before any answer appears."""
+    return not interactive() or os.environ.get(SOLUTIONS_ENV, "0") == "1"
+
+
+def show_solutions(on: bool = True) -> None:
+    """Let the solution cells of this kernel print their answers (run it after the room has predicted)."""
+    os.environ[SOLUTIONS_ENV] = "1" if on else "0"
+
+
+def reveal(*answers) -> None:
+    """Print (or display) an exercise's answer if :func:`solutions_shown`, else one line saying how to see it."""
+    if not solutions_shown():
+        print("Answer hidden until you have predicted: run `show_solutions()` (from dftnb.lab.runner), then this cell.")
+        return
+    from IPython.display import display
+
+    for answer in answers:
+        print(answer) if isinstance(answer, str) else display(answer)
+
+
 def notebooks(only: list[str] | None = None) -> list[Path]:
     """The numbered chapters ``notebooks/NN_*.ipynb`` in order, optionally only those whose number is in ``only``."""
     found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
