@@ -103,7 +103,23 @@ def count_candidates(logits: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(logits).sum(-1)
 
 
-class DynamicTemperatureLogitsProcessor(LogitsProcessor):
+class PerRowTemperatureLogitsProcessor(LogitsProcessor):
+    """A processor that divides each row's logits by a temperature computed from those logits:
+    ``scores / T(scores)``; subclasses define :meth:`temperature` and keep the last ``T`` in ``last_temperature``."""
+
+    last_temperature: torch.Tensor | None = None
+
+    def temperature(self, scores: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        _check_finite_scores(scores, type(self).__name__)
+        t = self.temperature(scores)
+        self.last_temperature = t
+        return (scores.float() / t.unsqueeze(-1)).to(scores.dtype)
+
+
+class DynamicTemperatureLogitsProcessor(PerRowTemperatureLogitsProcessor):
     r"""Entropy-scaled temperature, as llama.cpp's ``dynatemp`` sampler.
 
     .. math:: T = T_{min} + (T_{max} - T_{min}) \left(\frac{H}{\log N}\right)^{\gamma}
@@ -146,14 +162,8 @@ class DynamicTemperatureLogitsProcessor(LogitsProcessor):
         t = self.min_temperature + (self.max_temperature - self.min_temperature) * normalised.pow(self.exponent)
         return torch.where(n > 1, t, torch.full_like(t, self.min_temperature))
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        _check_finite_scores(scores, type(self).__name__)
-        t = self.temperature(scores)
-        self.last_temperature = t
-        return (scores.float() / t.unsqueeze(-1)).to(scores.dtype)
 
-
-class EDTLogitsProcessor(LogitsProcessor):
+class EDTLogitsProcessor(PerRowTemperatureLogitsProcessor):
     r"""Entropy-based Dynamic Temperature (EDT; Zhang et al. 2024, "EDT: Improving Large Language Models' Generation
     by Entropy-based Dynamic Temperature Sampling", arXiv:2403.14541).
 
@@ -191,12 +201,6 @@ class EDTLogitsProcessor(LogitsProcessor):
         exponent = self.theta / h.clamp_min(1e-12)
         t = self.temperature0 * torch.exp(exponent * math.log(self.base))
         return t.clamp_min(self.min_temperature)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        _check_finite_scores(scores, type(self).__name__)
-        t = self.temperature(scores)
-        self.last_temperature = t
-        return (scores.float() / t.unsqueeze(-1)).to(scores.dtype)
 
 
 class TopNSigmaLogitsProcessor(LogitsProcessor):
