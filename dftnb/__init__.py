@@ -15,7 +15,8 @@ The public API, importable from the package itself::
   :func:`from_corpus`, :func:`build_datastore`, the on-disk cache :func:`build_or_load` / :func:`target_metadata`;
 * divergences (one function each, formula and paper in the docstring) and the chunked objective :func:`dft_loss`;
 * training: :class:`DFTConfig`, :class:`DFTTrainer` (a ``transformers.Trainer``), :func:`build_trainer`,
-  :class:`SparseTargetCollator`;
+  :class:`SparseTargetCollator`, and the registry of methods :data:`METHOD_REGISTRY` (name -> :class:`Method`: the
+  divergence it trains with, its table label, whether it reads a target);
 * inference: the ``LogitsProcessor`` samplers ``generate()`` lacks, :func:`sampler_kwargs`, and the block denoiser
   :func:`denoise_generate`.
 
@@ -34,6 +35,7 @@ _API = {
     "losses": ["forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd", "wasserstein_sorted", "sinkhorn", "ce",
                "label_smoothing", "gem", "LOSSES"],
     "objective": ["dft_loss"],
+    "methods": ["Method", "METHOD_REGISTRY"],
     "trainer": ["DFTConfig", "DFTTrainer", "SparseTargetCollator", "build_trainer", "METHODS"],
     "sampling": ["DynamicTemperatureLogitsProcessor", "EDTLogitsProcessor", "TopNSigmaLogitsProcessor",
                  "MirostatV2LogitsProcessor", "TargetEntropyLogitsProcessor", "sampler_kwargs"],

@@ -27,24 +27,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import PrinterCallback
 
 from .denoise import SCHEDULES, alpha_bar, noisy_simplex, simplex_embeds
 from .targets import IGNORE_INDEX
-from .trainer import (
-    METHODS,
-    DFTConfig,
-    DFTTrainer,
-    SparseTargetCollator,
-    StepTimer,
-    build_trainer,
-    default_training_args,
-    history_frame,
-)
+from .trainer import DFTConfig, DFTTrainer, SparseTargetCollator, build_trainer, train_method
 
 PER_TOKEN_COLUMNS = ("input_ids", "attention_mask", "labels", "target_ids", "target_logprobs", "target_tail_mass")
 
@@ -230,19 +221,14 @@ def train_denoiser(
     """Fine-tune ``model`` as a block denoiser with ``method`` (``"sft"``: CE on the clean block tokens;
     ``"dft_forward_kl"``, ``"dft_reverse_kl"``, ...: the divergence to the stored targets) and return
     ``(model, history)`` like :func:`dftnb.trainer.train_method`; ``save_dir`` also receives ``denoiser.json``.
-    ``callbacks`` are added to the trainer's; ``resume_from_checkpoint`` is passed to ``Trainer.train``."""
+    ``callbacks`` are added to the trainer's; ``resume_from_checkpoint`` is passed to ``Trainer.train``. The one
+    training wrapper :func:`dftnb.trainer.train_method` runs it, with :func:`build_denoiser_trainer` as its builder."""
     denoiser = denoiser or DenoiserConfig()
     freeze_embeddings(model, denoiser)
-    config = DFTConfig(**{**asdict(dft_config or DFTConfig()), "divergence": METHODS.get(method, method)})
-    args = default_training_args(output_dir, **training_args)
-    timer = StepTimer()
-    trainer = build_denoiser_trainer(model, tokenizer, dataset, config, args, denoiser,
-                                     callbacks=[timer, *(callbacks or [])])
-    if not verbose:
-        trainer.remove_callback(PrinterCallback)
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    model.eval()
+    model, history = train_method(model, tokenizer, dataset, method, output_dir, dft_config=dft_config,
+                                  save_dir=save_dir, verbose=verbose, callbacks=callbacks,
+                                  resume_from_checkpoint=resume_from_checkpoint,
+                                  build=partial(build_denoiser_trainer, denoiser=denoiser), **training_args)
     if save_dir is not None:
-        trainer.save_model(str(save_dir))
         (Path(save_dir) / "denoiser.json").write_text(json.dumps(asdict(denoiser), indent=1))
-    return model, history_frame(trainer.state.log_history, method, timer)
+    return model, history

@@ -28,6 +28,7 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from .losses import BASELINES, LOSSES, loss_options
+from .methods import divergences
 from .objective import dft_loss
 from .sparse_target import check_tail
 from .targets import IGNORE_INDEX, SparseTarget, batch_sparse_target
@@ -35,17 +36,9 @@ from .targets import IGNORE_INDEX, SparseTarget, batch_sparse_target
 # Config fields of HF models whose logits are transformed after the LM head (Gemma 2/3 soft-capping, Cohere and
 # Granite scaling); a value of None (or 1 for the scales) means no transformation.
 LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-# Method names used by the notebooks and the CLI -> the loss of dftnb.losses they train with (one of LOSSES).
-METHODS = {
-    "sft": "ce",
-    "gem": "gem",
-    "dft_reverse_kl": "reverse_kl",
-    "dft_forward_kl": "forward_kl",
-    "dft_jsd": "jsd",
-    "dft_tvd": "tvd",
-    "dft_sorted_w1": "wasserstein_sorted",
-    "dft_sinkhorn": "sinkhorn",
-}
+# Method names used by the notebooks and the CLI -> the loss of dftnb.losses they train with (one of LOSSES): the
+# trainer's view of the one method registry, dftnb.methods.METHOD_REGISTRY.
+METHODS = divergences()
 
 
 @dataclass
@@ -553,6 +546,42 @@ def default_training_args(output_dir: str | Path, **overrides) -> TrainingArgume
     return TrainingArguments(**args)
 
 
+def method_config(method: str, dft_config: DFTConfig | None = None) -> DFTConfig:
+    """``dft_config`` (default ``DFTConfig()``) with its divergence set from ``method``, a key of :data:`METHODS`
+    or a divergence name; a new object, ``dft_config`` is not changed."""
+    return DFTConfig(**{**asdict(dft_config or DFTConfig()), "divergence": METHODS.get(method, method)})
+
+
+def method_trainer(
+    model: torch.nn.Module,
+    tokenizer,
+    dataset,
+    method: str,
+    output_dir: str | Path,
+    *,
+    dft_config: DFTConfig | None = None,
+    callbacks: list | None = None,
+    verbose: bool = False,
+    build=build_trainer,
+    **training_args,
+) -> tuple[DFTTrainer, StepTimer]:
+    """The trainer of ``method`` on ``dataset``, not yet trained, and the :class:`StepTimer` among its callbacks.
+
+    The objective is :func:`method_config` of ``method`` and ``dft_config``; the arguments are
+    :func:`default_training_args` of ``output_dir`` with ``training_args`` (``TrainingArguments`` fields); the
+    callbacks are the timer, then ``callbacks``. Unless ``verbose`` the Trainer's ``PrinterCallback`` is removed
+    (the history frame carries the same numbers). ``build`` is :func:`build_trainer` or a function with its
+    signature (:func:`dftnb.denoise_training.build_denoiser_trainer` with its denoiser bound).
+    """
+    args = default_training_args(output_dir, **training_args)
+    timer = StepTimer()
+    trainer = build(model, tokenizer, dataset, method_config(method, dft_config), args,
+                    callbacks=[timer, *(callbacks or [])])
+    if not verbose:
+        trainer.remove_callback(PrinterCallback)
+    return trainer, timer
+
+
 def train_method(
     model: torch.nn.Module,
     tokenizer,
@@ -563,6 +592,9 @@ def train_method(
     dft_config: DFTConfig | None = None,
     save_dir: str | Path | None = None,
     verbose: bool = False,
+    callbacks: list | None = None,
+    resume_from_checkpoint: str | bool | None = None,
+    build=build_trainer,
     **training_args,
 ) -> tuple[torch.nn.Module, pd.DataFrame]:
     """Fine-tune ``model`` on ``dataset`` with ``method`` and return ``(model, history)``.
@@ -572,15 +604,12 @@ def train_method(
     arguments are ``TrainingArguments`` fields (``max_steps``, ``per_device_train_batch_size``, ``learning_rate``,
     ``bf16``, ...). ``save_dir`` receives the fine-tuned model and tokenizer (``save_pretrained``).
     ``history`` has one row per logged step with ``loss``, ``divergence``, ``ce``, ``entropy`` and ``seconds``.
+    ``callbacks``, ``verbose`` and ``build`` go to :func:`method_trainer` (the denoiser's training passes its own
+    ``build``); ``resume_from_checkpoint`` to ``Trainer.train``.
     """
-    divergence = METHODS.get(method, method)
-    config = DFTConfig(**{**asdict(dft_config or DFTConfig()), "divergence": divergence})
-    args = default_training_args(output_dir, **training_args)
-    timer = StepTimer()
-    trainer = build_trainer(model, tokenizer, dataset, config, args, callbacks=[timer])
-    if not verbose:
-        trainer.remove_callback(PrinterCallback)  # the history frame carries the same numbers
-    trainer.train()
+    trainer, timer = method_trainer(model, tokenizer, dataset, method, output_dir, dft_config=dft_config,
+                                    callbacks=callbacks, verbose=verbose, build=build, **training_args)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     model.eval()
     if save_dir is not None:
         trainer.save_model(str(save_dir))  # weights, config and the tokenizer (processing_class)

@@ -44,6 +44,7 @@ from ..measure.stats import (
     paired_statistic_bootstrap,
     verdict,
 )
+from ..methods import labels as method_labels
 from ..sampling import sampler_kwargs
 from .data import CORPORA, corpus_texts, load_corpus
 from .models import generate
@@ -77,15 +78,10 @@ SIZES = {
                   n_boot=2000),
 }
 
+# The registry methods chapter 02 fine-tunes, each into <out>/models/<method> (dftnb.methods.METHOD_REGISTRY).
+CHAPTER_02_METHODS = ("sft", "dft_reverse_kl", "dft_forward_kl", "dft_sorted_w1", "gem")
 # Table row label -> folder under <out>/models/ written by chapter 02 (None: the starting model itself).
-BENCHMARK_RUNS = {
-    "base": None,
-    "SFT": "sft",
-    "DFT (reverse KL)": "dft_reverse_kl",
-    "DFT (forward KL)": "dft_forward_kl",
-    "DFT (sorted W₁ / ULD)": "dft_sorted_w1",
-    "GEM": "gem",
-}
+BENCHMARK_RUNS = {"base": None, **{label: m for m, label in method_labels(CHAPTER_02_METHODS).items()}}
 
 
 def trained_model_dirs(out: str | Path, runs: dict[str, str | None] = BENCHMARK_RUNS) -> dict[str, Path | None]:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..methods import labels as method_labels
 from ..records import model_record, portable_command, portable_path
 from .runner import REPO
 
@@ -92,16 +93,16 @@ PROFILES = {
                           k_neighbors=16, seeds=(0, 1, 2), evaluation="study", save_steps=25, full_mmlu=True),
 }
 
-# method -> (table label, target rows); the two main DFT variants and SFT get every seed, the others seed 0.
-METHODS = {
-    "sft": ("SFT", "knn"),
-    "dft_reverse_kl": ("DFT (reverse KL)", "knn"),
-    "dft_forward_kl": ("DFT (forward KL)", "knn"),
-    "dft_sinkhorn": ("DFT (Sinkhorn W, embedding cost)", "knn"),
-    "dft_sorted_w1": ("DFT (sorted W₁ / ULD)", "knn"),
-    "gem": ("GEM", "knn"),
-    "self_target": ("control: reverse KL to its own targets", "self"),
-}
+# The registry methods the study trains, in the order they run and are tabled (dftnb.methods.METHOD_REGISTRY): the
+# two main DFT variants and SFT get every seed, the others seed 0; all train on the kNN-LM targets.
+TRAINED = ("sft", "dft_reverse_kl", "dft_forward_kl", "dft_sinkhorn", "dft_sorted_w1", "gem")
+# The study's one variant of a registry method, a control: reverse KL (the registry's dft_reverse_kl, the same
+# objective D(p ‖ q) = Σ p log(p / q)) to the model's own targets q = p_base instead of the kNN-LM targets.
+SELF_TARGET = "self_target"
+SELF_TARGET_METHOD, SELF_TARGET_LABEL = "dft_reverse_kl", "control: reverse KL to its own targets"
+# method -> (table label, target rows): the study's view of the registry, plus its control.
+METHODS = {**{m: (label, "knn") for m, label in method_labels(TRAINED).items()},
+           SELF_TARGET: (SELF_TARGET_LABEL, "self")}
 MAIN = ("sft", "dft_reverse_kl", "dft_forward_kl")
 FRONTIER = ("base", "sft-s0", "dft_reverse_kl-s0", "dft_forward_kl-s0")  # evaluated at every temperature
 FULL_MMLU = ("base", "sft-s0", "dft_reverse_kl-s0")
@@ -115,8 +116,10 @@ def extra_samplers(profile: StudyProfile) -> dict[str, tuple[str, dict]]:
 
 
 def trainer_method(method: str) -> str:
-    """The :data:`dftnb.trainer.METHODS` key a study method trains with."""
-    return "dft_reverse_kl" if method == "self_target" else method
+    """The registry method (:data:`dftnb.methods.METHOD_REGISTRY`) a study method trains with."""
+    if method not in METHODS:
+        raise ValueError(f"unknown study method {method!r}; the study trains {tuple(METHODS)}.")
+    return SELF_TARGET_METHOD if method == SELF_TARGET else method
 
 
 def run_name(method: str, seed: int) -> str:
@@ -134,7 +137,7 @@ def run_label(name: str) -> str:
 def plan(profile: StudyProfile) -> list[tuple[str, str]]:
     """Every piece in the order it runs: ``(kind, name)``."""
     pieces = [("targets", "targets"), ("run", "base")]
-    pieces += [("tune", f"{m}-lr{lr:g}") for m in METHODS if m != "self_target" for lr in profile.learning_rates]
+    pieces += [("tune", f"{m}-lr{lr:g}") for m in METHODS if m != SELF_TARGET for lr in profile.learning_rates]
     # the paired answer first: every seed of the main comparison, then the single-seed methods
     pieces += [("run", run_name(m, s)) for s in profile.seeds for m in MAIN]
     pieces += [("run", run_name(m, profile.seeds[0])) for m in METHODS if m not in MAIN]
@@ -293,27 +296,24 @@ def build_rows(study: Study) -> dict:
 
 
 def _dft_config(study: Study, method: str):
-    from ..trainer import METHODS as TRAINER_METHODS
-    from ..trainer import DFTConfig
+    from ..trainer import DFTConfig, method_config
 
-    return DFTConfig(divergence=TRAINER_METHODS[trainer_method(method)], tail=study.profile.tail)
+    return method_config(trainer_method(method), DFTConfig(tail=study.profile.tail))
 
 
 def _trainer(study: Study, method: str, seed: int, lr: float, steps: int, output_dir: Path, save: bool):
-    from ..trainer import StepTimer, build_trainer, default_training_args
+    """The untrained trainer of one run, its step timer and the tokenizer (:func:`dftnb.trainer.method_trainer`, the
+    builder of :func:`dftnb.trainer.train_method`); the caller trains it, resuming from a checkpoint if any."""
+    from ..trainer import DFTConfig, method_trainer
 
     model, tokenizer = study.base_model(training=True)
     rows = study.rows()[METHODS[method][1]]["train"]
-    args = default_training_args(
-        output_dir, max_steps=steps, per_device_train_batch_size=study.profile.batch, learning_rate=lr,
-        seed=seed, data_seed=seed, save_strategy="steps" if save else "no", save_steps=study.profile.save_steps,
+    trainer, timer = method_trainer(
+        model, tokenizer, rows, trainer_method(method), output_dir, dft_config=DFTConfig(tail=study.profile.tail),
+        max_steps=steps, per_device_train_batch_size=study.profile.batch, learning_rate=lr, seed=seed,
+        data_seed=seed, save_strategy="steps" if save else "no", save_steps=study.profile.save_steps,
         save_total_limit=1,
     )
-    timer = StepTimer()
-    trainer = build_trainer(model, tokenizer, rows, _dft_config(study, method), args, callbacks=[timer])
-    from transformers import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
     return trainer, timer, tokenizer
 
 
