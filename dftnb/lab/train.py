@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 2 -m dftnb.lab.train --config configs/dft_reverse_kl.yaml
     python -m dftnb.lab.train --config configs/dft_reverse_kl.yaml --set training.max_steps=5 --resume
 
-Config keys (unknown keys are an error, at every level; so is a value of the wrong type)::
+Config keys (parsed by dftnb.lab.train_config; an unknown key or a value of the wrong type is an error)::
 
     model: embedded            # "embedded" (SmolLM2-135M), "tiny" (random 2-layer Llama), an HF id or a local folder
     dtype: float32             # float32 | bfloat16 | float16
@@ -45,40 +45,19 @@ The run writes ``<output_dir>/log_history.json`` (the Trainer's log, one entry p
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import difflib
-import enum
-import functools
 import json
-import math
 import re
 import shutil
 import sys
-import types
-import typing
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..target_shards import World, build_or_load_sharded
-from ..trainer import METHODS, DFTConfig, DFTTrainer, build_trainer
-
-TOP_KEYS = {"model", "dtype", "seed", "method", "dft", "data", "training", "resume_from_checkpoint", "save_final",
-            "denoiser"}
-DATA_KEYS = {"dataset", "corpus", "split", "block_size", "max_blocks", "targets"}
-TARGET_KEYS = {"source", "reference_model", "k", "prefix", "temperature", "cache", "rebuild"}
-DFT_KEYS = {f.name for f in dataclasses.fields(DFTConfig)} - {"divergence"}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-REBUILD = ("auto", "never", "always")
-
-# The type of every scalar key (the sections dft and training take theirs from DFTConfig / TrainingArguments).
-TOP_TYPES = {"model": str, "seed": int, "method": str, "save_final": bool}
-DATA_TYPES = {"dataset": str, "corpus": str, "split": str, "block_size": int, "max_blocks": int | None}
-TARGET_TYPES = {"source": str, "reference_model": str | None, "k": int, "prefix": str | None, "temperature": float,
-                "cache": str | None, "rebuild": str}
+from ..trainer import DFTConfig, DFTTrainer, build_trainer
+from .train_config import TrainConfig, load_config
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 RUN_ENTRIES = ("log_history.json", "final")  # with checkpoint-*: what a run leaves in its output_dir
@@ -87,290 +66,31 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.ind
 
 
 # -- config ------------------------------------------------------------------------------------------------------------
-def _check_keys(section: dict, allowed: set, where: str) -> None:
-    if not isinstance(section, dict):
-        raise ValueError(f"config section {where!r} must be a mapping, got {type(section).__name__}.")
-    unknown = sorted(set(section) - allowed)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)} (see `python -m dftnb.lab.train -h`).")
-
-
-def _matches(value, hint) -> bool:
-    """Whether a YAML value has the type ``hint`` (no coercion: ``'5'`` is not an int, ``1`` is a float)."""
-    if hint is typing.Any:
-        return True
-    if hint is None or hint is type(None):
-        return value is None
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, h) for h in typing.get_args(hint))
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    base = origin or hint
-    if base is dict:
-        return isinstance(value, dict)
-    if base in (list, tuple):
-        return isinstance(value, (list, tuple))
-    if isinstance(base, type) and issubclass(base, enum.Enum):
-        return isinstance(value, (str, base))
-    return True  # a class a YAML file cannot write (an accelerate config, ...): left to its consumer
-
-
-def _describe(hint) -> str:
-    if hint is None or hint is type(None):
-        return "null"
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(dict.fromkeys(_describe(h) for h in typing.get_args(hint)))
-    if typing.get_origin(hint) is typing.Literal:
-        return f"one of {list(typing.get_args(hint))}"
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
-             list: "a list", tuple: "a list"}
-    return names.get(typing.get_origin(hint) or hint, getattr(hint, "__name__", str(hint)))
-
-
-def _yaml_hint(value) -> str:
-    """Why a number came out of YAML as a string, and how to write it."""
-    if not isinstance(value, str):
-        return ""
-    exponent = re.fullmatch(r"([+-]?\d+(?:\.\d*)?)[eE]([+-]?)(\d+)", value.strip())
-    if exponent:
-        mantissa, sign, digits = exponent.groups()
-        written = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{sign or '+'}{digits}"
-        return f"; YAML reads {value} as a string: write {written} (a dot and a signed exponent)"
-    try:
-        float(value)
-    except ValueError:
-        return ""
-    return "; it is quoted, so YAML reads it as a string: remove the quotes"
-
-
-def _check_type(where: str, value, hint) -> None:
-    if not _matches(value, hint):
-        raise ValueError(
-            f"{where} must be {_describe(hint)}, got {value!r} ({type(value).__name__}){_yaml_hint(value)}."
-        )
-
-
-def _check_choice(where: str, value, choices) -> None:
-    if not (isinstance(value, str) and value in choices):
-        raise ValueError(f"{where} must be one of {sorted(choices)}, got {value!r}.")
-
-
-def _check_section_types(section: dict, hints: dict, where: str) -> None:
-    for key, value in section.items():
-        if key in hints:
-            _check_type(f"{where}.{key}" if where else key, value, hints[key])
-
-
-@functools.cache
-def _training_hints() -> dict:
-    from transformers import TrainingArguments
-
-    return typing.get_type_hints(TrainingArguments)
-
-
-def _load_yaml(text: str, where: str):
-    """``yaml.safe_load(text)``; a syntax error becomes a ``ValueError`` naming ``where`` (the file or the ``--set``
-    item), the line and column, and what to do."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        lines = text.splitlines() or [""]
-
-        def place(mark) -> str:
-            line = f"line {mark.line + 1}, " if len(lines) > 1 else ""
-            shown = f" {lines[mark.line][:80]!r}" if mark.line < len(lines) else " (the end of the text)"
-            return f"{line}column {mark.column + 1}{shown}"
-
-        mark, context = getattr(err, "problem_mark", None), getattr(err, "context_mark", None)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        at = f" at {place(mark)}" if mark is not None else ""
-        if context is not None and getattr(err, "context", None) and (mark is None or context.line != mark.line
-                                                                      or context.column != mark.column):
-            at += f" ({err.context} that starts at {place(context)})"
-        fix = ("indent with spaces: YAML does not allow tabs" if "\\t" in problem else
-               "fix the YAML there (see configs/ for examples; quote a string that holds : [ ] { } # or a leading *)")
-        raise ValueError(f"{where} is not valid YAML: {problem}{at}; {fix}.") from None
-
-
-def apply_overrides(config: dict, overrides: list[str]) -> dict:
-    """``--set a.b=value`` overrides (YAML-parsed values) on a nested config dict, in order."""
-    for item in overrides:
-        path, sep, value = item.partition("=")
-        keys = path.strip().split(".")
-        if not sep or not all(keys):
-            raise ValueError(f"--set expects key.path=value (e.g. training.max_steps=5), got {item!r}.")
-        node = config
-        for depth, key in enumerate(keys[:-1]):
-            if node.get(key) is None:
-                node[key] = {}
-            node = node[key]
-            if not isinstance(node, dict):
-                where = ".".join(keys[: depth + 1])
-                raise ValueError(f"--set {item}: {where} is {node!r}, not a mapping, so it has no key {keys[depth + 1]!r}.")
-        node[keys[-1]] = _load_yaml(value, f"--set {item}: the value")
-    return config
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """Read and validate a YAML config (see the module docstring); returns the nested dict."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config {path} does not exist; see configs/ for examples.")
-    config = _load_yaml(path.read_text(), f"config {path}") or {}
-    if not isinstance(config, dict):
-        raise ValueError(f"config {path} must be a mapping of keys (model, method, data, training, ...), "
-                         f"got a {type(config).__name__}; see configs/ for examples.")
-    config = apply_overrides(config, overrides or [])
-    validate_config(config)
-    return config
-
-
-def validate_config(config: dict) -> None:
-    """Raise ``ValueError`` naming the offending key for anything the CLI would not use: unknown keys, values of the
-    wrong type (no coercion), out-of-range sizes and unknown choices."""
-    from transformers import TrainingArguments
-
-    from .data import CORPORA, SPLITS
-
-    _check_keys(config, TOP_KEYS, "the top level")
-    for required in ("model", "method", "data", "training"):
-        if required not in config:
-            raise ValueError(f"config needs a {required!r} key (see configs/ for examples).")
-    _check_section_types(config, TOP_TYPES, "")
-    _check_choice("dtype", config.get("dtype", "float32"), DTYPES)
-    resume = config.get("resume_from_checkpoint")
-    if not (resume is None or isinstance(resume, (bool, str))):
-        raise ValueError(f"resume_from_checkpoint must be true, false, null or a checkpoint folder, got {resume!r}.")
-    dft = config.get("dft", {})
-    _check_keys(dft, DFT_KEYS, "dft")
-    _check_section_types(dft, typing.get_type_hints(DFTConfig), "dft")
-
-    data = config["data"]
-    _check_keys(data, DATA_KEYS, "data")
-    if ("dataset" in data) == ("corpus" in data):
-        raise ValueError("data needs exactly one of 'dataset' (a saved target dataset) or 'corpus' (a corpus name).")
-    _check_section_types(data, DATA_TYPES, "data")
-    if "corpus" in data:
-        _check_choice("data.corpus", data["corpus"], CORPORA)
-    _check_choice("data.split", data.get("split", "train"), SPLITS)
-    if data.get("block_size", 64) < 2:
-        raise ValueError(f"data.block_size must be >= 2 (tokens per training row), got {data['block_size']}.")
-    if data.get("max_blocks") is not None and data["max_blocks"] < 1:
-        raise ValueError(f"data.max_blocks must be >= 1 (or null for all blocks), got {data['max_blocks']}.")
-    if "targets" in data:
-        spec = data["targets"]
-        _check_keys(spec, TARGET_KEYS, "data.targets")
-        _check_section_types(spec, TARGET_TYPES, "data.targets")
-        if spec.get("source", "reference") != "reference":
-            raise ValueError(
-                "the CLI builds targets with source 'reference' only; build other sources (samples, corpus kNN) "
-                "with dftnb.target_cache.build_or_load and pass the saved folder as data.dataset."
-            )
-        if spec.get("k", 64) < 1:
-            raise ValueError(f"data.targets.k must be >= 1 (target tokens per position), got {spec['k']}.")
-        temperature = spec.get("temperature", 1.0)
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"data.targets.temperature must be a finite number > 0 (1.0 keeps the reference's "
-                             f"distribution; inf would make every target uniform), got {temperature}.")
-        _check_choice("data.targets.rebuild", spec.get("rebuild", "auto"), REBUILD)
-
-    training = config["training"]
-    if not isinstance(training, dict) or "output_dir" not in training:
-        raise ValueError("training needs at least output_dir (any transformers.TrainingArguments field is allowed).")
-    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
-    for key in sorted(set(training) - fields):
-        close = difflib.get_close_matches(key, fields, n=1)
-        raise ValueError(f"unknown key {key!r} in training: not a transformers.TrainingArguments field"
-                         + (f"; did you mean {close[0]!r}?" if close else "."))
-    by_epochs = training.get("max_steps", 0) is None  # null: train for num_train_epochs (TrainingArguments' -1)
-    _check_section_types({k: v for k, v in training.items() if not (k == "max_steps" and by_epochs)},
-                         _training_hints(), "training")
-    if not isinstance(training["output_dir"], str) or not training["output_dir"]:
-        raise ValueError(f"training.output_dir must be a string (a folder), got {training['output_dir']!r}.")
-    check_training_values(training)
-    try:
-        dft_config(config)  # unknown methods / bad loss options fail here, before any model is loaded
-    except ValueError as err:
-        raise ValueError(f"method {config['method']!r} / dft section: {err}") from None
-    denoiser = denoiser_config(config)
-    if denoiser is not None and "corpus" in data and data.get("block_size", 64) < denoiser.min_prefix + denoiser.block_size:
-        raise ValueError(
-            f"data.block_size {data.get('block_size', 64)} is shorter than denoiser.min_prefix + denoiser.block_size = "
-            f"{denoiser.min_prefix + denoiser.block_size}: raise data.block_size or lower the denoiser's sizes."
-        )
-
-
-def check_training_values(training: dict) -> None:
-    """The ``training`` values that TrainingArguments accepts but that would train silently wrong (``max_steps`` 0
-    or negative trains ``num_train_epochs`` instead) or fail inside the first step (batch size 0, a negative or NaN
-    learning rate, ``gradient_accumulation_steps`` 0); raise a ``ValueError`` naming the key and the fix."""
-    for key, value in training.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"training.{key} must be a finite number, got {value}.")
-    steps = training.get("max_steps")
-    if steps is not None and steps < 1:
-        raise ValueError(
-            f"training.max_steps must be >= 1 (optimizer steps), got {steps}; to train for training.num_train_epochs "
-            "instead, remove max_steps (or --set training.max_steps=null)."
-        )
-    if steps is None and not training.get("num_train_epochs", 3.0) > 0:
-        raise ValueError(f"training.num_train_epochs must be > 0 when max_steps is not set, got "
-                         f"{training['num_train_epochs']}; or set training.max_steps >= 1.")
-    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
-        if training.get(key, 1) < 1:
-            raise ValueError(f"training.{key} must be >= 1, got {training[key]}.")
-    if not training.get("learning_rate", 5e-5) > 0:
-        raise ValueError(f"training.learning_rate must be a finite number > 0 (e.g. 1.0e-4), got "
-                         f"{training['learning_rate']}.")
-
-
-def check_config_against_model(config: dict, model, tokenizer=None, role: str = "model") -> None:
+def check_config_against_model(config: TrainConfig, model, tokenizer=None, role: str = "model") -> None:
     """What ``config`` asks of the loaded ``model``, checked before any target is built: ``data.block_size`` within
     the model's context (``max_position_embeddings``; longer positions are out of what it was trained on, and the
     target build would run for a long time on them) and ``data.targets.k`` within its vocabulary."""
     from .models import model_vocab_size
 
-    data = config["data"]
+    data = config.data
     context = getattr(model.config, "max_position_embeddings", None)
-    block_size = data.get("block_size", 64)
-    prefix = (data.get("targets") or {}).get("prefix")
+    prefix = data.targets and data.targets.prefix
     extra = len(tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix and tokenizer is not None else 0
-    if "corpus" in data and context and block_size + extra > context:
-        what = f"data.block_size {block_size}" + (f" + the prefix's {extra} tokens" if extra else "")
+    if data.corpus is not None and context and data.block_size + extra > context:
+        what = f"data.block_size {data.block_size}" + (f" + the prefix's {extra} tokens" if extra else "")
         raise ValueError(
             f"{what} exceeds the {role}'s context length (max_position_embeddings = {context}); lower "
             f"data.block_size to at most {context - extra}."
         )
-    if "corpus" in data and "targets" in data:
-        k, vocab = data["targets"].get("k", 64), model_vocab_size(model, tokenizer)
-        if k > vocab:
-            raise ValueError(f"data.targets.k {k} exceeds the {role}'s vocabulary size ({vocab}); lower data.targets.k "
-                             f"to at most {vocab}.")
+    targets = data.targets if data.corpus is not None else None
+    if targets is not None and targets.k > (vocab := model_vocab_size(model, tokenizer)):
+        raise ValueError(f"data.targets.k {targets.k} exceeds the {role}'s vocabulary size ({vocab}); lower data.targets.k to "
+                         f"at most {vocab}.")
 
 
-def denoiser_config(config: dict):
+def denoiser_config(config: TrainConfig):
     """The :class:`dftnb.denoise_training.DenoiserConfig` of the ``denoiser`` section, or ``None`` without one."""
-    section = config.get("denoiser")
-    if section is None:
-        return None
-    from ..denoise_training import DenoiserConfig
-
-    _check_keys(section, {f.name for f in dataclasses.fields(DenoiserConfig)}, "denoiser")
-    _check_section_types(section, typing.get_type_hints(DenoiserConfig), "denoiser")
-    return DenoiserConfig(**section)
-
-
-def dft_config(config: dict) -> DFTConfig:
-    return DFTConfig(divergence=METHODS.get(config["method"], config["method"]), **config.get("dft", {}))
+    return config.denoiser
 
 
 def training_arguments(section: dict):
@@ -517,19 +237,19 @@ def _clear_previous_run(output_dir: Path, entries: list[str]) -> None:
 
 
 # -- model, data, run ------------------------------------------------------------------------------------------------
-def load_student(config: dict):
-    """``(model, tokenizer)`` for ``config['model']`` (``"tiny"`` gives a random 2-layer Llama seeded by ``seed``)."""
+def load_student(config: TrainConfig, name: str | None = None):
+    """``(model, tokenizer)`` for ``name`` (default ``config.model``) in ``config.dtype`` (``"tiny"`` gives a random
+    2-layer Llama seeded by ``config.seed``)."""
     from .models import load_model, tiny_model
 
-    dtype = DTYPES[config.get("dtype", "float32")]
-    name = config["model"]
+    dtype, name = getattr(torch, config.dtype), name or config.model
     if name == "tiny":
-        model, tokenizer = tiny_model(seed=int(config.get("seed", 0)))
+        model, tokenizer = tiny_model(seed=config.seed)
         return model.to(dtype), tokenizer
     return load_model(name, device="cpu", dtype=dtype)
 
 
-def load_dataset(config: dict, model, tokenizer):
+def load_dataset(config: TrainConfig, model, tokenizer):
     """The training dataset: a saved target dataset, or corpus blocks (with reference-model targets if asked)."""
     return dataset_loader(config, model, tokenizer)(World())
 
@@ -537,7 +257,7 @@ def load_dataset(config: dict, model, tokenizer):
 TARGET_BATCH = 4  # blocks per reference forward pass; the shards of a sharded build start on multiples of it
 
 
-def dataset_loader(config: dict, model, tokenizer) -> Callable[[World], object]:
+def dataset_loader(config: TrainConfig, model, tokenizer) -> Callable[[World], object]:
     """Read what the dataset is made of (a saved dataset, or the corpus blocks and the reference model: the steps
     that fill the corpus and model caches) and return ``finish(world)``, which returns the dataset.
 
@@ -549,9 +269,9 @@ def dataset_loader(config: dict, model, tokenizer) -> Callable[[World], object]:
 
     from .. import target_cache, targets
 
-    data = config["data"]
-    if "dataset" in data:
-        path = Path(data["dataset"])
+    data, spec = config.data, config.data.targets
+    if data.dataset is not None:
+        path = Path(data.dataset)
         if not path.exists():
             raise FileNotFoundError(f"data.dataset {path} does not exist; build it with dftnb.target_cache.build_or_load.")
         dataset = target_cache.load_target_dataset(path)
@@ -559,34 +279,29 @@ def dataset_loader(config: dict, model, tokenizer) -> Callable[[World], object]:
 
     from .data import corpus_texts, pack_texts
 
-    texts = corpus_texts(data["corpus"], data.get("split", "train"))
-    blocks = pack_texts(tokenizer, texts, int(data.get("block_size", 64)), data.get("max_blocks"))
-    spec = data.get("targets")
+    blocks = pack_texts(tokenizer, corpus_texts(data.corpus, data.split), data.block_size, data.max_blocks)
     if spec is None:
-        if dft_config(config).needs_target:
-            raise ValueError(f"method {config['method']!r} needs targets: add data.targets (or use method sft/gem).")
+        if config.objective.needs_target:
+            raise ValueError(f"method {config.method!r} needs targets: add data.targets (or use method sft/gem).")
         return lambda world: Dataset.from_dict({"input_ids": blocks, "labels": blocks})
 
     reference, ref_tokenizer = model, tokenizer
-    if spec.get("reference_model") not in (None, config["model"]):
-        reference, ref_tokenizer = load_student({**config, "model": spec["reference_model"]})
+    if spec.reference_model not in (None, config.model):
+        reference, ref_tokenizer = load_student(config, spec.reference_model)
         check_config_against_model(config, reference, ref_tokenizer, role="reference model")
-    k = int(spec.get("k", 64))
-    params = {"prefix": spec.get("prefix"), "temperature": float(spec.get("temperature", 1.0))}
-    block_size = int(data.get("block_size", 64))
+    params = {"prefix": spec.prefix, "temperature": spec.temperature}
 
     def build(items=blocks):
-        return targets.from_reference_model(reference, ref_tokenizer, items, k=k, max_length=block_size,
+        return targets.from_reference_model(reference, ref_tokenizer, items, k=spec.k, max_length=data.block_size,
                                             batch_size=TARGET_BATCH, **params)
 
-    if spec.get("cache") is None:  # record the reference's tokenizer, which build_trainer checks against the student
+    if spec.cache is None:  # record the reference's tokenizer, which build_trainer checks against the student
         return lambda world: target_cache.record_tokenizer_hash(build(), target_cache.tokenizer_hash(ref_tokenizer))
     meta = target_cache.target_metadata(
-        reference, ref_tokenizer, source="reference", corpus=f"{data['corpus']}/{data.get('split', 'train')}",
-        k=k, model_name=str(spec.get("reference_model") or config["model"]), sequences=len(blocks),
-        seq_len=block_size, **params,
+        reference, ref_tokenizer, source="reference", corpus=f"{data.corpus}/{data.split}", k=spec.k,
+        model_name=spec.reference_model or config.model, sequences=len(blocks), seq_len=data.block_size, **params,
     )
-    return lambda world: build_or_load_sharded(spec["cache"], meta, build, blocks, spec.get("rebuild", "auto"),
+    return lambda world: build_or_load_sharded(spec.cache, meta, build, blocks, spec.rebuild,
                                                world=world, align=TARGET_BATCH)
 
 
@@ -607,20 +322,20 @@ def _note_unchecked_tokenizer(dataset, objective: DFTConfig) -> None:
               "dftnb.target_cache.build_or_load, which records the hash.", file=sys.stderr)
 
 
-def run(config: dict, resume: bool | str | None = None, overwrite: bool = False) -> DFTTrainer:
+def run(config: TrainConfig, resume: bool | str | None = None, overwrite: bool = False) -> DFTTrainer:
     """Build everything from a validated ``config`` and train; returns the trainer.
 
     ``resume``: ``True`` (last complete checkpoint in output_dir), a checkpoint folder, or ``None`` for the config's
     ``resume_from_checkpoint``. An output_dir that holds an earlier run is refused unless resuming or ``overwrite``.
     """
-    args = training_arguments(config["training"])
+    args = training_arguments(config.training)
     out = Path(args.output_dir)
     file = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if file is not None:
         where = "is a file" if file == out else f"is inside {file}, which is a file"
         raise NotADirectoryError(f"training.output_dir {out} {where}, not a folder: choose a folder for the run "
                                  "(--set training.output_dir=...).")
-    resume = resume if resume is not None else config.get("resume_from_checkpoint")
+    resume = resume if resume is not None else config.resume_from_checkpoint
     existing = previous_run(out)
     if resume and overwrite:
         raise ValueError("--resume continues the run in output_dir and --overwrite deletes it: pass one of them.")
@@ -640,20 +355,20 @@ def run(config: dict, resume: bool | str | None = None, overwrite: bool = False)
             _clear_previous_run(out, existing)
     dataset = finish(World.current())  # every rank at once: a target cache is built in slices, one per rank
     if args.process_index == 0:
-        _note_unchecked_tokenizer(dataset, dft_config(config))
-    denoiser = denoiser_config(config)
+        _note_unchecked_tokenizer(dataset, config.objective)
+    denoiser = config.denoiser
     if denoiser is None:
-        trainer = build_trainer(model, tokenizer, dataset, dft_config(config), args)
+        trainer = build_trainer(model, tokenizer, dataset, config.objective, args)
     else:
         from ..denoise_training import build_denoiser_trainer, freeze_embeddings
 
         freeze_embeddings(model, denoiser)
-        trainer = build_denoiser_trainer(model, tokenizer, dataset, dft_config(config), args, denoiser)
+        trainer = build_denoiser_trainer(model, tokenizer, dataset, config.objective, args, denoiser)
     trainer.train(resume_from_checkpoint=checkpoint)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    if config.get("save_final", True):
+    if config.save_final:
         trainer.save_model(str(out / "final"))
     return trainer
 
