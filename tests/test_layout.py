@@ -1,7 +1,7 @@
 """The package's shape: three layers visible in its folders (the method in ``dftnb/``, measurement in
 ``dftnb/measure/``, the lab in ``dftnb/lab/``), imports only downward (the method imports neither of the others,
-measurement does not import the lab), an acyclic import graph, small modules, a layout table in the README that
-matches the folders, and documentation references that resolve inside the repository."""
+measurement does not import the lab), an acyclic import graph, small modules, a layout table in ``docs/design.md``
+that matches the folders, and documentation references that resolve inside the repository."""
 
 import ast
 import re
@@ -109,22 +109,46 @@ def test_the_public_api_is_the_method():
     assert {f"dftnb.{module}" for module in dftnb._API} <= {m for m, layer in layer_of().items() if layer == "method"}
 
 
-def test_the_readme_layout_table_lists_every_module_in_its_layer():
-    """The README's table of modules (rows ``| layer (folder) | `module` · `module` | ... |``) names each module,
-    in the layer of its folder."""
-    text = (REPO / "README.md").read_text()
-    table = text[text.index("## Package layout"):]
-    table = table[: table.index("\n\n", table.index("|"))]
+LAYOUT_DOC = REPO / "docs/design.md"  # its "## Layout" section holds the table of modules per layer
+
+
+def layout_table(text: str) -> dict[str, str]:
+    """``{module: layer}`` from the first table after ``## Layout`` (rows ``| layer (folder) | `module`, ... | ... |``;
+    a row with an empty first cell continues the layer above)."""
+    table = text[text.index("## Layout"):]
+    table = table[: table.index("\n\n", table.index("\n|"))]
     listed, layer = {}, None
     for row in table.splitlines():
+        if not row.startswith("|"):
+            continue
         cells = [c.strip() for c in row.strip().strip("|").split("|")]
-        if len(cells) < 3 or all(c and set(c) <= {"-"} for c in cells) or cells[1] == "module":
+        if len(cells) < 3 or all(c and set(c) <= {"-", ":"} for c in cells) or cells[1] == "module":
             continue
         layer = cells[0].split()[0] if cells[0] else layer  # "method (`dftnb/`)"
         for name in re.findall(r"`(\w+)`", cells[1]):
             listed[name] = layer
+    return listed
+
+
+def test_the_layout_table_reader_sees_every_row():
+    text = ("## Layout\n\nintro\n\n| layer (folder) | module | concept |\n|---|---|---|\n"
+            "| method (`dftnb/`) | `losses`, `objective` | x |\n| | `trainer` | y |\n"
+            "| lab (`dftnb/lab/`) | `study` | z |\n\nafter | `not_a_row` | x |\n")
+    assert layout_table(text) == {"losses": "method", "objective": "method", "trainer": "method", "study": "lab"}
+
+
+def test_the_layout_table_lists_every_module_in_its_layer():
+    """The layout table of ``docs/design.md`` names each module of the package, in the layer of its folder, and
+    nothing else."""
+    listed = layout_table(LAYOUT_DOC.read_text())
     want = {m.rsplit(".", 1)[1]: layer for m, layer in layer_of().items()}
-    assert listed == want
+    unlisted = {m: layer for m, layer in want.items() if listed.get(m) != layer}
+    extra = {m: layer for m, layer in listed.items() if m not in want}
+    assert not unlisted and not extra, (
+        f"{LAYOUT_DOC.relative_to(REPO)} (section 'Layout') must list every module of dftnb/ in the layer of its "
+        "folder (dftnb/: method, dftnb/measure/: measurement, dftnb/lab/: lab) and no module that does not exist. "
+        f"Add a row (or a name to a row) for {sorted(unlisted.items()) or 'nothing'}; "
+        f"remove {sorted(extra.items()) or 'nothing'}.")
 
 
 def test_modules_stay_small():

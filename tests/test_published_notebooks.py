@@ -38,7 +38,7 @@ def test_publish_copies_outputs_by_cell_id_and_a_code_change_makes_a_chapter_sta
     (out / "00_x.ipynb").write_text(json.dumps(executed))
     assert P.stale_chapters(books) == {"00_x.ipynb": "carries no published outputs"}
 
-    assert P.publish(out, books, machine="test machine") == ["00_x.ipynb"]
+    assert P.publish(out, books, machine="test machine", readme=None) == ["00_x.ipynb"]
     nb = json.loads((books / "00_x.ipynb").read_text())
     assert [c["id"] for c in nb["cells"]] == ["m", "a", "b"]  # the injected cell stays out
     assert nb["cells"][2]["outputs"] == [figure] and nb["cells"][2]["source"] == "plot()"
@@ -50,15 +50,15 @@ def test_publish_copies_outputs_by_cell_id_and_a_code_change_makes_a_chapter_sta
     (books / "00_x.ipynb").write_text(json.dumps(nb))
     assert "its code changed" in P.stale_chapters(books)["00_x.ipynb"]
     with pytest.raises(ValueError, match="executed from other code"):  # the old run cannot be published over it
-        P.publish(out, books, machine="test machine")
+        P.publish(out, books, machine="test machine", readme=None)
     executed["metadata"]["papermill"]["parameters"]["profile"] = "smoke"
     (out / "00_x.ipynb").write_text(json.dumps(executed))
     with pytest.raises(ValueError, match="profile 'smoke'"):
-        P.publish(out, books, machine="test machine")
+        P.publish(out, books, machine="test machine", readme=None)
     executed["metadata"]["papermill"]["end_time"] = None  # still running (or killed): not published, not refused
     (out / "00_x.ipynb").write_text(json.dumps(executed))
     with pytest.raises(FileNotFoundError, match="no executed chapter"):
-        P.publish(out, books, machine="test machine")
+        P.publish(out, books, machine="test machine", readme=None)
 
 
 def test_no_committed_chapter_carries_stale_or_failed_outputs():

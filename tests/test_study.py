@@ -1,5 +1,6 @@
 """The study's plumbing on its smoke profile (tiny model): the plan is fair, every piece writes its files, a rerun
-skips all of them and regenerates the tables byte for byte, an interrupted run resumes from its checkpoint with the
+skips all of them and regenerates the tables, the full report and the README section byte for byte (the committed ones
+included), an interrupted run resumes from its checkpoint with the
 same losses, and the verdict over seeds is only as strong as its weakest seed."""
 
 import hashlib
@@ -84,8 +85,18 @@ def test_every_piece_writes_its_rows_and_provenance(smoke_study):
     base = json.loads((study.results / "runs" / "base" / "samples.json").read_text())
     assert set(map(float, base["temperature"])) == {1.0, *sizes["temperatures"], *sizes["calibration"]}
     assert list(json.loads((study.results / "runs" / "gem-s0" / "samples.json").read_text())["temperature"]) == ["1"]
-    text = readme.read_text()
-    assert "SECTION-BEFORE-THE-REPORT" not in text and text.endswith("tail\n") and "**Table (T = 1)**" in text
+    text, report = readme.read_text(), (study.results / S.REPORT).read_text()
+    assert "SECTION-BEFORE-THE-REPORT" not in text and text.endswith("tail\n")
+    # the full report holds every table; the README section only the verdict, the figure and a link to the report
+    for title in ("**Table (T = 1)**", "**Paired differences vs SFT**", "**Seed variance**", "**Calibration rows**",
+                  "**Cost**", "**Tuning**", "**For a sceptical reader.**", "![frontier](figures/frontier.png)"):
+        assert title in report, title
+    section = text[text.index(R.README_BEGIN):text.index(R.README_END)]
+    assert "**Verdict per method (all seeds must agree)**" in section and f"results/study/{S.REPORT}" in section
+    assert "![frontier](results/study/figures/frontier.png)" in section
+    assert "**Table (T = 1)**" not in section and "**For a sceptical reader.**" not in section
+    verdict = (study.results / "tables" / "verdict_by_method.md").read_text().split("\n\n", 1)[1]
+    assert verdict.strip() in section and verdict.strip() in report
 
 
 def test_paired_rows_compare_each_seed_with_sft_of_that_seed(smoke_study):
@@ -105,7 +116,7 @@ def test_paired_rows_compare_each_seed_with_sft_of_that_seed(smoke_study):
 
 def test_the_readme_paragraph_reads_each_criterion_as_the_verdict_table_does(smoke_study):
     study, readme = smoke_study
-    text = readme.read_text()
+    text = (study.results / S.REPORT).read_text()
     paragraph = next(line for line in text.splitlines() if line.startswith("**For a sceptical reader.**"))
     by_method = pd.read_csv(study.results / "tables" / "verdict_by_method.csv", keep_default_na=False)
     for criterion, rows in by_method.groupby("criterion", sort=False):
@@ -131,6 +142,25 @@ def test_a_rerun_skips_every_piece_and_regenerates_the_tables_byte_for_byte(smok
     S.run_study("smoke", study.results, study.work, log=lambda _: None)
     S.report(study, readme)
     assert _digests(study.results) == before and readme.read_text() == text
+    assert f"{S.REPORT}" in before  # the full report is one of the regenerated files
+    S.write_documents(study, readme)  # the documents alone, from the stored tables: the same bytes
+    assert _digests(study.results) == before and readme.read_text() == text
+
+
+def test_the_committed_report_and_readme_section_regenerate_from_the_committed_tables(tmp_path):
+    """``results/study/README.md`` and the README's study section are exactly what :func:`write_documents` writes
+    from the committed rows (``python -m dftnb.lab.study --documents``): nobody edited them by hand, and a
+    regeneration would not change them."""
+    results = tmp_path / "study"
+    shutil.copytree(R.RESULTS, results)
+    readme = tmp_path / "README.md"
+    shutil.copy(R.REPO / "README.md", readme)
+    report, section = S.write_documents(R.Study("study", results), readme)
+    committed = (R.RESULTS / S.REPORT).read_text(encoding="utf-8")
+    assert report == committed, "regenerate: python -m dftnb.lab.study --documents"
+    assert readme.read_text(encoding="utf-8") == (R.REPO / "README.md").read_text(encoding="utf-8"), (
+        "the README's study section differs from its regeneration: python -m dftnb.lab.study --documents")
+    assert section.startswith(R.README_BEGIN) and section.endswith(R.README_END)
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_losses(smoke_study, tmp_path, monkeypatch):
@@ -208,6 +238,8 @@ def test_a_readme_without_the_markers_is_refused(smoke_study, tmp_path):
     readme.write_text("# nothing to replace\n")
     with pytest.raises(ValueError, match="study:begin"):
         S.report(study, readme)
+    with pytest.raises(ValueError, match="study:begin"):
+        S.write_documents(study, readme)
     assert readme.read_text() == "# nothing to replace\n"
 
 

@@ -2,11 +2,13 @@
 
     make study                                         # = python -m dftnb.lab.study --profile study
     python -m dftnb.lab.study --profile study --list       # the plan: which pieces are done
-    python -m dftnb.lab.study --profile study --report     # only the tables, figures and README section
+    python -m dftnb.lab.study --profile study --report     # only the tables, figures, report and README section
+    python -m dftnb.lab.study --profile study --documents  # only the report and README section, from the tables
     python -m dftnb.lab.study --profile smoke --results build/study-smoke    # the whole pipeline in a few minutes
 
 :func:`run_study` runs every unfinished piece of :func:`dftnb.lab.study_runs.plan` (a finished piece is skipped), then
-:func:`report`: the tables, figures and README section, computed from the stored rows of ``results/study/`` only.
+:func:`report`: the tables, figures, the full report and the README section, computed from the stored rows of
+``results/study/`` only.
 
 Nothing here touches a trained model: every number comes from the files :mod:`dftnb.lab.study` wrote (samples, per-token
 NLLs, per-question MMLU scores, per-problem HumanEval outcomes, training logs, provenance), scored with
@@ -18,7 +20,10 @@ NLLs, per-question MMLU scores, per-problem HumanEval outcomes, training logs, p
 * ``figures/frontier.png``: diversity (SDS) against fidelity (MAUVE; perplexity of the samples under the base model)
   for the base model, SFT and the two main DFT variants at T = 0.7 ... 1.6, with dynamic-temperature and
   target-entropy sampling as extra points.
-* ``README.md``: the section between ``<!-- study:begin -->`` and ``<!-- study:end -->`` is replaced.
+* ``results/study/README.md``: the full report (:func:`write_documents`, from the stored tables only): the paragraph
+  for a sceptical reader, every table, the figure, tuning.
+* the repository's ``README.md``: its section between ``<!-- study:begin -->`` and ``<!-- study:end -->`` is replaced
+  by the verdict table and the figure, with a link to the full report.
 """
 
 from __future__ import annotations
@@ -252,7 +257,8 @@ def _save(df: pd.DataFrame, shown: pd.DataFrame | None, name: str, caption: str,
 
 
 def report(study: Study, readme: Path | None = REPO / "README.md") -> dict:
-    """Write ``tables/``, ``figures/`` and the README section from the stored rows; returns the tables."""
+    """Write ``tables/``, ``figures/``, then the full report and the README section (:func:`write_documents`) from the
+    stored rows; returns the tables."""
     from ..measure.metrics import human_reference_capacity, human_reference_samples
     from .models import load_embedder, load_tokenizer
 
@@ -265,7 +271,7 @@ def report(study: Study, readme: Path | None = REPO / "README.md") -> dict:
         _save(tables["tuning"], None, "tuning", "Tuning: the same learning rates for every method, "
               "validation objective after the proxy run (lowest chosen).", base)
     if "base" not in runs or not any(r.startswith("sft-") for r in runs):
-        _write_readme(readme, study, runs, todo, tables, None)
+        write_documents(study, readme)
         return tables
     S = SIZES[study.profile.evaluation]
     loaded = {name: load_evaluation(study.results / "runs" / name) for name in runs}
@@ -301,13 +307,11 @@ def report(study: Study, readme: Path | None = REPO / "README.md") -> dict:
     caption = (f"Study ({study.profile_name} profile): {len(runs)} models, samples cut to L = {bench.L} tokens; "
                f"human text's SDS row from {n_groups} groups of {S['n']} passages per corpus; "
                f"calibration checks: {verdicts}.")
-    md = {"table": _save(bench.table, display_table(bench.table), "table", caption, base),
-          "calibration": _save(bench.calibration, display_calibration(bench.calibration), "calibration", caption,
-                               base),
-          "paired": _save(bench.paired, display_paired(bench.paired), "paired",
-                          ("Each run minus SFT of the same seed (seed 0 for single-seed methods), paired 95% intervals; SFT s1 and s2 "
-                           "minus SFT s0 are the seed-to-seed floor."),
-                          base)}
+    _save(bench.table, display_table(bench.table), "table", caption, base)
+    _save(bench.calibration, display_calibration(bench.calibration), "calibration", caption, base)
+    _save(bench.paired, display_paired(bench.paired), "paired",
+          ("Each run minus SFT of the same seed (seed 0 for single-seed methods), paired 95% intervals; SFT s1 and s2 "
+           "minus SFT s0 are the seed-to-seed floor."), base)
     _save(frontier, None, "frontier", "Frontier points (SDS, MAUVE, perplexity of the samples under the base model).",
           base)
     if bench.paired.model.astype(str).str.startswith("DFT").any():
@@ -315,18 +319,17 @@ def report(study: Study, readme: Path | None = REPO / "README.md") -> dict:
         tables["verdict"] = verdicts
         tables["verdict_by_method"] = seed_verdict(verdicts)
         _save(verdicts, None, "verdict", text.splitlines()[0], base)
-        md["verdict"] = _save(tables["verdict_by_method"], None, "verdict_by_method",
-                              "Verdict per method over its seeds (supported/refuted only when every seed agrees).",
-                              base)
+        _save(tables["verdict_by_method"], None, "verdict_by_method",
+              "Verdict per method over its seeds (supported/refuted only when every seed agrees).", base)
     tables["seeds"] = seed_summary(bench.table)
-    md["seeds"] = _save(tables["seeds"], display_seeds(tables["seeds"]), "seeds",
-                        "Mean ± standard deviation over seeds (T = 1).", base)
+    _save(tables["seeds"], display_seeds(tables["seeds"]), "seeds", "Mean ± standard deviation over seeds (T = 1).",
+          base)
     tables["mmlu_full"] = full_mmlu_table(study)
     if len(tables["mmlu_full"]):
-        md["mmlu_full"] = _save(tables["mmlu_full"], None, "mmlu_full",
-                                "All 14,042 MMLU questions (0-shot cloze); difference to SFT s0 by McNemar.", base)
+        _save(tables["mmlu_full"], None, "mmlu_full",
+              "All 14,042 MMLU questions (0-shot cloze); difference to SFT s0 by McNemar.", base)
     tables["cost"] = cost_table(study, runs)
-    md["cost"] = _save(tables["cost"], None, "cost", "Training and evaluation wall time per run.", base)
+    _save(tables["cost"], None, "cost", "Training and evaluation wall time per run.", base)
     if len(frontier):
         frontier_figure(frontier.drop(columns="base_perplexity"), sample_ppl, study.results / "figures" / "frontier.png")
     tables["checks"] = checks
@@ -335,7 +338,7 @@ def report(study: Study, readme: Path | None = REPO / "README.md") -> dict:
         hours = sum(time_split(study, provs).values()) / 3600
         tables["summary"] = reviewer_paragraph(study, runs, tables, hours, finished=not todo)
         (base / "summary.md").write_text(tables["summary"] + "\n", encoding="utf-8")
-    _write_readme(readme, study, runs, todo, tables, md)
+    write_documents(study, readme)
     return tables
 
 
@@ -439,57 +442,120 @@ def _check_markers(readme: Path | None) -> None:
                          "markers where the results belong (or pass readme=None).")
 
 
-def _write_readme(readme: Path | None, study: Study, runs: list[str], todo: list[str], tables: dict, md) -> None:
-    """Replace the README's study section (between the markers) with what the stored rows show."""
-    if readme is None or not readme.exists():
-        return
-    _check_markers(readme)
-    text = readme.read_text(encoding="utf-8")
+REPORT = "README.md"  # the full report, generated into the study's results folder
+SECTIONS = (("verdict", "verdict_by_method", "Verdict per method (all seeds must agree)"),
+            ("table", "table", "Table (T = 1)"), ("paired", "paired", "Paired differences vs SFT"),
+            ("seeds", "seeds", "Seed variance"), ("mmlu_full", "mmlu_full", "Full MMLU"),
+            ("calibration", "calibration", "Calibration rows"), ("cost", "cost", "Cost"))
+
+
+def _stored_table(path: Path) -> str | None:
+    """The Markdown table of a ``tables/<name>.md`` file written by :func:`_save` (``caption``, blank line, table)."""
+    if not path.exists():
+        return None
+    return path.read_text(encoding="utf-8").split("\n\n", 1)[1].removesuffix("\n")
+
+
+def _tuning_markdown(study: Study) -> str | None:
+    """The tuning table as the report shows it (method, learning rate with * for the chosen one, objective)."""
+    path = study.results / "tables" / "tuning.csv"
+    if not path.exists():
+        return None
+    t = pd.read_csv(path)
+    if not len(t):
+        return None
+    chosen = t["chosen"] if "chosen" in t else [False] * len(t)
+    return markdown_table(pd.DataFrame({
+        "method": [METHODS[m][0] for m in t.method],
+        "learning rate": [f"{lr:g}{' *' if c else ''}" for lr, c in zip(t.learning_rate, chosen)],
+        "validation objective": t.validation_objective.map(lambda v: f"{v:.4f}")}))
+
+
+def _provenance_line(study: Study, runs: list[str], todo: list[str]) -> str | None:
     provs = [json.loads((study.results / "runs" / n / "provenance.json").read_text()) for n in runs]
-    lines = [README_BEGIN, ""]
-    if provs:
-        last = max(provs, key=lambda p: p["finished"])
-        commits = sorted({p["commit"][:7] for p in provs if p.get("commit")})
-        split = time_split(study, provs)
-        lines += [f"Study profile, last run finished {last['finished'][:10]}; commits {', '.join(commits)}; "
-                  f"machine: {last['machine']}. {len(runs)} models evaluated. Wall time{'' if not todo else ' so far'}: "
-                  + ", ".join(f"{k} {v / 3600:.2f} h" for k, v in split.items())
-                  + f" (total {sum(split.values()) / 3600:.1f} h). Generated by `python -m dftnb.lab.study --report` "
-                  "from `results/study/`."]
-    if todo:
-        lines += ["", f"**In progress:** {len(todo)} piece(s) of the plan are not finished yet "
-                  f"({', '.join(todo[:6])}{' ...' if len(todo) > 6 else ''}); `make study` resumes them. The "
-                  "tables below hold only the finished runs and are not the study's answer until the plan is done."]
-    if md:
+    if not provs:
+        return None
+    last = max(provs, key=lambda p: p["finished"])
+    commits = sorted({p["commit"][:7] for p in provs if p.get("commit")})
+    split = time_split(study, provs)
+    return (f"Study profile, last run finished {last['finished'][:10]}; commits {', '.join(commits)}; "
+            f"machine: {last['machine']}. {len(runs)} models evaluated. Wall time{'' if not todo else ' so far'}: "
+            + ", ".join(f"{k} {v / 3600:.2f} h" for k, v in split.items())
+            + f" (total {sum(split.values()) / 3600:.1f} h). Generated by `python -m dftnb.lab.study --report` "
+            "from `results/study/`.")
+
+
+def _in_progress(todo: list[str]) -> list[str]:
+    if not todo:
+        return []
+    return ["", f"**In progress:** {len(todo)} piece(s) of the plan are not finished yet "
+            f"({', '.join(todo[:6])}{' ...' if len(todo) > 6 else ''}); `make study` resumes them. The "
+            "tables below hold only the finished runs and are not the study's answer until the plan is done."]
+
+
+def write_documents(study: Study, readme: Path | None = REPO / "README.md") -> tuple[str, str | None]:
+    """Write the full report (``<results>/README.md``) and the README's section between the study markers (the
+    verdict table and the frontier figure), both from the stored ``tables/`` and ``runs/`` files only: no model,
+    no embedder, so it takes a second and gives the same bytes for the same files. Returns both texts (the
+    section is ``None`` without a README)."""
+    _check_markers(readme)
+    runs = finished_runs(study)
+    todo = [f"{k} {n}" for k, n in plan(study.profile) if not study.done(k, n)]
+    scored = "base" in runs and any(r.startswith("sft-") for r in runs)  # what report() needs to score anything
+    tables = study.results / "tables"
+    md = {key: _stored_table(tables / f"{name}.md") for key, name, _ in SECTIONS} if scored else {}
+    figure = (study.results / "figures" / "frontier.png").exists() and scored
+    header = _provenance_line(study, runs, todo)
+
+    lines = ["# The study: the claim tested at a size that can answer it", "",
+             "Generated from the files in this folder by `python -m dftnb.lab.study --report` (do not edit by hand); "
+             "how the study runs and how to regenerate it: [`../README.md`](../README.md)."]
+    lines += ["", header] if header else []
+    lines += _in_progress(todo)
+    if scored:
         p = study.profile
         lines += ["", f"Every fine-tuned model: {p.train_tokens:,} training tokens ({p.steps} steps of {p.batch} x "
                   f"{p.block_size}-token Shakespeare blocks) from {_model_name(p)}, kNN-LM style-manifold "
                   f"targets (top-{p.k}, `{p.tail}` tail), learning rate tuned for each method over "
                   f"{', '.join(f'{lr:g}' for lr in p.learning_rates)} by the same rule."]
-        if "summary" in tables:
-            lines += ["", tables["summary"]]
-        for key, title in (("verdict", "Verdict per method (all seeds must agree)"), ("table", "Table (T = 1)"),
-                           ("paired", "Paired differences vs SFT"), ("seeds", "Seed variance"),
-                           ("mmlu_full", "Full MMLU"), ("calibration", "Calibration rows"), ("cost", "Cost")):
-            if key in md:
+        summary = tables / "summary.md"
+        if summary.exists():
+            lines += ["", summary.read_text(encoding="utf-8").removesuffix("\n")]
+        for key, _, title in SECTIONS:
+            if md.get(key):
                 lines += ["", f"**{title}**", "", md[key]]
-        if (study.results / "figures" / "frontier.png").exists():
-            lines += ["", "![frontier](results/study/figures/frontier.png)"]
+        if figure:
+            lines += ["", "![frontier](figures/frontier.png)"]
     elif runs:
         lines += ["", f"Finished so far: {', '.join(run_label(n) for n in runs)}."]
     else:
         lines += ["", "No run has finished yet."]
-    if "tuning" in tables and len(tables["tuning"]):
-        t = tables["tuning"]
-        lines += ["", "**Tuning** (validation objective after the proxy run; * chosen)", "",
-                  markdown_table(pd.DataFrame({
-                      "method": [METHODS[m][0] for m in t.method],
-                      "learning rate": [f"{lr:g}{' *' if c else ''}" for lr, c in zip(t.learning_rate,
-                                                                                     t.get("chosen", False))],
-                      "validation objective": t.validation_objective.map(lambda v: f"{v:.4f}")}))]
-    lines += ["", README_END]
+    tuning = _tuning_markdown(study)
+    if tuning:
+        lines += ["", "**Tuning** (validation objective after the proxy run; * chosen)", "", tuning]
+    full = "\n".join(lines) + "\n"
+    study.results.mkdir(parents=True, exist_ok=True)
+    (study.results / REPORT).write_text(full, encoding="utf-8")
+    if readme is None or not readme.exists():
+        return full, None
+    section = [README_BEGIN, ""]
+    if header:
+        section += [f"{len(runs)} models of the study profile evaluated{' so far' if todo else ''}; "
+                    f"the full report (the paragraph for a sceptical reader, every table, tuning and cost) is "
+                    f"[`results/study/{REPORT}`](results/study/{REPORT}), generated with this section by "
+                    "`python -m dftnb.lab.study --report`."]
+    section += _in_progress(todo)
+    if md.get("verdict"):
+        section += ["", "**Verdict per method (all seeds must agree)**", "", md["verdict"]]
+    if figure:
+        section += ["", "![frontier](results/study/figures/frontier.png)"]
+    if not header:
+        section += ["", "No run has finished yet."]
+    section += ["", README_END]
+    text = readme.read_text(encoding="utf-8")
     start, end = text.index(README_BEGIN), text.index(README_END) + len(README_END)
-    readme.write_text(text[:start] + "\n".join(lines) + text[end:], encoding="utf-8")
+    readme.write_text(text[:start] + "\n".join(section) + text[end:], encoding="utf-8")
+    return full, "\n".join(section)
 
 
 def committed_results(results: str | Path = RESULTS, profile: str = "study") -> str:
@@ -541,7 +607,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default=str(RESULTS), help="folder of the stored rows (default results/study)")
     parser.add_argument("--work", default=None, help="folder for models and checkpoints (default .cache/study/<profile>)")
     parser.add_argument("--list", action="store_true", help="print the plan and which pieces are done")
-    parser.add_argument("--report", action="store_true", help="only regenerate the tables, figures and README section")
+    parser.add_argument("--report", action="store_true",
+                        help="only regenerate the tables, figures, report and README section (scores every run again)")
+    parser.add_argument("--documents", action="store_true",
+                        help="only rewrite results/study/README.md and the README section from the stored tables "
+                             "(seconds; no model)")
     args = parser.parse_args(argv)
     import os
 
@@ -552,6 +622,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.list:
         for row in status(args.profile, args.results):
             print(f"{'done' if row['done'] else 'todo'}  {row['kind']:9s} {row['name']}")
+        return
+    if args.documents:
+        results = Path(args.results)
+        write_documents(Study(args.profile, results), REPO / "README.md" if results.resolve() == RESULTS.resolve()
+                        else None)
         return
     run_study(args.profile, args.results, args.work, report_only=args.report,
               log=lambda line: print(line, flush=True))
