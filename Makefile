@@ -40,7 +40,8 @@ $(STAMP): pyproject.toml
 run: env
 	$(BIN)/python -m dftnb.lab.runner --profile $(PROFILE) --out $(OUT)
 
-# The committed chapters carry the default profile's outputs: after `make run`, copy them in (and say which run).
+# The committed chapters carry the default profile's outputs: after `make run`, copy them in (and say which run), and
+# write the measured run times into each chapter's and the README's <!-- runtime --> markers.
 publish: env
 	$(BIN)/python -m dftnb.lab.publish $(OUT)
 
@@ -74,11 +75,13 @@ bench: env
 	@export DFTNB_HEADLESS=1; for b in storage step_time memory sampling sampling_budget denoiser datastore target_build end_to_end mmlu pipeline; do \
 	  test -f benchmarks/$$b.py && $(BIN)/python benchmarks/$$b.py || exit 1; done
 
-# A workshop's caches, built once, offline: the de-quantised model, the embedder check, chapter 01-02 targets and the
-# models chapter 02 trains (which chapters 04 and 06 read). Afterwards every chapter starts in seconds.
+# A workshop's caches, built once, offline: the de-quantised model, the embedder check, chapter 01-02 targets, the
+# models chapter 02 trains (which chapters 04 and 06 read) and chapter 06's evaluations of them (.cache/evaluations,
+# keyed by weights and settings). Afterwards every chapter starts in seconds.
 prepare: env
 	$(BIN)/python -m dftnb.lab.runner --profile $(PROFILE) --out $(OUT) --only 00 01 02
 	$(BIN)/python -c "from dftnb.lab.models import load_embedder; load_embedder()"
+	DFTNB_HEADLESS=1 $(BIN)/python -m dftnb.lab.eval_cache --profile $(PROFILE) --out $(OUT)
 	@du -sh .cache $(OUT) 2>/dev/null | sed 's/^/disk used: /'
 
 # The study (results/study/): resumable piece by piece; a finished piece is skipped, so this also regenerates the

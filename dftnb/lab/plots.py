@@ -19,8 +19,8 @@ METHOD_COLORS = {
     "dft_sorted_w1": _CB[4],
     "dft_sinkhorn": _CB[8],
     "dft_jsd": _CB[9],
-    "dft_tvd": _CB[5],
-    "gem": _CB[3],
+    "dft_tvd": _CB[6],
+    "gem": _CB[5],
     "self_target": _CB[7],
     "human": (0.0, 0.0, 0.0),
 }
@@ -29,7 +29,8 @@ _LABELS = {
     "base": "base", "base model": "base", "sft": "sft", "ce": "sft", "gem": "gem", "human": "human",
     "human text": "human", "dft (reverse kl)": "dft_reverse_kl", "dft (forward kl)": "dft_forward_kl",
     "dft (sorted w₁ / uld)": "dft_sorted_w1", "dft (sinkhorn w, embedding cost)": "dft_sinkhorn",
-    "dft (jsd)": "dft_jsd", "dft (tvd)": "dft_tvd", "control: reverse kl to its own targets": "self_target",
+    "dft (jsd)": "dft_jsd", "dft (tvd)": "dft_tvd",
+    "dft reverse kl": "dft_reverse_kl", "dft forward kl": "dft_forward_kl", "control: reverse kl to its own targets": "self_target",
 }
 
 
