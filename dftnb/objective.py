@@ -8,11 +8,10 @@ Speed and memory (none of it changes the value, ``tests/test_losses.py`` checks 
 
 * **chunking** (:class:`_ChunkedRowLoss`): from hidden states the logits ``h @ Wᵀ`` of ``chunk_size`` rows at a time
   are computed once without a graph, so no ``(N, V)`` float32 logits exist at once;
-* **closed-form gradients** (``*_with_grad``): within a chunk the gradient w.r.t. the logits is taken
-  :data:`SLICE_ROWS` rows at a time by formula for ``ce``, ``forward_kl``, ``reverse_kl``, ``jsd`` and ``tvd``
-  (autograd of the per-row function for the others). With ``u = z/τ`` and ``p = softmax(u)``, a loss
-  ``Σ_j f(p_j)`` has ``∂/∂u_i = p_i (a_i − Σ_j p_j a_j)`` where ``a = ∂f/∂p``, and ``∂/∂z = ∂/∂u / τ``; the dense
-  ``q`` is never built: ``a`` is first filled with its tail value and the ``k`` support entries are overwritten.
+* **closed-form gradients**: within a chunk the gradient w.r.t. the logits is taken :data:`SLICE_ROWS` rows at a
+  time by the ``value_and_grad`` of the loss's class in :mod:`dftnb.divergences` where it has one (``ce``, ``gem``,
+  ``forward_kl``, ``reverse_kl``, ``jsd``, ``tvd``: :data:`~dftnb.divergences.CLOSED_FORM`), by autograd of the
+  per-row function of :mod:`dftnb.losses` for the others; the dense ``q`` is never built.
 """
 
 from __future__ import annotations
@@ -21,181 +20,18 @@ import math
 
 import torch
 
-from .losses import (
-    _BASELINE_FNS,
-    _DIVERGENCE_FNS,
-    BASELINES,
-    DIVERGENCES,
-    _check_kwargs,
-    _check_logits,
-    _check_open_unit,
-    _check_temperature,
-    _forward_kl_parts,
-    _jsd_term,
-    _row_dot,
-    ce,
-    log_rest,
-    loss_function,
-    student_logprobs,
-)
-from .sparse_target import IGNORE_INDEX, SparseTarget, check_tail, target_parts
+from .divergences import CE, CLOSED_FORM
+from .losses import BASELINES, DIVERGENCES, ce, check_logits, check_options, check_temperature, loss_function
+from .sparse_target import IGNORE_INDEX, SparseTarget, check_tail
 
 # Rows per slice when the chunked loss takes its gradient w.r.t. the logits (a few MB of float32 at V ≈ 50k).
 SLICE_ROWS = 32
 
 
-def _softmax_chain(p: torch.Tensor, a: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``p ⊙ (a − Σ_j p_j a_j) / τ``, computed in the storage of ``a``."""
-    a.sub_(_row_dot(p, a).unsqueeze(-1)).mul_(p)
-    return a if temperature == 1 else a.div_(temperature)
-
-
-def _ce_with_grad(z: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0):
-    """CE ``−log p_y`` and ``(p − onehot(y)) / τ``."""
-    logp = student_logprobs(z, temperature)
-    rows = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    grad = logp.exp_()
-    grad.scatter_add_(-1, labels.unsqueeze(-1), torch.full_like(rows, -1.0).unsqueeze(-1))
-    return rows, grad if temperature == 1 else grad.div_(temperature)
-
-
-def _forward_kl_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0, tail: str = "uniform"):
-    """Forward KL (as :func:`forward_kl`) and its gradient.
-
-    Uniform and renormalize: ``(p · m − q) / τ`` with ``m = Σ_j q_j`` (the uniform tail's ``q_j = t`` included).
-    Bucket: ``a_i = −q_i / p_i`` on ``S`` and ``−r / (1 − P_S)`` off it, so ``∂/∂u_j = p_j (m − r / (1 − P_S))`` off
-    ``S`` and ``p_i m − q_i`` on it, ``m = Σ_S q + r``.
-    """
-    logp = student_logprobs(z, temperature)
-    if tail == "bucket" and target.k < target.vocab_size:
-        # 1 − P_S summed over the off-support entries of p in place (positive terms: relative precision), so the
-        # bucket costs one reduction more than the uniform tail; log-sum-exp only where that sum underflows
-        ids, logq, _, _, log_r = target_parts(target, logp.dtype, tail)
-        logp_s = logp.gather(-1, ids)
-        q = logq.exp()
-        grad = logp.exp_()
-        p_s = grad.gather(-1, ids)
-        rest_sum = grad.scatter_(-1, ids, 0.0).sum(-1)
-        rest, mass = rest_sum.log(), q.sum(-1) + log_r.exp()
-        underflow = rest_sum == 0  # every off-support p_j is 0 in this dtype: work in the log domain there
-        if underflow.any():
-            lp = student_logprobs(z[underflow], temperature)
-            rest[underflow] = log_rest(lp, ids[underflow])
-        ratio = (log_r - rest).exp()  # r / (1 − P_S)
-        rows = (torch.xlogy(q, q) - q * logp_s).sum(-1) + log_r.exp() * (log_r - rest)
-        grad.mul_((mass - torch.where(underflow, 0.0, ratio)).unsqueeze(-1))
-        if underflow.any():  # off S: p_j m − r · p_j / (1 − P_S), the second factor as exp(log p_j − log(1 − P_S))
-            col = lambda x: x[underflow].unsqueeze(-1)  # noqa: E731
-            grad[underflow] = lp.exp() * col(mass) - (lp - col(rest) + col(log_r)).exp()
-        grad.scatter_(-1, ids, p_s * mass.unsqueeze(-1) - q)
-        return rows, grad if temperature == 1 else grad.div_(temperature)
-    rows, ids, q, t, _ = _forward_kl_parts(logp, target, tail)
-    mass = q.sum(-1)
-    if t is not None:
-        mass = mass + (logp.shape[-1] - ids.shape[-1]) * t
-    grad = logp.exp_().mul_(mass.unsqueeze(-1))
-    if t is not None:
-        grad.sub_(t.unsqueeze(-1))
-        q = q - t.unsqueeze(-1)
-    grad.scatter_add_(-1, ids, -q)
-    return rows, grad if temperature == 1 else grad.div_(temperature)
-
-
-def _reverse_kl_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0, tail: str = "uniform"):
-    """Reverse KL ``Σ_j p_j a_j`` and ``p ⊙ (a − KL) / τ``: ``a = log p − log q`` (uniform); ``a_i = log p_i − log
-    q_i`` on ``S`` and ``log(1 − P_S) − log r`` off it (bucket); renormalize: the same on ``S`` for
-    ``p̃ = p_S / P_S`` and ``q̃``, gradient 0 off ``S``."""
-    logp = student_logprobs(z, temperature)
-    ids, logq, n_tail, log_t, log_r = target_parts(target, logp.dtype, tail)
-    logp_s = logp.gather(-1, ids)
-    if tail == "renormalize" and n_tail:
-        logp_s = logp_s - logp_s.logsumexp(-1, keepdim=True)
-        p_s = logp_s.exp()
-        a = logp_s - logq
-        rows = (p_s * a).sum(-1)
-        grad = logp.zero_()
-        grad.scatter_(-1, ids, p_s * (a - rows.unsqueeze(-1)))
-        return rows, grad if temperature == 1 else grad.div_(temperature)
-    p = logp.exp()
-    if log_r is not None:
-        rest = logp.scatter_(-1, ids, float("-inf")).logsumexp(-1)  # log(1 − P_S); logp is not needed any more
-        a = logp.fill_(0.0).add_((rest - log_r).unsqueeze(-1))
-    else:
-        a = logp if log_t is None else logp.sub_(log_t.unsqueeze(-1))
-    a.scatter_(-1, ids, logp_s - logq)
-    rows = _row_dot(p, a)
-    return rows, _softmax_chain(p, a, temperature)
-
-
-def _jsd_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0, beta: float = 0.5,
-                   tail: str = "uniform"):
-    """Generalised JSD (as :func:`jsd`) and its gradient, ``a = ∂JSD/∂p = (1−β)(log p − log m)``: off ``S``
-    ``(1−β)(log(1 − P_S) − log m_rest)`` for the bucket and ``−(1−β) log(1−β)`` (``q = 0``) for renormalize."""
-    _check_open_unit("beta", beta)
-    log_b, log_1mb = math.log(beta), math.log1p(-beta)
-    logp = student_logprobs(z, temperature)
-    ids, logq, n_tail, log_t, log_r = target_parts(target, logp.dtype, tail)
-    logp_s = logp.gather(-1, ids)
-    p = logp.exp()
-    p_s, q = logp_s.exp(), logq.exp()
-    logm_s = torch.logaddexp(logq + log_b, logp_s + log_1mb)
-    rows = (beta * (torch.xlogy(q, q) - q * logm_s) + (1 - beta) * (p_s * logp_s - p_s * logm_s)).sum(-1)
-    if log_t is not None:  # every token as a tail token (m_j = β t + (1−β) p_j ≥ β t > 0), then the support corrected
-        t = log_t.exp()
-        logm = torch.add(beta * t.unsqueeze(-1), p, alpha=1 - beta).log_()
-        logm_ts = logm.gather(-1, ids)
-        q_part = beta * t * ((logp.shape[-1] - ids.shape[-1]) * log_t - (logm.sum(-1) - logm_ts.sum(-1)))
-        a = logp.sub_(logm).mul_(1 - beta)
-        del logm
-        rows = rows + q_part + _row_dot(p, a) - (1 - beta) * (p_s * (logp_s - logm_ts)).sum(-1)
-    elif n_tail:  # bucket or renormalize: one value of a off S
-        rest = logp.scatter_(-1, ids, float("-inf")).logsumexp(-1)  # log(1 − P_S)
-        if log_r is not None:
-            logm_rest = torch.logaddexp(log_r + log_b, rest + log_1mb)
-            rows = rows + _jsd_term(beta)(log_r, rest)
-            a_rest = (1 - beta) * (rest - logm_rest)
-        else:
-            a_rest = torch.full_like(rest, -(1 - beta) * log_1mb)
-            rows = rows + a_rest * rest.exp()
-        a = logp.fill_(0.0).add_(a_rest.unsqueeze(-1))
-    else:
-        a = logp
-    a.scatter_(-1, ids, (1 - beta) * (logp_s - logm_s))
-    return rows, _softmax_chain(p, a, temperature)
-
-
-def _tvd_with_grad(z: torch.Tensor, target: SparseTarget, temperature: float = 1.0, tail: str = "uniform"):
-    """TVD (as :func:`tvd`) and its (sub)gradient, ``a = ½ sign(p − q)``; off ``S`` ``½ sign(1 − P_S − r)`` for
-    the bucket and ``½`` for renormalize."""
-    logp = student_logprobs(z, temperature)
-    p = logp.exp()
-    ids, logq, n_tail, log_t, log_r = target_parts(target, p.dtype, tail)
-    p_s = p.gather(-1, ids)
-    diff_s = p_s - logq.exp()
-    rows = diff_s.abs().sum(-1)
-    if log_t is not None:
-        t = log_t.exp().unsqueeze(-1)
-        a = p - t
-        rows = rows + a.abs().sum(-1) - (p_s - t).abs().sum(-1)
-        a.sign_()
-    elif n_tail:
-        rest = logp.scatter_(-1, ids, float("-inf")).logsumexp(-1).exp()  # 1 − P_S
-        diff_rest = rest if log_r is None else rest - log_r.exp()
-        rows = rows + diff_rest.abs()
-        a = logp.fill_(0.0).add_(diff_rest.sign().unsqueeze(-1))
-    else:
-        a = logp
-    a.scatter_(-1, ids, diff_s.sign()).mul_(0.5)
-    return 0.5 * rows, _softmax_chain(p, a, temperature)
-
-
-_WITH_GRAD_FNS = {
-    "ce": _ce_with_grad,
-    "forward_kl": _forward_kl_with_grad,
-    "reverse_kl": _reverse_kl_with_grad,
-    "jsd": _jsd_with_grad,
-    "tvd": _tvd_with_grad,
-}
+# name -> value_and_grad(logits, target, temperature, **options, tail) -> (rows, ∂/∂logits) for the divergences with
+# a closed-form gradient, and CE's (logits, labels, temperature); dft_loss uses every one of CLOSED_FORM (GEM's too)
+_WITH_GRAD_FNS = {name: fn for name, fn in CLOSED_FORM.items() if name in DIVERGENCES or name == "ce"}
+_ce_with_grad = CE.value_and_grad
 
 
 def _gather_rows(student: torch.Tensor, idx: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
@@ -294,9 +130,9 @@ def dft_loss(
             target and ignore it. The closed-form gradients cover all three modes.
         **divergence_kwargs: options of the chosen function (``beta``, ``alpha``, ``k``, ``epsilon``, ``eps``, ``h`` …).
     """
-    loss_function(divergence)
-    _check_kwargs(divergence, divergence_kwargs)
-    _check_temperature(temperature)
+    loss_fn = loss_function(divergence)
+    check_options(divergence, divergence_kwargs)
+    check_temperature(temperature)
     check_tail(tail)
     if isinstance(ce_weight, bool) or not (isinstance(ce_weight, (int, float)) and 0.0 <= ce_weight <= 1.0):
         raise ValueError(f"ce_weight must be a number in [0, 1], got {ce_weight!r}.")
@@ -363,8 +199,7 @@ def dft_loss(
             raise ValueError(f"num_items_in_batch must be > 0 (count of unmasked tokens), got {num_items_in_batch}.")
         denominator = num_items_in_batch
 
-    div_fn = _DIVERGENCE_FNS.get(divergence)
-    div_with_grad = _WITH_GRAD_FNS.get(divergence)
+    with_grad = CLOSED_FORM.get(divergence)
     if divergence == "sinkhorn":
         divergence_kwargs = {**divergence_kwargs, "embeddings": embeddings}
     if divergence in DIVERGENCES:
@@ -378,26 +213,26 @@ def dft_loss(
     def row_loss(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         loss = 0.0
         if use_div:
-            loss = (1 - ce_weight) * div_fn(logits, chunk_target(idx), temperature, **divergence_kwargs)
+            loss = (1 - ce_weight) * loss_fn(logits, chunk_target(idx), temperature, **divergence_kwargs)
         if divergence in BASELINES:
-            loss = loss + (1 - ce_weight) * _BASELINE_FNS[divergence](
-                logits, flat_labels[idx], temperature=temperature, **divergence_kwargs
-            )
+            loss = loss + (1 - ce_weight) * loss_fn(logits, flat_labels[idx], temperature=temperature,
+                                                    **divergence_kwargs)
         if ce_weight > 0:
             loss = loss + ce_weight * ce(logits, flat_labels[idx])
         return loss
 
     row_loss_with_grad = None
-    if divergence in _WITH_GRAD_FNS:
+    if with_grad is not None:
 
         def row_loss_with_grad(logits: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """``row_loss`` and its gradient w.r.t. ``logits``, both in closed form."""
-            _check_logits(logits)  # the per-row functions check this; the closed forms would return NaN silently
+            check_logits(logits)  # the per-row functions check this; the closed forms would return NaN silently
             parts = []  # (weight, rows, grad)
             if use_div:
-                parts.append((1 - ce_weight, *div_with_grad(logits, chunk_target(idx), temperature, **divergence_kwargs)))
-            if divergence == "ce" and ce_weight < 1:
-                parts.append((1 - ce_weight, *_ce_with_grad(logits, flat_labels[idx], temperature)))
+                parts.append((1 - ce_weight, *with_grad(logits, chunk_target(idx), temperature, **divergence_kwargs)))
+            if divergence in BASELINES and ce_weight < 1:
+                parts.append((1 - ce_weight, *with_grad(logits, flat_labels[idx], temperature=temperature,
+                                                        **divergence_kwargs)))
             if ce_weight > 0:
                 parts.append((ce_weight, *_ce_with_grad(logits, flat_labels[idx])))
             weight, rows, grad = parts[0]

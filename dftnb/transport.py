@@ -6,8 +6,8 @@ support of each row is ``U = S ∪ top-k(p)`` plus one bucket for the rest of th
 (:func:`sinkhorn_support`), and :func:`sinkhorn_cost` runs ``n`` Sinkhorn iterations (Cuturi, "Sinkhorn Distances:
 Lightspeed Computation of Optimal Transport", NeurIPS 2013) with the exact gradient of the unrolled iterations,
 written by hand so that a training step does not store autograd's graph of every iteration. The divergence itself,
-:func:`dftnb.losses.sinkhorn`, is three lines on top of this module; ``tests/test_pot_agreement.py`` checks both
-solvers against POT's ``ot.sinkhorn2``.
+:class:`dftnb.divergences.Sinkhorn` (:func:`dftnb.losses.sinkhorn` with its checks), is three lines on top of this
+module; ``tests/test_pot_agreement.py`` checks both solvers against POT's ``ot.sinkhorn2``.
 """
 
 from __future__ import annotations

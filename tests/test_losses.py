@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from dftnb import divergences as D
 from dftnb import losses as L
 from dftnb import objective, transport
 from dftnb.targets import SparseTarget
@@ -756,3 +757,68 @@ def test_dft_loss_validates_the_target_once_per_batch_not_per_slice(name, monkey
     assert (labels != -100).sum() > 3  # chunk_size=1: many slices were taken
     with pytest.raises(ValueError, match="ids span"):  # the construction check still refuses a bad target
         SparseTarget(target.ids + target.vocab_size, target.logprobs, target.vocab_size, target.r)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dftnb.divergences: each class's closed-form gradient against autograd of its own value
+# ---------------------------------------------------------------------------------------------------------------
+CLOSED_FORM_DIVERGENCES = [(name, kwargs) for name, kwargs, _ in CASES if name in D.CLOSED_FORM]
+
+
+@pytest.mark.parametrize("name,kwargs", CLOSED_FORM_DIVERGENCES, ids=[f"{n}{k}" for n, k in CLOSED_FORM_DIVERGENCES])
+@pytest.mark.parametrize("k", [1, 6, V])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("tail", TAILS)
+def test_value_and_grad_is_autograd_of_value(name, kwargs, k, temperature, tail):
+    maths = D.MATH[name]
+    z = random_logits(N, V, seed=20 + k, scale=3.0)
+    target = random_target(N, V, k, seed=200 + k)
+    want = maths.value(z, target, temperature, **kwargs, tail=tail)
+    (g_want,) = torch.autograd.grad(want.sum(), z)
+    logits = z.detach().clone()
+    got, g_got = maths.value_and_grad(logits, target, temperature, **kwargs, tail=tail)
+    torch.testing.assert_close(logits, z.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("name,kwargs", [("ce", {}), ("gem", {"h": "linear"}), ("gem", {"h": "logsigmoid", "beta": 0.5})])
+@pytest.mark.parametrize("temperature", [1.0, 1.5])
+def test_baseline_value_and_grad_is_autograd_of_value(name, kwargs, temperature):
+    maths = D.MATH[name]
+    z, y = random_logits(N, V, seed=30, scale=4.0), random_labels(N, V, seed=31)
+    want = maths.value(z, y, temperature=temperature, **kwargs)
+    (g_want,) = torch.autograd.grad(want.sum(), z)
+    logits = z.detach().clone()
+    got, g_got = maths.value_and_grad(logits, y, temperature=temperature, **kwargs)
+    torch.testing.assert_close(logits, z.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-9, atol=1e-11)
+
+
+def test_every_loss_is_its_class_value_with_its_formula_as_docstring():
+    z, target, y = random_logits(N, V, seed=40), random_target(N, V, 6, seed=41), random_labels(N, V, seed=42)
+    emb = torch.randn(V, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(43))
+    assert set(D.MATH) == set(L.LOSSES)
+    for name in L.LOSSES:
+        fn, maths = L.loss_function(name), D.MATH[name]
+        assert fn.__doc__.startswith(maths.__doc__), name
+        if name in L.BASELINES:
+            torch.testing.assert_close(fn(z, y, temperature=0.8), maths.value(z, y, temperature=0.8), rtol=0, atol=0)
+        else:
+            extra = {"embeddings": emb, "k": 4, "n_iters": 5} if name == "sinkhorn" else {}
+            for tail in TAILS:
+                torch.testing.assert_close(fn(z, target, 0.8, **extra, tail=tail),
+                                           maths.value(z, target, 0.8, **extra, tail=tail), rtol=0, atol=0)
+
+
+def test_dft_loss_checks_option_values_once_for_the_closed_forms():
+    hidden, weight, target, labels, _ = make_batch()
+    with pytest.raises(ValueError, match=r"beta must be in \(0, 1\)"):
+        objective.dft_loss(hidden, target, "jsd", lm_head_weight=weight, labels=labels, beta=1.0)
+    with pytest.raises(ValueError, match=r"beta must be in \(0, 1\)"):
+        objective.dft_loss(hidden, None, "gem", lm_head_weight=weight, labels=labels, beta=0.0)
+    with pytest.raises(ValueError, match="gem h must be one of"):
+        objective.dft_loss(hidden, None, "gem", lm_head_weight=weight, labels=labels, h="tanh")
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\)"):
+        objective.dft_loss(hidden, target, "skew_kl", lm_head_weight=weight, labels=labels, alpha=1.0)
