@@ -211,24 +211,19 @@ def train_denoiser(
     output_dir: str | Path,
     *,
     denoiser: DenoiserConfig | None = None,
-    dft_config: DFTConfig | None = None,
     save_dir: str | Path | None = None,
-    verbose: bool = False,
-    callbacks: list | None = None,
-    resume_from_checkpoint: str | bool | None = None,
-    **training_args,
+    **train_args,
 ):
     """Fine-tune ``model`` as a block denoiser with ``method`` (``"sft"``: CE on the clean block tokens;
     ``"dft_forward_kl"``, ``"dft_reverse_kl"``, ...: the divergence to the stored targets) and return
     ``(model, history)`` like :func:`dftnb.trainer.train_method`; ``save_dir`` also receives ``denoiser.json``.
-    ``callbacks`` are added to the trainer's; ``resume_from_checkpoint`` is passed to ``Trainer.train``. The one
-    training wrapper :func:`dftnb.trainer.train_method` runs it, with :func:`build_denoiser_trainer` as its builder."""
+    The one training wrapper :func:`dftnb.trainer.train_method` runs it, with :func:`build_denoiser_trainer` as its
+    builder; every other argument (``dft_config``, ``callbacks``, ``verbose``, ``resume_from_checkpoint``,
+    ``TrainingArguments`` fields) is passed to it."""
     denoiser = denoiser or DenoiserConfig()
     freeze_embeddings(model, denoiser)
-    model, history = train_method(model, tokenizer, dataset, method, output_dir, dft_config=dft_config,
-                                  save_dir=save_dir, verbose=verbose, callbacks=callbacks,
-                                  resume_from_checkpoint=resume_from_checkpoint,
-                                  build=partial(build_denoiser_trainer, denoiser=denoiser), **training_args)
+    model, history = train_method(model, tokenizer, dataset, method, output_dir, save_dir=save_dir,
+                                  build=partial(build_denoiser_trainer, denoiser=denoiser), **train_args)
     if save_dir is not None:
         (Path(save_dir) / "denoiser.json").write_text(json.dumps(asdict(denoiser), indent=1))
     return model, history

@@ -99,6 +99,16 @@ _UNIT_OPTIONS = {"jsd": {"beta": False}, "skew_kl": {"alpha": True}, "label_smoo
                  "gem": {"beta": False}}
 
 
+def _check_call(student_logits: torch.Tensor, target: SparseTarget, temperature, divergence: str = "",
+                **options) -> None:
+    """What every public divergence checks first: its options in (0, 1) if any, the temperature, and the logits
+    against the target."""
+    if options:
+        _check_unit_options(divergence, options)
+    check_temperature(temperature)
+    _check_pair(student_logits, target)
+
+
 def _check_unit_options(divergence: str, options: dict) -> None:
     """Refuse an option of ``divergence`` outside its interval, ``(0, 1)`` or ``[0, 1)``, or a GEM ``h`` it lacks."""
     for name, closed_low in _UNIT_OPTIONS.get(divergence, {}).items():
@@ -130,54 +140,37 @@ def _formula_of(maths: type, tail: bool = True) -> Callable:
 # ----------------------------------------------------------------------------------------------------------------
 # Divergences: checks, then the formula of dftnb.divergences
 # ----------------------------------------------------------------------------------------------------------------
-@_formula_of(D.ForwardKL)
-def forward_kl(student_logits: torch.Tensor, target: SparseTarget, temperature: float = 1.0,
-               tail: str = "uniform") -> torch.Tensor:
-    check_temperature(temperature)
-    _check_pair(student_logits, target)
-    return D.ForwardKL.value(student_logits, target, temperature, tail)
+def _divergence(maths: type, name: str) -> Callable:
+    """The public function ``name(student_logits, target, temperature=1.0, tail="uniform")`` of a divergence
+    without options: the checks, then ``maths.value``; its docstring is the class's (:func:`_formula_of`)."""
+
+    def divergence(student_logits: torch.Tensor, target: SparseTarget, temperature: float = 1.0,
+                   tail: str = "uniform") -> torch.Tensor:
+        _check_call(student_logits, target, temperature)
+        return maths.value(student_logits, target, temperature, tail)
+
+    divergence.__name__ = divergence.__qualname__ = name
+    return _formula_of(maths)(divergence)
 
 
-@_formula_of(D.ReverseKL)
-def reverse_kl(student_logits: torch.Tensor, target: SparseTarget, temperature: float = 1.0,
-               tail: str = "uniform") -> torch.Tensor:
-    check_temperature(temperature)
-    _check_pair(student_logits, target)
-    return D.ReverseKL.value(student_logits, target, temperature, tail)
+forward_kl = _divergence(D.ForwardKL, "forward_kl")
+reverse_kl = _divergence(D.ReverseKL, "reverse_kl")
+tvd = _divergence(D.TVD, "tvd")
+wasserstein_sorted = _divergence(D.SortedWasserstein, "wasserstein_sorted")
 
 
 @_formula_of(D.JSD)
 def jsd(student_logits: torch.Tensor, target: SparseTarget, temperature: float = 1.0, beta: float = 0.5,
         tail: str = "uniform") -> torch.Tensor:
-    check_temperature(temperature)
-    _check_unit_options("jsd", {"beta": beta})
-    _check_pair(student_logits, target)
+    _check_call(student_logits, target, temperature, "jsd", beta=beta)
     return D.JSD.value(student_logits, target, temperature, beta, tail)
 
 
 @_formula_of(D.SkewKL)
 def skew_kl(student_logits: torch.Tensor, target: SparseTarget, temperature: float = 1.0, alpha: float = 0.1,
             tail: str = "uniform") -> torch.Tensor:
-    check_temperature(temperature)
-    _check_unit_options("skew_kl", {"alpha": alpha})
-    _check_pair(student_logits, target)
+    _check_call(student_logits, target, temperature, "skew_kl", alpha=alpha)
     return D.SkewKL.value(student_logits, target, temperature, alpha, tail)
-
-
-@_formula_of(D.TVD)
-def tvd(student_logits: torch.Tensor, target: SparseTarget, temperature: float = 1.0,
-        tail: str = "uniform") -> torch.Tensor:
-    check_temperature(temperature)
-    _check_pair(student_logits, target)
-    return D.TVD.value(student_logits, target, temperature, tail)
-
-
-@_formula_of(D.SortedWasserstein)
-def wasserstein_sorted(student_logits: torch.Tensor, target: SparseTarget, temperature: float = 1.0,
-                       tail: str = "uniform") -> torch.Tensor:
-    check_temperature(temperature)
-    _check_pair(student_logits, target)
-    return D.SortedWasserstein.value(student_logits, target, temperature, tail)
 
 
 def ot_problems(
@@ -221,8 +214,7 @@ def sinkhorn(
     bucket_cost: float = 1.0,
     tail: str = "uniform",
 ) -> torch.Tensor:
-    check_temperature(temperature)
-    _check_pair(student_logits, target)
+    _check_call(student_logits, target, temperature)
     return D.Sinkhorn.value(student_logits, target, temperature, embeddings, k, epsilon, n_iters, bucket_cost, tail)
 
 

@@ -589,13 +589,9 @@ def train_method(
     method: str,
     output_dir: str | Path,
     *,
-    dft_config: DFTConfig | None = None,
     save_dir: str | Path | None = None,
-    verbose: bool = False,
-    callbacks: list | None = None,
     resume_from_checkpoint: str | bool | None = None,
-    build=build_trainer,
-    **training_args,
+    **trainer_args,
 ) -> tuple[torch.nn.Module, pd.DataFrame]:
     """Fine-tune ``model`` on ``dataset`` with ``method`` and return ``(model, history)``.
 
@@ -604,11 +600,11 @@ def train_method(
     arguments are ``TrainingArguments`` fields (``max_steps``, ``per_device_train_batch_size``, ``learning_rate``,
     ``bf16``, ...). ``save_dir`` receives the fine-tuned model and tokenizer (``save_pretrained``).
     ``history`` has one row per logged step with ``loss``, ``divergence``, ``ce``, ``entropy`` and ``seconds``.
-    ``callbacks``, ``verbose`` and ``build`` go to :func:`method_trainer` (the denoiser's training passes its own
-    ``build``); ``resume_from_checkpoint`` to ``Trainer.train``.
+    Every other argument (``dft_config``, ``callbacks``, ``verbose``, ``build``, ``TrainingArguments`` fields) goes
+    to :func:`method_trainer` (the denoiser's training passes its own ``build``); ``resume_from_checkpoint`` to
+    ``Trainer.train``.
     """
-    trainer, timer = method_trainer(model, tokenizer, dataset, method, output_dir, dft_config=dft_config,
-                                    callbacks=callbacks, verbose=verbose, build=build, **training_args)
+    trainer, timer = method_trainer(model, tokenizer, dataset, method, output_dir, **trainer_args)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     model.eval()
     if save_dir is not None:

@@ -514,20 +514,32 @@ def claim_verdict(paired, reference: str = "SFT", criteria: dict = CRITERIA, pre
         rows.append({"model": r.model, "criterion": claim.format(m=margin), "difference": r.difference,
                      "ci_low": r.ci_low, "ci_high": r.ci_high, "verdict": outcome, "note": note})
     table = pd.DataFrame(rows)
+    return verdict_text(table, reference), table
+
+
+CANNOT_DECIDE = "cannot decide at this size"
+
+
+def verdict_text(table, reference: str = "SFT", emphasis: str = "", extra: str = "") -> str:
+    """The verdict table read aloud: a model is *refuted* if any criterion is, *supported* if all are, else
+    :data:`CANNOT_DECIDE` if a criterion was marked so (its margin is out of reach of any model at this size), else
+    *undetermined*; the claim is supported if some model supports it, refuted if every model refutes it.
+    ``emphasis`` wraps the overall verdict (``"**"`` in Markdown), ``extra`` follows the first sentence."""
     per_model = {}
     for model, group in table.groupby("model", sort=False):
         found = set(group.verdict)
         per_model[model] = ("refuted" if "refuted" in found else "supported" if found == {"supported"}
-                            else "undetermined")
-    overall = ("supported" if "supported" in per_model.values() else
-               "refuted" if set(per_model.values()) == {"refuted"} else "undetermined")
+                            else CANNOT_DECIDE if CANNOT_DECIDE in found else "undetermined")
+    values = set(per_model.values())
+    overall = ("supported" if "supported" in values else "refuted" if values == {"refuted"}
+               else CANNOT_DECIDE if CANNOT_DECIDE in values else "undetermined")
     lines = [f"Verdict on the claim (DFT: much more style diversity, no accuracy loss, no worse perplexity, vs "
-             f"{reference}), from paired 95% intervals: {overall.upper()}."]
+             f"{reference}), from paired 95% intervals: {emphasis}{overall.upper()}{emphasis}.{extra}"]
     for model, outcome in per_model.items():
         parts = [f"{r.criterion}: {r.verdict} ({r.difference:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
                  f"{'; ' + r.note if r.note else ''})" for r in table[table.model == model].itertuples()]
         lines.append(f"- {model}: {outcome.upper()}. " + "; ".join(parts) + ".")
-    return "\n".join(lines), table
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ display and storage

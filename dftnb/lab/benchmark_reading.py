@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .benchmark import CRITERIA
+from .benchmark import CANNOT_DECIDE, CRITERIA, verdict_text
 
-CANNOT_DECIDE = "cannot decide at this size"
 STEP_TIME_ROW = "| DFT/SFT training-step time"
 
 
@@ -38,22 +37,9 @@ def verdict_at_size(verdict_table, table, calibration, reference: str = "SFT", c
         out.loc[hit, "verdict"] = CANNOT_DECIDE
         out.loc[hit, "note"] = (f"the calibration rows reach at most {reach:+.1f} SDS points over {reference}, "
                                 f"below the {margin:g}-point margin")
-    per_model = {}
-    for model, group in out.groupby("model", sort=False):
-        found = set(group.verdict)
-        per_model[model] = ("refuted" if "refuted" in found else "supported" if found == {"supported"}
-                            else CANNOT_DECIDE if CANNOT_DECIDE in found else "undetermined")
-    values = set(per_model.values())
-    overall = ("supported" if "supported" in values else "refuted" if values == {"refuted"}
-               else CANNOT_DECIDE if CANNOT_DECIDE in values else "undetermined")
-    lines = [f"Verdict on the claim (DFT: much more style diversity, no accuracy loss, no worse perplexity, vs "
-             f"{reference}), from paired 95% intervals: **{overall.upper()}**. The SDS margin is {margin:g} points; "
-             f"this run's calibration rows span at most {reach:+.1f} points over {reference}."]
-    for model, outcome in per_model.items():
-        parts = [f"{r.criterion}: {r.verdict} ({r.difference:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
-                 f"{'; ' + r.note if r.note else ''})" for r in out[out.model == model].itertuples()]
-        lines.append(f"- {model}: {outcome.upper()}. " + "; ".join(parts) + ".")
-    return "\n".join(lines), out
+    extra = (f" The SDS margin is {margin:g} points; this run's calibration rows span at most {reach:+.1f} points "
+             f"over {reference}.")
+    return verdict_text(out, reference, emphasis="**", extra=extra), out
 
 
 def calibration_takeaway(checks: dict[str, bool]) -> str:
