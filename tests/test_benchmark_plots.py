@@ -117,15 +117,19 @@ def test_sentences_follow_the_numbers(tmp_path):
     calm = _calibration()
     calm.loc[calm.row == "human text, words shuffled", ["blind_test", "blind_low"]] = [52.0, 45.0]
     assert "cannot tell" in benchmark_reading.shuffle_takeaway(calm)
+    assert "does not compute for shuffled text" in text
     checks = {"sds_ordered": True, "human_halves_alike": False, "hot_sampling_unlike": True}
     said = benchmark_reading.calibration_takeaway(checks)
     assert said.startswith("Calibration: 2 of 3 checks pass.") and "Fails" in said
     said = benchmark_reading.table_takeaway(_table())
-    assert "from 58.0 (base) to 61.0 (GEM)" in said and "3 of 3 models" in said and "77-80%" in said
+    assert "from 58.0 (base) to 61.0 (GEM)" in said and "3 of 3 models" in said and "overlap is not equality" in said and "77-80%" in said
     readme = tmp_path / "README.md"
     readme.write_text("| what | goal | result | how |\n| DFT/SFT training-step time (x) | ≤ 1.05 | **1.02** | `cmd` |\n")
     shown = benchmark_reading.committed_step_time(readme)
     assert "**1.02**" in shown and "≤ 1.05" in shown
+    readme.write_text("| what | goal | result | how |\n| DFT/SFT training-step time (x) | ≤ 1.05 | **1.02**, earlier 1.10: "
+                      "see below | `cmd` |\n")
+    assert benchmark_reading.committed_step_time(readme).endswith("**1.02**, earlier 1.10")
     assert benchmark_reading.committed_step_time(tmp_path / "missing.md") is None
 
 
@@ -134,5 +138,38 @@ def test_frontier_takeaway_reads_the_ordering():
                              for i, (m, base) in enumerate([("SFT", 50), ("GEM", 55)]) for t in (0.7, 1.0, 1.3)])
     frontier.loc[(frontier.model == "GEM") & (frontier.temperature == 1.3), "sds"] = 0.0  # GEM falls at T = 1.3
     text = benchmark_reading.frontier_takeaway(frontier)
-    assert text.startswith("SDS rises with every temperature step for 1 of 2 models.")
+    assert text.startswith("Counting a step as a rise only when the SDS leaves the colder temperature's interval, it "
+                           "rises with every temperature step for 1 of the 2 models sampled at several temperatures "
+                           "(T = 0.7 → 1: 2 of 2; T = 1 → 1.3: 1 of 2 (flat within its interval: GEM)).")
     assert "GEM's (SDS 65.0)" in text and "GEM's (MAUVE 0.410)" in text and "the same model leads both" in text
+
+
+def test_frontier_takeaway_counts_a_step_inside_the_colder_interval_as_flat():
+    rows = [("base", 1.0, 79.5, 82.0), ("base", 1.3, 85.9, 87.2), ("base", 2.0, 85.9, 86.5),
+            ("SFT", 1.0, 81.8, 83.5), ("SFT", 1.3, 85.4, 86.5)]
+    frontier = pd.DataFrame([{"model": m, "temperature": t, "sds": sds, "sds_ci_low": sds - 2, "sds_ci_high": high,
+                              "mauve": 0.5} for m, t, sds, high in rows])
+    frontier.loc[frontier.temperature == 2.0, "sds"] = 85.93  # above 85.9, inside [.., 87.2]
+    text = benchmark_reading.frontier_takeaway(frontier)
+    assert "every temperature step for 1 of the 2 models sampled at several temperatures" in text
+    assert "T = 1 → 1.3: 2 of 2; T = 1.3 → 2: 0 of 1 (flat within the interval))." in text
+
+
+def test_calibration_figure_temperature_ticks_do_not_run_together(tmp_path):
+    temperatures = (0.0, 0.3, 0.7, 1.0, 1.3, 2.0)
+    calibration = pd.DataFrame([{"row": "base, greedy" if t == 0 else f"base, T = {t:g}", "temperature": t,
+                                 "sds": 40.0 + 8 * i, "sds_ci_low": 38.0 + 8 * i, "sds_ci_high": 42.0 + 8 * i,
+                                 "mauve": 0.5, "blind_test": 70.0, "blind_low": 60.0, "blind_high": 80.0}
+                                for i, t in enumerate(temperatures)])
+    humans = _calibration()
+    calibration = pd.concat([calibration, humans[humans.temperature.isna()]], ignore_index=True)
+    with matplotlib.rc_context():
+        plots.setup()
+        fig = benchmark_plots.calibration_figure(calibration, 62.0, out=tmp_path)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        ticks = [t.get_window_extent(renderer) for t in fig.axes[0].get_xticklabels() if t.get_text()]
+        assert len(ticks) == len(temperatures)
+        assert all(b.x0 - a.x1 >= 8 for a, b in zip(ticks, ticks[1:]))  # about a character between neighbours
+        assert "0 = greedy" in fig.axes[0].get_xlabel()
+        plots.close(fig)

@@ -81,3 +81,70 @@ def test_denoiser_figures_have_units_outside_legends_and_objective_colours(tmp_p
     quality_legend = [t.get_text() for t in figs[3].axes[1].get_legend().get_texts()]
     assert "CE" in quality_legend and "autoregressive (T grid)" in quality_legend
     plt.close("all")
+
+
+def test_call_cost_is_seconds_per_call_over_an_autoregressive_call():
+    assert denoiser_timing.call_cost(0.44, 1.125) == pytest.approx(2.02, abs=0.01)
+    assert denoiser_timing.call_cost(8.0 / 9.0, 9.0 / 8.0) == pytest.approx(1.0)  # extra positions free
+
+
+def _invariant(untrained, dft):
+    import pandas as pd
+
+    return pd.DataFrame([{"denoiser": name, "steps S": s, "tokens equal to greedy": v}
+                         for name, values in (("untrained", untrained), ("DFT", dft))
+                         for s, v in zip((8, 16, 32), values)])
+
+
+def test_more_steps_sentence_counts_a_rise_only_beyond_one_token():
+    flat = denoiser_timing.more_steps_sentence(_invariant([7 / 48, 5 / 48, 8 / 48], [12 / 48] * 3), n_tokens=48)
+    assert flat.startswith("In this run more steps do not raise the share for any denoiser (S = 8 → 16 → 32:")
+    assert "untrained 15% → 10% → 17%" in flat and "48 tokens measured" in flat
+    rises = denoiser_timing.more_steps_sentence(_invariant([7 / 48, 5 / 48, 8 / 48], [12 / 48, 20 / 48, 30 / 48]), 48)
+    assert rises.startswith("More steps raise the share by more than one token for DFT (")
+
+
+def test_fewer_steps_sentence_follows_the_measured_shares():
+    best = {"untrained": 7 / 48, "DFT": 12 / 48}
+    close = denoiser_timing.fewer_steps_sentence({"untrained": 8 / 48, "DFT": 11 / 48}, best, 4, 8, 48)
+    assert "stays within 2 tokens" in close and "buys nothing yet" in close
+    worse = denoiser_timing.fewer_steps_sentence({"untrained": 2 / 48, "DFT": 11 / 48}, best, 4, 8, 48)
+    assert worse.startswith("With S < B the Jacobi argument no longer covers the block")
+
+
+def test_mauve_caveat_flags_a_mauve_that_disagrees_with_perplexity():
+    assert "24 short texts is unstable" in denoiser_timing.mauve_caveat(0.96, 0.67, 200.0, 40.0, 24)
+    assert denoiser_timing.mauve_caveat(0.96, 0.67, 60.0, 40.0, 24) == ""  # perplexity within 3x
+    assert denoiser_timing.mauve_caveat(0.10, 0.67, 200.0, 40.0, 24) == ""  # MAUVE agrees: worse
+
+
+def test_quality_figure_panel_titles_and_x_labels_do_not_collide(tmp_path):
+    import matplotlib
+    import pandas as pd
+
+    from dftnb.lab import denoiser_plots, plots
+
+    quality = pd.DataFrame([  # perplexities of a tiny model: log-axis ticks like 4.95x10^4 take room
+        {"sampler": "autoregressive T=1", "denoiser": "", "steps S": float("nan"), "distinct": 1.0,
+         "perplexity": 47600.0, "mauve": 0.3},
+        {"sampler": "autoregressive T=1.3", "denoiser": "", "steps S": float("nan"), "distinct": 1.0,
+         "perplexity": 47700.0, "mauve": 0.29},
+        {"sampler": "denoiser CE, S=8", "denoiser": "CE", "steps S": 8, "distinct": 1.0, "perplexity": 49700.0,
+         "mauve": 0.69},
+        {"sampler": "denoiser CE, S=4", "denoiser": "CE", "steps S": 4, "distinct": 1.0, "perplexity": 48400.0,
+         "mauve": 0.49},
+        {"sampler": "denoiser untrained, S=8", "denoiser": "untrained", "steps S": 8, "distinct": 1.0,
+         "perplexity": 47700.0, "mauve": 0.3},
+        {"sampler": "denoiser DFT (forward KL), S=8", "denoiser": "DFT (forward KL)", "steps S": 8, "distinct": 1.0,
+         "perplexity": 49200.0, "mauve": 0.5},
+    ])
+    with matplotlib.rc_context():
+        plots.setup()
+        fig = denoiser_plots.quality_figure(quality, out=tmp_path)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        left, right = (ax.title.get_window_extent(renderer) for ax in fig.axes[:2])
+        assert not left.overlaps(right)
+        for ax in fig.axes[:2]:  # an x label wider than its panel runs into the neighbour's
+            assert ax.xaxis.label.get_window_extent(renderer).width <= ax.get_window_extent(renderer).width
+        plots.close(fig)

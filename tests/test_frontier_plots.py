@@ -26,6 +26,21 @@ def test_diversity_metrics_drop_a_column_of_only_nan():
     assert fp.diversity_metrics(_table()) == ["distinct", "self_bleu"]
 
 
+def test_frontier_figure_suptitle_clears_every_y_label():
+    import matplotlib
+
+    with matplotlib.rc_context():
+        plots.setup()  # the chapters' theme (larger fonts)
+        table = _table().assign(sds=lambda t: 80.0 + 5 * t.level)
+        fig = fp.frontier_figure(table, title="Base model: each sampler from cold to hot")
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        title = fig._suptitle.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not ax.yaxis.label.get_window_extent(renderer).overlaps(title), ax.get_ylabel()
+        plots.close(fig)
+
+
 def test_point_labels_name_the_knob():
     table = _table()
     assert fp.point_labels(table.iloc[[0, 2]]) == ["T=0.5", "H*=1"]
@@ -86,8 +101,9 @@ def test_model_comparison_and_sentence_name_the_direction():
     comparison = fp.model_comparison(both, "base", "DFT", value=1.1)
     row = comparison.set_index("metric").loc["perplexity"]
     assert (row["base"], row["DFT"], row["difference"]) == pytest.approx((40.0, 60.0, 20.0))
-    assert comparison.attrs["setting"] == "temperature, T=1"
+    assert comparison.attrs["setting"] == "plain temperature at T = 1"
     text = fp.comparison_sentence(comparison, "base", "DFT")
+    assert text.startswith("With plain temperature at T = 1, the samples")
     assert "**DFT** have a higher (worse) perplexity" in text and "60.0 against 40.0 (1.50x)" in text
     better = fp.comparison_sentence(fp.model_comparison(both, "DFT", "base"), "DFT", "base")
     assert "lower (better)" in better

@@ -59,8 +59,25 @@ def test_run_takeaway_compares_dft_with_sft_and_flags_a_rising_objective():
     assert lines[1].startswith("dft_reverse_kl") and "CE +1.00 nats" in lines[1] and "0.190 → 0.230" in lines[1]
     assert "DFT runs: next-token CE +1.00 nats on average" in lines[3] and "SFT: CE -0.40" in lines[3]
     assert "Most entropy gained: gem (+2.20 nats)" in lines[3]
-    assert lines[4].startswith("SFT lowers the cross-entropy on the text and the DFT runs raise it")
-    assert "dft_reverse_kl" in lines[5] and "sft" not in lines[5]
+    assert lines[4].startswith("On the last batch") and "1.40 to 1.40 nats above it." in lines[4]
+    assert "chapter 01" not in lines[4]
+    assert "do not show convergence" in lines[5] and "dft_reverse_kl went 0.190 → 0.230" in lines[5]
+    assert len(lines) == 6  # sft and gem objectives fell: no rising-objective line
+    with_gap = TR.run_takeaway(log.summary, ["sft", "dft_reverse_kl", "gem"], 4, target_gap=0.05)
+    assert "far more than the 0.05 nats" in with_gap[4]
+    assert "comparable to" in TR.run_takeaway(log.summary, ["sft", "dft_reverse_kl"], 4, target_gap=1.0)[3]
+    assert "less than the 2.00" in TR.run_takeaway(log.summary, ["sft", "dft_reverse_kl"], 4, target_gap=2.0)[3]
+    assert "0.10 nats better" in TR.run_takeaway(log.summary, ["sft", "dft_reverse_kl"], 4, target_gap=-0.1)[3]
+
+
+def test_run_takeaway_says_when_a_dft_run_matches_sft_and_when_objectives_fall():
+    log = TR.RunLog(steps=4)
+    log.record("sft", "ce", _history(4.3, 3.9, 4.6, 4.2, 3.8, 3.7), 1.0)
+    log.record("dft_forward_kl", "forward_kl", _history(0.8, 0.6, 4.6, 4.1, 3.8, 4.0), 1.0)
+    log.record("dft_reverse_kl", "reverse_kl", _history(0.2, 0.1, 4.6, 4.5, 3.8, 3.9), 1.0)
+    lines = TR.run_takeaway(log.summary, ["sft", "dft_forward_kl", "dft_reverse_kl"], 4)
+    assert "dft_forward_kl ends at or below SFT's" in lines[4] and "-0.10 to +0.30 nats from SFT" in lines[4]
+    assert lines[5].startswith("No DFT objective is higher") and "do not show convergence" not in lines[5]
 
 
 def test_curve_figures_use_method_colours_dashed_controls_and_units():
@@ -78,3 +95,9 @@ def test_curve_figures_use_method_colours_dashed_controls_and_units():
     assert [ax.get_title() for ax in fig2.axes if ax.axison] == ["sft", "control (bucket)", "dft_sorted_w1"]
     plots.close(fig)
     plots.close(fig2)
+
+
+def test_target_ce_gap_interpolates_in_log_keys_and_clamps():
+    sweep = pd.DataFrame({"datastore_keys": [16000, 4000], "nll_target": [4.42, 4.50], "nll_reference": [4.40, 4.40]})
+    assert TR.target_ce_gap(sweep, 8000) == pytest.approx(0.06)  # halfway in log(keys) between 0.10 and 0.02
+    assert TR.target_ce_gap(sweep, 1000) == pytest.approx(0.10) and TR.target_ce_gap(sweep, 64000) == pytest.approx(0.02)

@@ -35,14 +35,14 @@ def calibration_figure(calibration, human_sds: float | None = None, out: str | P
     """Left: the base model's SDS (95% CI) from greedy to the hottest temperature, with human text's SDS as a line.
     Right: the blind test of every calibration row (50% = indistinguishable from human text)."""
     ladder = calibration.dropna(subset=["temperature"])
-    labels = ["greedy" if t == 0 else f"T={t:g}" for t in ladder.temperature]
+    labels = [f"{t:g}" for t in ladder.temperature]  # short: "greedy" and "T=0.3" ran together
     fig, axes = plots.figure(2, width=5.2, height=3.6)
     _errorbar(axes[0], ladder.sds.to_numpy(), ladder.sds_ci_low, ladder.sds_ci_high, np.arange(len(ladder)),
               plots.method_color("base"), label="base model", horizontal=False, fmt="o-")
     if human_sds is not None and human_sds == human_sds:
         axes[0].axhline(human_sds, color=plots.method_color("human"), ls="--", label="human text")
-    axes[0].set(xticks=range(len(ladder)), xticklabels=labels, xlabel="sampling temperature of the base model",
-                ylabel="Style Diversity Score (0-100, 95% CI)", title="diversity must rise with T")
+    axes[0].set(xticks=range(len(ladder)), xticklabels=labels,
+                xlabel="sampling temperature T of the base model (0 = greedy)", ylabel="Style Diversity Score (0-100, 95% CI)", title="diversity must rise with T")
     plots.legend_outside(axes[0])
     rows = calibration.assign(label=[r.replace("base, ", "") for r in calibration.row])
     _errorbar(axes[1], rows.blind_test.to_numpy(), rows.blind_low, rows.blind_high, np.arange(len(rows)),

@@ -10,6 +10,7 @@ reachable: a diversity gain of ``m`` SDS points over the reference can only be o
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .benchmark import CANNOT_DECIDE, CRITERIA, verdict_text
@@ -73,7 +74,8 @@ def shuffle_takeaway(calibration) -> str:
     else:
         text += ("The classifier cannot tell shuffled passages from human ones (its interval contains 50%): "
                  "mean-pooled MiniLM embeddings are close to a bag of words, so neither column sees word order.")
-    return text + " Perplexity under the base model is the column that sees it."
+    return text + (" Perplexity under the base model, which this chapter does not compute for shuffled text, would "
+                   "see word order directly.")
 
 
 def committed_step_time(readme: str | Path) -> str | None:
@@ -88,6 +90,7 @@ def committed_step_time(readme: str | Path) -> str | None:
             if len(cells) < 4:
                 return None
             what, goal, measured, command = cells[:4]
+            measured = re.sub(r"[:;,]?\s*see below\.?$", "", measured)  # the README's own pointer, not this page's
             return (f"**{what}** (goal {goal}), from `benchmarks/README.md`, reproduced by {command}:\n\n"
                     f"{measured}")
     return None
@@ -102,7 +105,8 @@ def table_takeaway(table, reference: str = "SFT") -> str:
             f"{ref.sds:.1f} [{ref.sds_ci_low:.1f}, {ref.sds_ci_high:.1f}]; ")
     overlap = [m for m, r in models.iterrows() if m != reference
                and r.sds_ci_low <= ref.sds_ci_high and ref.sds_ci_low <= r.sds_ci_high]
-    text += (f"{len(overlap)} of {len(models) - 1} models have an SDS interval overlapping {reference}'s. "
+    text += (f"{len(overlap)} of {len(models) - 1} models have an SDS interval overlapping {reference}'s (overlap is "
+             f"not equality: see the paired differences). "
              f"Blind test: {models.blind_test.min():.0f}-{models.blind_test.max():.0f}% told apart from human text.")
     return text
 
@@ -132,12 +136,31 @@ def paired_takeaway(paired, left_out: list[str] = (), reference: str = "SFT") ->
 
 
 def frontier_takeaway(frontier, table_temperature: float = 1.0) -> str:
-    """One sentence from the frontier: for how many models the SDS rises with every step of temperature, and which
-    model has the highest SDS and the highest MAUVE at ``table_temperature``."""
+    """One sentence from the frontier: per temperature step, for how many models the SDS rises out of the previous
+    temperature's 95% interval (``sds > sds_ci_high`` of the colder row; without interval columns, any increase),
+    and which model has the highest SDS and the highest MAUVE at ``table_temperature``."""
     rows = frontier.dropna(subset=["temperature"])
-    rising = [m for m, g in rows.groupby("model", sort=False) if g.sort_values("temperature").sds.is_monotonic_increasing]
+    upper = "sds_ci_high" if "sds_ci_high" in rows else "sds"
+    steps: dict[tuple[float, float], tuple[list[str], list[str]]] = {}
+    for model, group in rows.groupby("model", sort=False):
+        group = group.sort_values("temperature")
+        for (_, cold), (_, hot) in zip(group.iterrows(), group.iloc[1:].iterrows()):
+            rose, flat = steps.setdefault((cold.temperature, hot.temperature), ([], []))
+            (rose if hot.sds > cold[upper] else flat).append(model)
+    swept = [m for m, g in rows.groupby("model", sort=False) if g.temperature.nunique() > 1]
+    rising = [m for m in swept if not any(m in flat for _, flat in steps.values())]
+    text = (f"Counting a step as a rise only when the SDS leaves the colder temperature's interval, it rises with "
+            f"every temperature step for {len(rising)} of the {len(swept)} models sampled at several temperatures")
+    parts = []
+    for (cold, hot), (rose, flat) in sorted(steps.items()):
+        part = f"T = {cold:g} → {hot:g}: {len(rose)} of {len(rose) + len(flat)}"
+        if flat and rose:
+            part += f" (flat within its interval: {', '.join(flat)})"
+        elif flat:
+            part += " (flat within the interval)"
+        parts.append(part)
+    text += " (" + "; ".join(parts) + ")." if parts else "."
     at = rows[rows.temperature == table_temperature].set_index("model")
-    text = f"SDS rises with every temperature step for {len(rising)} of {rows.model.nunique()} models."
     if len(at):
         text += (f" At T = {table_temperature:g} the most diverse samples are {at.sds.idxmax()}'s (SDS "
                  f"{at.sds.max():.1f}) and the most human-like {at.mauve.idxmax()}'s (MAUVE {at.mauve.max():.3f})")

@@ -316,15 +316,15 @@ def report(results: Path = RESULTS) -> pd.DataFrame:
     fixed.columns = [f"fixed point, S = {int(c)}" for c in fixed.columns]
     table = table.join(fixed).reset_index()
     (results / "invariant_curve.md").write_text(markdown_table(table, floatfmt=".3f") + "\n", encoding="utf-8")
-    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    fig, ax = plt.subplots(figsize=(9.5, 4.0))
     sns.lineplot(data=df, x="step", y="tokens equal to greedy", hue="run", style="steps S", marker="o", ax=ax)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)  # outside the curves
     ax.axhline(0.95, color="grey", lw=0.8, ls="--")
     ax.set_ylim(0, 1)
     ax.set_xlabel("fine-tuning steps (batch 8)")
     ax.set_title("zero-noise invariant with soft K = 5 inputs (goal 0.95, dashed)")
     fig.tight_layout()
-    fig.savefig(results / "invariant_curve.png", dpi=120)
+    fig.savefig(results / "invariant_curve.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     return table
 

@@ -80,14 +80,14 @@ def quality_figure(quality, out: str | Path | None = None):
     temps = [float(s.split("T=")[1]) for s in ar.sampler]
     fig, axes = plots.figure(2, width=5.0, height=3.8)
     for ax, metric, label, title in (
-        (axes[0], "perplexity", "perplexity (log scale)", "perplexity under the base model (lower = better)"),
-        (axes[1], "mauve", "MAUVE (0-1)", "MAUVE vs human Shakespeare (higher = better)"),
+        (axes[0], "perplexity", "perplexity under the base model\n(log scale)", "Perplexity (lower = better)"),
+        (axes[1], "mauve", "MAUVE vs human Shakespeare (0-1)", "MAUVE (higher = better)"),
     ):
         ax.plot(ar.distinct, ar[metric], "o-", color="grey", label="autoregressive (T grid)")
         plots.label_points(ax, ar.distinct, ar[metric], temps, fontsize=7)
         sns.scatterplot(data=dn, x="distinct", y=metric, hue="denoiser", style="steps", s=90, ax=ax,
                         palette=denoiser_palette(dn.denoiser), legend=ax is axes[1])
-        ax.set(xlabel="distinct-1..4 (0-1, higher = more diverse)", ylabel=label, title=title)
+        ax.set(xlabel="distinct-1..4\n(0-1, higher = more diverse)", ylabel=label, title=title)
     axes[0].set_yscale("log")
     plots.legend_outside(axes[1])
     return _save(fig, "05_denoiser_quality", out)

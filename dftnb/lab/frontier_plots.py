@@ -19,8 +19,8 @@ from . import plots
 AXIS_LABELS = {
     "perplexity": "perplexity under the base model\n(lower = better)",
     "distinct": "distinct-1..4\n(share of distinct n-grams, up = diverse)",
-    "self_bleu": "Self-BLEU-4 (0-1, down = diverse)",
-    "sds": "Style Diversity Score (0-100, up = diverse)",
+    "self_bleu": "Self-BLEU-4\n(0-1, down = diverse)",
+    "sds": "Style Diversity Score\n(0-100, up = diverse)",
     "mauve": "MAUVE vs human text\n(0-1, higher = more human-like)",
 }
 DIVERSITY = ("distinct", "self_bleu", "sds")
@@ -136,7 +136,9 @@ def model_comparison(table: pd.DataFrame, reference: str, other: str, sampler: s
     out = pd.DataFrame({"metric": metrics, reference: [float(rows.loc[reference, m]) for m in metrics],
                         other: [float(rows.loc[other, m]) for m in metrics]})
     out["difference"] = out[other] - out[reference]
-    out.attrs["setting"] = f"{sampler}, {rows['knob'].iloc[0]}={nearest:g}"
+    knob = rows["knob"].iloc[0]
+    name = "plain temperature" if sampler == "temperature" else sampler
+    out.attrs["setting"] = f"{name} at {knob} = {nearest:g}"
     return out
 
 
@@ -146,7 +148,7 @@ def comparison_sentence(comparison: pd.DataFrame, reference: str, other: str) ->
     row = comparison.set_index("metric")
     ppl_ref, ppl_other = row.loc["perplexity", reference], row.loc["perplexity", other]
     word = "higher (worse)" if ppl_other > ppl_ref else "lower (better)"
-    text = (f"At {comparison.attrs.get('setting', 'the same setting')}, the samples of **{other}** have a {word} "
+    text = (f"With {comparison.attrs.get('setting', 'the same setting')}, the samples of **{other}** have a {word} "
             f"perplexity under the base model than those of {reference}: {ppl_other:,.1f} against {ppl_ref:,.1f} "
             f"({ppl_other / ppl_ref:.2f}x).")
     changes = [f"{m} {row.loc[m, reference]:.3g} → {row.loc[m, other]:.3g}" for m in row.index if m != "perplexity"]

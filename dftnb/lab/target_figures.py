@@ -220,7 +220,8 @@ def bias_summary(bias: pd.DataFrame) -> str:
             f"{b.loc[('top-k uniform', lo)]['cosine']:.3f} for the uniform tail. The truncation KL, what the sparse "
             f"objective charges the distribution it was built from, is {at_hi['top-k uniform']['truncation KL']:.2f} "
             f"nats per token for the uniform tail at $k = {hi}$ ({b.loc[('top-k uniform', lo)]['truncation KL']:.2f} at "
-            f"$k = {lo}$), a pull toward a flat tail that does not fade with training, and "
+            f"$k = {lo}$), a pull toward a flat tail that does not vanish at the teacher itself (chapter 02's control shows what "
+            f"it does in training), and "
             f"{abs(at_hi['top-k bucket']['truncation KL']):.1e} for the bucket.")
     if "sampled" in b.index.get_level_values(0):
         s = b.loc[("sampled", hi)]
