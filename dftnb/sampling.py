@@ -105,12 +105,10 @@ def count_candidates(logits: torch.Tensor) -> torch.Tensor:
 
 class PerRowTemperatureLogitsProcessor(LogitsProcessor):
     """A processor that divides each row's logits by a temperature computed from those logits:
-    ``scores / T(scores)``; subclasses define :meth:`temperature` and keep the last ``T`` in ``last_temperature``."""
+    ``scores / T(scores)``, keeping the last ``T`` in ``last_temperature``. A subclass is one rule for ``T``: its
+    ``temperature(scores)`` returns the per-row temperatures, shape ``(batch,)``."""
 
     last_temperature: torch.Tensor | None = None
-
-    def temperature(self, scores: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         _check_finite_scores(scores, type(self).__name__)
