@@ -38,7 +38,7 @@ def _texts(rng, vocab, k, words=8, distinct=True):
 
 
 def _ppl():
-    return pd.DataFrame({"temperature": [1.0, 1.0], "corpus": ["x", "macro"], "perplexity": [9.0, 9.0]})
+    return pd.DataFrame({"temperature": [1.0, 1.0], "corpus": ["shakespeare", "macro"], "perplexity": [9.0, 7.0]})
 
 
 def _mmlu(correct):
@@ -55,11 +55,11 @@ def bench():
     prompts = 6
     sft = {1.0: [_texts(rng, other_vocab, 4, distinct=False) for _ in range(prompts)]}
     dft = {1.0: [_texts(rng, human_vocab, 4) for _ in range(prompts)]}
-    nll = {"x": rng.exponential(size=512)}
+    nll = {"shakespeare": rng.exponential(size=512)}
     evs = [
         benchmark.ModelEvaluation("SFT", sft, _ppl(), None, _mmlu([1] * 30 + [0] * 70), "", nll),
         benchmark.ModelEvaluation("DFT (x)", dft, _ppl(), None, _mmlu([1] * 28 + [0] * 72), "",
-                                  {"x": nll["x"] - 0.1}),
+                                  {"shakespeare": nll["shakespeare"] - 0.1}),
     ]
     out = benchmark.benchmark(evs, HashedWords(), L=8, human=human, human_groups=dft[1.0], n_boot=250)
     out.dft_groups = dft[1.0]
@@ -90,8 +90,10 @@ def test_paired_differences_against_sft(bench):
     # 28 vs 30 correct of the same 100 questions, nested: 2 discordant items, both favour SFT
     assert p.loc["MMLU", "difference"] == pytest.approx(-2.0) and p.loc["MMLU", "p_value"] == pytest.approx(0.5)
     # every token 0.1 nats cheaper: perplexity exp(-0.1) - 1 = -9.5%, an exact interval
-    assert p.loc["perplexity", "difference"] == pytest.approx(100 * math.expm1(-0.1))
-    assert p.loc["perplexity", "ci_low"] == pytest.approx(p.loc["perplexity", "ci_high"])
+    ppl = "perplexity (shakespeare)"  # the training corpus's held-out text only, never a mean over corpora
+    assert p.loc[ppl, "difference"] == pytest.approx(100 * math.expm1(-0.1))
+    assert p.loc[ppl, "ci_low"] == pytest.approx(p.loc[ppl, "ci_high"])
+    assert bench.table.set_index("model").loc["SFT", "perplexity"] == 9.0  # not the macro row's 7.0
     assert "HumanEval" not in p.index
 
 
@@ -138,14 +140,14 @@ def _paired(rows, mdd=float("nan")):
 
 def test_claim_verdict_reads_each_criterion_from_the_paired_interval():
     good = [("DFT (a)", "SDS", 30, 25, 35), ("DFT (a)", "MMLU", -0.2, -0.8, 0.4),
-            ("DFT (a)", "perplexity", -3, -5, -1), ("DFT (a)", "MAUVE", 0.1, 0.05, 0.15)]
+            ("DFT (a)", "perplexity (shakespeare)", -3, -5, -1), ("DFT (a)", "MAUVE", 0.1, 0.05, 0.15)]
     text, table = benchmark.claim_verdict(_paired(good))
     assert text.startswith("Verdict") and "SUPPORTED" in text.splitlines()[0]
-    assert set(table.verdict) == {"supported"}
-    wide = [("DFT (a)", "SDS", 30, 10, 50), ("DFT (a)", "MMLU", -0.2, -3, 2)]
+    assert set(table.verdict) == {"supported"} and "MAUVE" not in set(table.metric)  # MAUVE: descriptive only
+    wide = [("DFT (a)", "SDS", 30, -10, 50), ("DFT (a)", "MMLU", -0.2, -3, 2)]
     text, table = benchmark.claim_verdict(_paired(wide))
     assert "UNDETERMINED" in text.splitlines()[0] and set(table.verdict) == {"undetermined"}
-    worse = [("DFT (a)", "SDS", 30, 25, 35), ("DFT (a)", "perplexity", 4, 2, 6),
+    worse = [("DFT (a)", "SDS", 30, 25, 35), ("DFT (a)", "perplexity (shakespeare)", 4, 2, 6),
              ("GEM", "SDS", -50, -60, -40)]  # only DFT rows are read
     text, table = benchmark.claim_verdict(_paired(worse))
     assert "REFUTED" in text.splitlines()[0] and list(table.model.unique()) == ["DFT (a)"]
@@ -194,3 +196,79 @@ def test_each_text_is_embedded_once():
     embedder = Counting()
     benchmark.benchmark([ev], embedder, L=8, human=human, n_boot=100)
     assert len(embedder.seen) == len(set(embedder.seen))  # SDS and the fidelity columns share the embeddings
+
+
+def test_the_seed_floor_and_holm_turn_verdicts_undetermined():
+    rows = [("DFT (a)", "SDS", 3, 1, 5), ("DFT (b)", "SDS", 3, 1, 5)]
+    assert set(benchmark.claim_verdict(_paired(rows))[1].verdict) == {"supported"}
+    # two SFT seeds already differ by 2 points: an interval from 1 to 5 no longer clears it
+    floor = _paired(rows + [(benchmark.FLOOR_LABEL, "SDS", -2, -4, 0)])
+    _, table = benchmark.claim_verdict(floor)
+    assert set(table.verdict) == {"undetermined"} and (table.floor == 2).all() and "seed floor" in table.note[0]
+    # bootstrap standard error 1.45: p = 2 Phi(-3 / 1.45) ~ 0.04 each, significant alone, not after Holm over two rows
+    rng = np.random.default_rng(0)
+    draws = {("DFT (a)", "SDS"): rng.normal(3, 1.45, 4000), ("DFT (b)", "SDS"): rng.normal(3, 1.45, 4000)}
+    _, table = benchmark.claim_verdict(_paired(rows), draws=draws)
+    assert (table.p < 0.1).all() and (table.p_adjusted > table.p).all()
+    assert set(table.verdict) == {"undetermined"}
+    draws[("DFT (a)", "SDS")] = rng.normal(3, 0.5, 4000)  # p ~ 2e-9: survives Holm
+    _, table = benchmark.claim_verdict(_paired(rows), draws=draws)
+    # Holm steps down: once (a) is rejected at 0.05 / 2, (b) is tested at 0.05 alone and passes too
+    assert table.set_index("model").verdict.to_dict() == {"DFT (a)": "supported", "DFT (b)": "supported"}
+
+
+def test_retention_rows_are_paired_per_corpus_and_pooled_over_tokens():
+    from dftnb.measure.retention import TokenScores
+
+    rng = np.random.default_rng(0)
+    n = 640
+    base_nll = rng.exponential(size=n)
+    hits = rng.random(n) < 0.5
+    worse_hits = hits & (rng.random(n) < 0.8)  # loses a fifth of its hits: about -10 points
+    sol = pd.DataFrame({"task_id": ["a", "b", "c"], "tokens": [10, 20, 70], "nll_sum": [10.0, 20.0, 70.0],
+                        "top1_hits": [5, 10, 35]})
+    sol_worse = sol.assign(nll_sum=[10.0, 20.0, 140.0], top1_hits=[5, 10, 7])
+    ref = benchmark.ModelEvaluation("SFT", {}, _ppl(), None, None, retention={"techdocs": TokenScores(base_nll, hits)},
+                                    solutions=sol)
+    ev = benchmark.ModelEvaluation("DFT (x)", {}, _ppl(), None, None,
+                                   retention={"techdocs": TokenScores(base_nll + 0.1, worse_hits)},
+                                   solutions=sol_worse)
+    (c, nll, top1, tokens, _), (s, s_nll, s_top1, problems, _) = benchmark.paired_retention_draws(ev, ref, 500, 0)
+    assert c == "techdocs" and tokens == n and nll.mean == pytest.approx(0.1) and nll.ci_low == pytest.approx(0.1)
+    assert top1.mean == pytest.approx(worse_hits.mean() - hits.mean()) and top1.ci_high < 0
+    # pooled over tokens: nll (10+20+140)/100 - 1 = 0.7 nats/token; the per-problem mean would give 1/3
+    assert problems == 3 and s_nll.mean == pytest.approx(0.7) and s_top1.mean == pytest.approx((22 - 50) / 100)
+    short = benchmark.ModelEvaluation("DFT (y)", {}, _ppl(), None, None,
+                                      retention={"techdocs": TokenScores(base_nll[:320], hits[:320])})
+    with pytest.raises(ValueError, match="same retention_tokens"):
+        benchmark.paired_retention_draws(short, ref, 200, 0)
+
+
+def test_effective_temperature_reads_the_base_curve_until_it_stops_rising():
+    sds = [5, 45, 68, 80, 86, 85]
+    cal = _calibration(sds, [(s - 1, s + 1) for s in sds], [(90, 85, 95)] * 6, [0.5] * 6)
+    assert benchmark.base_curve(cal) == ([0.0, 0.3, 0.7, 1.0, 1.3], [5.0, 45.0, 68.0, 80.0, 86.0])
+    rows = [{"sds": 74.0, "sds_ci_low": 68.0, "sds_ci_high": 80.0}, {"sds": 90.0, "sds_ci_low": 88, "sds_ci_high": 92}]
+    benchmark._effective_temperatures(rows, cal)
+    assert rows[0]["t_eff"] == pytest.approx(0.85) and rows[0]["t_eff_low"] == pytest.approx(0.7)
+    assert rows[1]["t_eff_position"] == "above" and math.isnan(rows[1]["t_eff"])
+
+
+def test_measure_checks_pass_and_fail():
+    from dftnb.measure.retention import TokenScores
+
+    cal = pd.DataFrame([{"row": "human text, words shuffled", "blind_low": 60.0, "blind_n": 216}])
+    table = pd.DataFrame([{"model": "base", "blind_n": 216, "humaneval_unusable": 5.0},
+                          {"model": "human text", "blind_n": 216, "humaneval_unusable": float("nan")}])
+    rng = np.random.default_rng(0)
+    intact, mixed = rng.random(1024) < 0.5, rng.random(1024) < 0.2
+    base = benchmark.ModelEvaluation("base", {}, _ppl(), None, None,
+                                     retention={"techdocs": TokenScores(np.ones(1024), intact)},
+                                     retention_shuffled={"techdocs": TokenScores(np.ones(1024), mixed)})
+    checks = benchmark.measure_checks(table, cal, base, n_boot=300)
+    assert checks == {"blind_test_sized": True, "mauve_sized": False, "retention_sees_shuffling": True,
+                      "humaneval_extracts": True}
+    small = table.assign(blind_n=96, humaneval_unusable=[40.0, float("nan")])
+    base.retention_shuffled = {"techdocs": TokenScores(np.ones(1024), intact)}
+    checks = benchmark.measure_checks(small, cal, base, n_boot=300)
+    assert not any(checks.values())

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest
+from scipy.stats import binomtest, norm
 
 from dftnb.measure.stats import (
     mcnemar,
@@ -103,3 +103,87 @@ def test_minimum_detectable_difference():
     assert minimum_detectable_difference(0.5, 100) == pytest.approx(0.1981, abs=1e-3)
     assert minimum_detectable_difference(0.3, 14042) < 0.02 < minimum_detectable_difference(0.3, 114)
     assert minimum_detectable_difference(0.0, 10) == pytest.approx(minimum_detectable_difference(0.1, 10))
+
+
+# ------------------------------------------------------------------- p-values, the seed floor and multiplicity
+from dftnb.measure.stats import (  # noqa: E402
+    PairedDifference,
+    benjamini_hochberg,
+    bootstrap_p_value,
+    claim_p_value,
+    decide,
+    holm,
+    seed_floor,
+)
+
+
+def test_bootstrap_p_value_counts_the_draws_beyond_the_null():
+    draws = np.r_[np.full(95, 1.0), np.full(5, -1.0)]  # 5 of 100 draws at or below 0
+    assert bootstrap_p_value(draws) == pytest.approx(2 * 6 / 101)
+    assert bootstrap_p_value(np.zeros(100)) == 1.0  # a model against itself
+    assert bootstrap_p_value(draws, null=2.0) == pytest.approx(2 / 101)  # every draw below 2
+
+
+def test_paired_intervals_carry_p_values_that_agree_with_them():
+    rng = np.random.default_rng(3)
+    units = rng.normal(size=60)
+    clear = paired_bootstrap(units + 0.5, units + rng.normal(scale=0.1, size=60), n_boot=2000)
+    assert clear.ci_low > 0 and clear.p_value < 0.01
+    none = paired_bootstrap(units + rng.normal(scale=0.1, size=60), units, n_boot=2000)
+    assert none.ci_low < 0 < none.ci_high and none.p_value > 0.05
+
+
+def test_holm_and_bh_against_hand_computed_values():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, 1*0.04 (running max) = .02, .03, .06, .06
+    assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # BH: m p_(i) / i = .02, .02, .04, .04 (running min from the top) = .02, .02, .04, .04
+    assert benjamini_hochberg(p) == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    assert holm([0.3, 0.2]) == pytest.approx([0.4, 0.4]) and holm([0.6, 0.7, 0.8]).max() == 1.0
+    assert (holm(p) >= benjamini_hochberg(p)).all() and (benjamini_hochberg(p) >= np.asarray(p)).all()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm([0.5, 1.5])
+
+
+def test_holm_controls_the_family_wise_error_under_the_null():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=(4000, 10))  # 10 true null hypotheses per table
+    any_rejected = np.mean([(holm(row) < 0.05).any() for row in p])
+    unadjusted = np.mean([(row < 0.05).any() for row in p])
+    assert any_rejected <= 0.06 and unadjusted > 0.35
+
+
+def test_seed_floor_is_the_largest_seed_to_seed_difference():
+    assert seed_floor([PairedDifference(0.4, 0.1, 0.7, 10), -1.2, 0.3]) == pytest.approx(1.2)
+    with pytest.raises(ValueError, match="seed-to-seed"):
+        seed_floor([])
+
+
+def test_decide_needs_the_interval_beyond_the_floor_and_the_adjusted_p():
+    d = PairedDifference(1.0, 0.5, 1.5, 100, draws=np.linspace(0.4, 1.6, 1000))
+    assert decide(d) == "supported"
+    assert decide(d, floor=0.4) == "supported" and decide(d, floor=0.6) == "undetermined"
+    assert decide(d, adjusted_p=0.2) == "undetermined" and decide(d, adjusted_p=0.01) == "supported"
+    worse = PairedDifference(-1.0, -1.5, -0.5, 100)
+    assert decide(worse) == "refuted" and decide(worse, floor=0.6) == "undetermined"
+    # "no worse than 1 point": an interval of [-0.8, -0.2] supports it unless the floor eats the margin
+    small_loss = PairedDifference(-0.5, -0.8, -0.2, 100)
+    assert decide(small_loss, margin=1.0, higher_is_claimed=False) == "supported"
+    assert decide(small_loss, margin=1.0, higher_is_claimed=False, floor=0.3) == "undetermined"
+    se = np.std(d.draws, ddof=1)
+    assert claim_p_value(d) == pytest.approx(2 * norm.cdf(-1.0 / se))  # 1.0 from 0, in bootstrap standard errors
+    assert claim_p_value(d, margin=1.0) == pytest.approx(1.0) and claim_p_value(d) < 0.01
+    with pytest.raises(ValueError, match="draws"):
+        claim_p_value(worse)
+
+
+def test_independent_bootstrap_matches_the_normal_interval_of_two_proportions():
+    from dftnb.measure.stats import independent_bootstrap
+
+    a = np.r_[np.ones(150), np.zeros(50)]  # 75%
+    b = np.r_[np.ones(100), np.zeros(100)]  # 50%
+    d = independent_bootstrap(a, b, n_boot=4000)
+    half = 1.96 * np.sqrt(0.75 * 0.25 / 200 + 0.25 / 200)  # Wald interval of a difference of proportions
+    assert d.mean == pytest.approx(0.25)
+    assert d.ci_low == pytest.approx(0.25 - half, abs=0.01) and d.ci_high == pytest.approx(0.25 + half, abs=0.01)
+    assert d.p_value < 0.01 and independent_bootstrap(a, a, n_boot=1000).p_value > 0.5

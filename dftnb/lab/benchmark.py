@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..measure.evals import HumanEvalResult, MMLUResult, NotAvailable, humaneval, mmlu
+from ..measure.effective_temperature import effective_temperature
+from ..measure.evals import HumanEvalResult, MMLUResult, NotAvailable, humaneval, load_humaneval, mmlu
 from ..measure.metrics import (
     classifier_two_sample_test,
     mauve_score,
@@ -36,64 +37,85 @@ from ..measure.metrics import (
     text_length,
     truncate_text,
 )
+from ..measure.retention import SOLUTION_CORPUS, retention_by_corpus, solution_scores
 from ..measure.stats import (
+    independent_bootstrap,
     mcnemar,
     minimum_detectable_difference,
     paired_block_bootstrap,
     paired_bootstrap,
     paired_statistic_bootstrap,
-    verdict,
 )
 from ..methods import labels as method_labels
 from ..sampling import sampler_kwargs
-from .data import CORPORA, corpus_texts, load_corpus
+from .benchmark_checks import (  # noqa: F401  (GREEDY and the temperatures: read as benchmark.<name> too)
+    CALIBRATION_TEMPERATURES,
+    FIDELITY_CHECK_TEMPERATURE,
+    GREEDY,
+    calibration_checks,
+    measure_checks,
+)
+from .data import CORPORA, RETENTION_CORPORA, corpus_texts, load_corpus, retention_texts
 from .models import generate
 
-GREEDY = 0.0  # the temperature label of greedy decoding in every table
-CALIBRATION_TEMPERATURES = (GREEDY, 0.3, 0.7, 1.0, 1.3)  # must come out strictly ordered by SDS, CIs disjoint
-FIDELITY_CHECK_TEMPERATURE = 2.0  # must come out clearly less human-like than T = 1
-HELD_OUT_SPLITS = ("validation", "test")  # the human reference: text no model was trained on
+HELD_OUT_SPLITS = ("validation", "test")  # the training corpus's splits no model was trained on
 
 # Per profile: prompts per corpus, samples per prompt, new tokens (= L), temperatures of the fine-tuned models, those
 # of the base model's calibration rows (smoke: no greedy row, a random model's greedy output is one repeated token),
 # HumanEval problems (None = all 164) and new tokens, perplexity tokens per corpus (None = whole split), window,
 # stride, MMLU questions per subject (None = all) and subjects (None = all 57), bootstrap rounds (per-prompt means;
-# set statistics such as MAUVE use a fifth of them).
+# set statistics such as MAUVE use a fifth of them); fidelity_per_corpus: prompts per corpus sampled at the table
+# temperature for the blind test (>= per_corpus; 3 x fidelity_per_corpus x n >= 200 texts per side outside smoke);
+# retention_tokens: tokens per retention corpus (None = all of it); solutions: HumanEval canonical solutions scored
+# (None = all 164).
 SIZES = {
     "smoke": dict(per_corpus=2, n=4, new_tokens=16, temperatures=[1.0], calibration=[0.3, 0.7, 1.0, 1.3, 2.0],
                   he_problems=2, he_tokens=16,
                   ppl_tokens=256, window=64, stride=32, mmlu_limit=1,
-                  mmlu_subjects=["anatomy", "astronomy", "college_biology", "world_religions"], n_boot=250),
-    # 12 prompts x 8 samples x 48 tokens: the smallest size at which the calibration rows separate on 2 cores
+                  mmlu_subjects=["anatomy", "astronomy", "college_biology", "world_religions"], n_boot=250,
+                  fidelity_per_corpus=2, retention_tokens=256, solutions=2),
+    # 12 prompts x 8 samples x 48 tokens: the smallest size at which the calibration rows separate on 2 cores;
+    # the blind test reads 27 prompts x 8 = 216 samples per model at the table temperature
     "default": dict(per_corpus=4, n=8, new_tokens=48, temperatures=[0.7, 1.0, 1.3],
-                    calibration=[*CALIBRATION_TEMPERATURES, FIDELITY_CHECK_TEMPERATURE], he_problems=10, he_tokens=48,
-                    ppl_tokens=1024, window=256, stride=128, mmlu_limit=2, mmlu_subjects=None, n_boot=1000),
+                    calibration=[*CALIBRATION_TEMPERATURES, FIDELITY_CHECK_TEMPERATURE], he_problems=10, he_tokens=160,
+                    ppl_tokens=1024, window=256, stride=128, mmlu_limit=2, mmlu_subjects=None, n_boot=1000,
+                    fidelity_per_corpus=9, retention_tokens=1024, solutions=20),
     "gpu": dict(per_corpus=16, n=16, new_tokens=128, temperatures=[0.7, 1.0, 1.3, 1.6],
                 calibration=[*CALIBRATION_TEMPERATURES, FIDELITY_CHECK_TEMPERATURE], he_problems=None,
                 he_tokens=384, ppl_tokens=None, window=1024, stride=512, mmlu_limit=None, mmlu_subjects=None,
-                n_boot=2000),
+                n_boot=2000, fidelity_per_corpus=16, retention_tokens=None, solutions=None),
     "study": dict(per_corpus=8, n=16, new_tokens=64, temperatures=[0.7, 1.0, 1.3, 1.6],
                   calibration=[*CALIBRATION_TEMPERATURES, FIDELITY_CHECK_TEMPERATURE], he_problems=None,
                   he_tokens=256, ppl_tokens=None, window=512, stride=384, mmlu_limit=36, mmlu_subjects=None,
-                  n_boot=2000),
+                  n_boot=2000, fidelity_per_corpus=8, retention_tokens=None, solutions=None),
 }
+IN_DOMAIN = "shakespeare"  # the corpus every model is fine-tuned on: its held-out perplexity measures learning
 
 # The registry methods chapter 02 fine-tunes, each into <out>/models/<method> (dftnb.methods.METHOD_REGISTRY).
 CHAPTER_02_METHODS = ("sft", "dft_reverse_kl", "dft_forward_kl", "dft_sorted_w1", "gem")
+# The seed floor: chapter 02's SFT trained again with seed + 1 (data order), sampled with seed + 1. Its difference
+# from SFT is what re-running the baseline alone produces; a method effect must clear it (stats.decide).
+FLOOR_LABEL, FLOOR_RUN = "SFT, seed 1", "sft_seed1"
 # Table row label -> folder under <out>/models/ written by chapter 02 (None: the starting model itself).
-BENCHMARK_RUNS = {"base": None, **{label: m for m, label in method_labels(CHAPTER_02_METHODS).items()}}
+BENCHMARK_RUNS = {"base": None, **{label: m for m, label in method_labels(CHAPTER_02_METHODS).items()},
+                  FLOOR_LABEL: FLOOR_RUN}
 
 
-def trained_model_dirs(out: str | Path, runs: dict[str, str | None] = BENCHMARK_RUNS) -> dict[str, Path | None]:
-    """``{label: <out>/models/<run>}`` for the fine-tuned models of chapter 02; a clear error if any is missing."""
+def trained_model_dirs(out: str | Path, runs: dict[str, str | None] = BENCHMARK_RUNS,
+                       optional: Sequence[str] = (FLOOR_LABEL,)) -> dict[str, Path | None]:
+    """``{label: <out>/models/<run>}`` for the fine-tuned models of chapter 02; a clear error if any is missing,
+    except the ``optional`` ones (the seed floor's second SFT, which chapter 02 runs of older versions did not
+    train): those are left out with a printed note, and the verdict then has no seed floor."""
     out = Path(out)
     dirs = {label: (None if run is None else out / "models" / run) for label, run in runs.items()}
-    missing = [str(p) for p in dirs.values() if p is not None and not (p / "config.json").exists()]
-    if missing:
+    missing = [label for label, p in dirs.items() if p is not None and not (p / "config.json").exists()]
+    if [m for m in missing if m not in optional]:
         raise FileNotFoundError(
-            f"fine-tuned models missing: {missing}. Run notebook 02 first with the same profile and out_dir, e.g. "
-            f"`python -m dftnb.lab.runner --profile <profile> --out {out} --only 02`."
+            f"fine-tuned models missing: {[str(dirs[m]) for m in missing]}. Run notebook 02 first with the same "
+            f"profile and out_dir, e.g. `python -m dftnb.lab.runner --profile <profile> --out {out} --only 02`."
         )
+    for label in missing:
+        print(f"{label}: not found at {dirs.pop(label)}; rerun notebook 02 to train it (no seed floor without it)")
     return dirs
 
 
@@ -111,14 +133,28 @@ def diversity_prompts(
     return prompts
 
 
-def held_out_texts(name: str, splits: Sequence[str] = HELD_OUT_SPLITS) -> list[str]:
-    """The texts of corpus ``name`` that no chapter trains on (its validation and test splits)."""
+def fidelity_prompts(per_corpus: int, fidelity_per_corpus: int, corpora: Sequence[str] = CORPORA) -> list[str]:
+    """The prompts sampled beyond the SDS's for the blind test: of each corpus, the openings
+    ``per_corpus .. fidelity_per_corpus − 1`` of :func:`diversity_prompts` (none when the two are equal)."""
+    if fidelity_per_corpus <= per_corpus:
+        return []
+    every = diversity_prompts(corpora, per_corpus=fidelity_per_corpus)
+    return [p for i in range(len(corpora))
+            for p in every[i * fidelity_per_corpus + per_corpus : (i + 1) * fidelity_per_corpus]]
+
+
+def held_out_texts(name: str, splits: Sequence[str] | None = None) -> list[str]:
+    """The texts of corpus ``name`` that no chapter trains on: by default the validation and test splits of the
+    training corpus (:data:`IN_DOMAIN`) and every split of a retention corpus (no model trains on those), which
+    gives the blind test enough human passages."""
+    if splits is None:
+        splits = ("train", *HELD_OUT_SPLITS) if name in RETENTION_CORPORA else HELD_OUT_SPLITS
     return [t for split in splits for t in corpus_texts(name, split)]
 
 
 def held_out_passages(
     length: int, per_corpus: int | None = None, corpora: Sequence[str] = CORPORA, seed: int = 0, tokenizer=None,
-    cap: int | None = None, splits: Sequence[str] = HELD_OUT_SPLITS,
+    cap: int | None = None, splits: Sequence[str] | None = None,
 ) -> list[list[str]]:
     """Human passages for the fidelity columns, ``[corpus][passage]``: each corpus's held-out splits joined into
     one word stream, cut into consecutive non-overlapping passages of ``length`` words, ``per_corpus`` of them drawn
@@ -155,7 +191,11 @@ class ModelEvaluation:
     mmlu: MMLUResult | None
     mmlu_note: str = ""
     token_nll: dict = field(default_factory=dict, repr=False)  # corpus -> per-token NLL at T = 1 (paired tests)
-    seconds: dict = field(default_factory=dict)  # wall seconds per part: samples, perplexity, humaneval, mmlu
+    seconds: dict = field(default_factory=dict)  # wall seconds per part: samples, perplexity, humaneval, mmlu, ...
+    fidelity_samples: list = field(default_factory=list, repr=False)  # more samples at the table temperature
+    retention: dict = field(default_factory=dict, repr=False)  # corpus -> TokenScores (retention.retention_by_corpus)
+    solutions: object = None  # retention.solution_scores of the HumanEval canonical solutions
+    retention_shuffled: dict = field(default_factory=dict, repr=False)  # the same corpora, words shuffled (base)
 
 
 def sample_at_temperatures(model, tokenizer, prompts, temperatures, n, max_new_tokens, seed=0,
@@ -198,6 +238,12 @@ def evaluate_model(
     seed: int = 0,
     batch_size: int | None = None,
     mmlu_results_path: str | Path | None = None,
+    fidelity_prompts: Sequence[str] = (),
+    fidelity_temperature: float = 1.0,
+    retention_tokens: int | None = None,
+    solution_problems: int | None = 0,
+    humaneval_style: str = "auto",
+    shuffled_retention: bool = False,
 ) -> ModelEvaluation:
     """Samples at each temperature (:func:`sample_at_temperatures`), sliding-window perplexity of the test splits
     at the sampled temperatures (and T = 1, whose per-token NLLs are kept for paired tests), HumanEval pass@1
@@ -205,6 +251,13 @@ def evaluate_model(
     mc, ``mmlu_shots``-shot, ``mmlu_limit`` questions per subject by ``evals.mmlu_subset``, of ``mmlu_subjects``
     or all 57; ``None`` with the reason in ``mmlu_note`` when the data is not reachable; ``mmlu_results_path``
     keeps each finished subject, see :func:`dftnb.measure.evals.mmlu`). ``batch_size``: prompts per ``generate`` call.
+    ``fidelity_prompts``: more prompts sampled ``n_samples`` times at ``fidelity_temperature``, for a blind test
+    with enough texts (``fidelity_samples``). Retention (:mod:`dftnb.measure.retention`): every token of the
+    retention corpora (the first ``retention_tokens`` of each; ``0`` skips) and the first ``solution_problems``
+    HumanEval canonical solutions (``None`` = all 164, ``0`` skips), per-token NLL and top-1 kept for paired tests;
+    ``shuffled_retention`` also scores the same corpora with their words shuffled (a calibration row).
+    ``humaneval_style``: ``"chat"``, ``"completion"`` or ``"auto"`` (chat where the tokenizer has a template)
+    prompts (:func:`dftnb.measure.humaneval.humaneval`).
     ``seconds`` of the result holds the wall time of each part."""
     clock = [time.perf_counter()]
 
@@ -215,6 +268,10 @@ def evaluate_model(
     seconds = {}
     samples = sample_at_temperatures(model, tokenizer, prompts, temperatures, n_samples, max_new_tokens, seed,
                                      batch_size)
+    extra = []
+    if fidelity_prompts:
+        extra = sample_at_temperatures(model, tokenizer, list(fidelity_prompts), [fidelity_temperature], n_samples,
+                                       max_new_tokens, seed + 1, batch_size)[float(fidelity_temperature)]
     seconds["samples"] = lap()
     ppl_temperatures = [1.0] + sorted({float(t) for t in temperatures if t not in (GREEDY, 1.0)})
     texts = {name: load_corpus(name)["test"]["text"] for name in CORPORA}
@@ -223,9 +280,22 @@ def evaluate_model(
         temperatures=ppl_temperatures, return_token_nll=True,
     )
     seconds["perplexity"] = lap()
+    retention, shuffled, solutions = {}, {}, None
+    if retention_tokens != 0:
+        texts = {name: retention_texts(name) for name in RETENTION_CORPORA}
+        # disjoint windows: one forward pass per token (each token sees window / 2 tokens of context on average)
+        score = dict(window=ppl_window, stride=ppl_window, max_tokens=retention_tokens)
+        retention = retention_by_corpus(model, tokenizer, texts, **score)[1]
+        if shuffled_retention:
+            shuffled = retention_by_corpus(
+                model, tokenizer, {k: shuffle_words(v, seed=seed) for k, v in texts.items()}, **score)[1]
+    if solution_problems != 0:
+        solutions = solution_scores(model, tokenizer, load_humaneval()[:solution_problems])
+    seconds["retention"] = lap()
     he = None
     if humaneval_problems != 0:
-        he = humaneval(model, tokenizer, limit=humaneval_problems, max_new_tokens=humaneval_tokens, seed=seed)
+        he = humaneval(model, tokenizer, limit=humaneval_problems, max_new_tokens=humaneval_tokens, seed=seed,
+                       prompt_style=humaneval_style)
     seconds["humaneval"] = lap()
     try:
         mm = mmlu(model, tokenizer, mmlu_path, fmt=mmlu_format, shots=mmlu_shots, n_per_subject=mmlu_limit,
@@ -234,7 +304,8 @@ def evaluate_model(
     except NotAvailable as err:
         mm, note = None, str(err)
     seconds["mmlu"] = lap()
-    return ModelEvaluation(name, samples, ppl, he, mm, note, token_nll, seconds)
+    return ModelEvaluation(name, samples, ppl, he, mm, note, token_nll, seconds, [t for g in extra for t in g],
+                           retention, solutions, shuffled)
 
 
 def common_length(groups_list: Sequence[Sequence[Sequence[str]]], cap: int | None = None, tokenizer=None) -> int:
@@ -275,10 +346,11 @@ class _Scorer:
         return style_diversity_score(groups, self.embedder, length=self.L, n_boot=self.n_boot, seed=self.seed,
                                      tokenizer=self.tokenizer)
 
-    def fidelity(self, features) -> dict:
+    def fidelity(self, features, with_test: bool = False):
         blind = classifier_two_sample_test(features, self.human, seed=self.seed)
-        return {"mauve": mauve_score(features, self.human), "blind_test": 100 * blind.accuracy,
-                "blind_low": 100 * blind.ci_low, "blind_high": 100 * blind.ci_high}
+        row = {"mauve": mauve_score(features, self.human), "blind_test": 100 * blind.accuracy,
+               "blind_low": 100 * blind.ci_low, "blind_high": 100 * blind.ci_high, "blind_n": blind.per_side}
+        return (row, blind) if with_test else row
 
     def row(self, groups) -> tuple[dict, object, np.ndarray]:
         sds = self.sds(groups)
@@ -294,15 +366,63 @@ def _accuracy_columns(prefix: str, accuracy: float | None, n: int) -> dict:
     return {prefix: 100 * accuracy, f"{prefix}_n": n, f"{prefix}_mdd": 100 * minimum_detectable_difference(accuracy, n)}
 
 
+def _retention_columns(ev: ModelEvaluation) -> dict:
+    """Top-1 (%) and perplexity of every retention corpus and of the HumanEval solutions, pooled over tokens."""
+    cols = {}
+    for corpus, scores in ev.retention.items():
+        cols[f"top1_{corpus}"], cols[f"ppl_{corpus}"] = 100 * scores.top1_rate, scores.perplexity
+    if ev.solutions is not None:
+        tokens = ev.solutions["tokens"].sum()
+        cols["top1_solutions"] = 100 * ev.solutions["top1_hits"].sum() / tokens
+        cols["ppl_solutions"] = float(np.exp(ev.solutions["nll_sum"].sum() / tokens))
+    return cols
+
+
+def _humaneval_columns(he: HumanEvalResult | None) -> dict:
+    share = getattr(he, "empty_share", None)
+    if share is None:
+        return {"humaneval_unusable": float("nan")}
+    return {"humaneval_unusable": 100 * (he.empty_share + he.unparsable_share)}
+
+
+def base_curve(calibration) -> tuple[list[float], list[float]]:
+    """The base model's SDS over the calibration ladder (greedy = T 0 .. 1.3), cut where it stops rising: the
+    curve :func:`dftnb.measure.effective_temperature.effective_temperature` reads scores on."""
+    t, s = [], []
+    if "sds" not in calibration:
+        return t, s
+    temps = calibration.dropna(subset=["temperature", "sds"]).set_index("temperature")["sds"]
+    for temperature in sorted(temps.index):
+        if s and temps.loc[temperature] <= s[-1]:
+            break
+        t.append(float(temperature))
+        s.append(float(temps.loc[temperature]))
+    return t, s
+
+
+def _effective_temperatures(rows: list[dict], calibration) -> None:
+    t, s = base_curve(calibration)
+    for row in rows:
+        if len(t) < 2 or row.get("sds") != row.get("sds"):
+            row.update(t_eff=float("nan"), t_eff_low=float("nan"), t_eff_high=float("nan"), t_eff_position="n/a")
+            continue
+        e = effective_temperature(t, s, row["sds"], row["sds_ci_low"], row["sds_ci_high"])
+        row.update(t_eff=e.temperature, t_eff_low=e.ci_low, t_eff_high=e.ci_high, t_eff_position=e.position)
+
+
 @dataclass
 class Benchmark:
-    """Chapter 06's four tables (DataFrames) and the length ``L`` every text was cut to."""
+    """Chapter 06's four tables (DataFrames), the length ``L`` every text was cut to, the checks the calibration
+    rows pass or fail (:func:`calibration_checks`) and the bootstrap draws behind each paired row (for
+    :func:`claim_verdict`'s multiplicity correction)."""
 
     table: object  # one row per model at table_temperature (+ human text)
     calibration: object  # base model at CALIBRATION_TEMPERATURES and FIDELITY_CHECK_TEMPERATURE, human rows
     frontier: object  # SDS, MAUVE, perplexity of every model at every sampled temperature
     paired: object  # every model minus the reference, paired, one row per (model, metric)
     L: int
+    checks: dict = field(default_factory=dict)
+    draws: dict = field(default_factory=dict, repr=False)  # (model, metric) -> bootstrap draws in the row's unit
 
 
 def benchmark(
@@ -331,7 +451,11 @@ def benchmark(
     human text. Columns: ``mmlu``/``humaneval`` accuracy % with ``_n`` items and ``_mdd`` (the smallest difference
     in points the benchmark can detect, :func:`dftnb.measure.stats.minimum_detectable_difference`); ``sds`` with its CI and
     components ``d, s, c, v``; ``mauve`` (0–1); ``blind_test`` (% of texts the classifier tells apart from the human
-    reference, 50 = indistinguishable) with its Wilson CI; ``perplexity`` (macro over corpora at T = 1).
+    reference, 50 = indistinguishable) with its Wilson CI and ``blind_n`` texts per side (the table row adds the
+    evaluation's ``fidelity_samples``); ``perplexity`` of the held-out text of the training corpus (:data:`IN_DOMAIN`)
+    at T = 1; ``top1_<corpus>``/``ppl_<corpus>`` of each retention corpus and of the HumanEval ``solutions``, pooled
+    over tokens; ``humaneval_unusable`` (% of HumanEval completions empty or unparsable); ``t_eff`` (with interval
+    and position): the base model's temperature whose samples are as diverse (:func:`base_curve`).
     """
     import pandas as pd
 
@@ -342,10 +466,10 @@ def benchmark(
     for ev in evaluations:
         if table_temperature not in ev.samples:
             raise ValueError(f"{ev.name}: no samples at table_temperature={table_temperature}; add it to temperatures.")
-        macro = ev.perplexity[ev.perplexity.corpus == "macro"].set_index("temperature")["perplexity"]
+        in_domain = ev.perplexity[ev.perplexity.corpus == IN_DOMAIN].set_index("temperature")["perplexity"]
         for t, groups in sorted(ev.samples.items()):
             row, sds, feats = scorer.row(groups)
-            ppl = float(macro.loc[t]) if t in macro.index else float("nan")
+            ppl = float(in_domain.loc[t]) if t in in_domain.index else float("nan")
             if ev.name == calibration_model:
                 label = "greedy" if t == GREEDY else f"T = {t:g}"
                 calibration.append({"row": f"{ev.name}, {label}", "temperature": t, **row})
@@ -353,14 +477,20 @@ def benchmark(
                 frontier.append({"model": ev.name, "sampler": "temperature", "temperature": t, **row,
                                  "perplexity": ppl})
             if t == table_temperature:
-                kept[ev.name] = (groups, sds, feats)
+                blind = None
+                if ev.fidelity_samples:
+                    fid, blind = scorer.fidelity(
+                        np.vstack([feats, scorer.features(ev.fidelity_samples)]), with_test=True)
+                    row = {**row, **fid}
+                kept[ev.name] = (groups, sds, feats, blind)
                 rows.append({
                     "model": ev.name,
                     **_accuracy_columns("mmlu", ev.mmlu.accuracy if ev.mmlu else None,
                                         ev.mmlu.n_questions if ev.mmlu else 0),
                     **_accuracy_columns("humaneval", ev.humaneval.pass_at_1_greedy if ev.humaneval else None,
                                         ev.humaneval.n_problems if ev.humaneval else 0),
-                    **row, "perplexity": float(macro.loc[1.0]), "L": L,
+                    **row, "perplexity": float(in_domain.loc[1.0]), **_retention_columns(ev),
+                    **_humaneval_columns(ev.humaneval), "L": L,
                 })
     for name, settings in (extra_samples or {}).items():
         for label, groups in settings.items():
@@ -376,22 +506,42 @@ def benchmark(
                          ("human text, words shuffled", shuffle_words(second_half, seed=seed))):
         calibration.append({"row": label, "temperature": float("nan"),
                             **scorer.fidelity(scorer.features(texts))})
+    calibration = pd.DataFrame(calibration)
+    _effective_temperatures(rows, calibration)
     table_mauve = {r["model"]: r["mauve"] for r in rows}
-    paired = paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mauve, references)
-    return Benchmark(pd.DataFrame(rows), pd.DataFrame(calibration), pd.DataFrame(frontier), paired, L)
+    draws = {}
+    paired = paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mauve, references, draws)
+    table = pd.DataFrame(rows)
+    checks = {**calibration_checks(calibration), **measure_checks(table, calibration, by_name.get(calibration_model),
+                                                                  n_boot, seed)}
+    return Benchmark(table, calibration, pd.DataFrame(frontier), paired, L, checks, draws)
 
 
 PAIRED_COLUMNS = ["model", "reference", "metric", "difference", "ci_low", "ci_high", "unit", "n", "over", "p_value", "mdd"]
 
 
-def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mauve, references=None):
+def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mauve, references=None, draws=None):
     """One row per (model, metric): ``model − reference`` (or ``references[model]``) in ``unit`` with its paired
-    95% interval over ``n`` units (``over``); McNemar's ``p_value`` and the minimum detectable difference ``mdd``
-    (points, at the reference's accuracy) for the accuracy benchmarks (see :func:`benchmark`)."""
+    95% interval over ``n`` units (``over``); ``p_value`` (McNemar's for the accuracy benchmarks, the bootstrap's
+    otherwise) and the minimum detectable difference ``mdd`` (points, at the reference's accuracy) for the accuracy
+    benchmarks (see :func:`benchmark`). Metrics: SDS; MAUVE (descriptive below
+    :data:`dftnb.measure.metrics.MAUVE_MIN_PER_SIDE` texts per side); ``blind test`` (the *reduction* of the
+    blind-test accuracy, reference − model, points: positive = harder to tell from human text); MMLU, HumanEval;
+    ``perplexity (<training corpus>)`` and, per retention corpus and the HumanEval solutions, ``perplexity (<c>)``
+    (% change) and ``top-1 (<c>)`` (points), each pooled over that corpus's tokens alone. ``draws`` (a dict) receives
+    each row's bootstrap draws in the row's unit."""
     import pandas as pd
 
     references = references or {}
+    draws = {} if draws is None else draws
     rows = []
+
+    def add(name, ref_name, metric, d, over, unit, scale=lambda x: x, **extra):
+        rows.append({"model": name, "reference": ref_name, "metric": metric, "difference": scale(d.mean),
+                     "ci_low": scale(d.ci_low), "ci_high": scale(d.ci_high), "n": d.n, "over": over,
+                     "p_value": d.p_value, "unit": unit, **extra})
+        if d.draws is not None:
+            draws[(name, metric)] = scale(np.asarray(d.draws))
 
     def mauve_of(feats):
         rounds = itertools.count(seed)  # one k-means seed per round, the same for both models
@@ -401,24 +551,25 @@ def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mau
             return mauve_score(feats[take], scorer.human, seeds=(next(rounds),))
         return stat
 
-    for name, (groups, sds, feats) in kept.items():
+    for name, (groups, sds, feats, blind) in kept.items():
         ref_name = references.get(name, reference)
         if name == ref_name or ref_name not in kept:
             continue
-        _, ref_sds, ref_feats = kept[ref_name]
+        _, ref_sds, ref_feats, ref_blind = kept[ref_name]
         ref_ev = by_name[ref_name]
         per_prompt = len(groups[0])
         ev = by_name[name]
         d = paired_bootstrap([p["sds"] for p in sds.per_prompt], [p["sds"] for p in ref_sds.per_prompt],
                              n_boot=n_boot, seed=seed)
-        rows.append({"model": name, "reference": ref_name, "metric": "SDS", "difference": d.mean, "ci_low": d.ci_low,
-                     "ci_high": d.ci_high, "n": d.n, "over": "prompts", "p_value": float("nan"), "unit": "points"})
+        add(name, ref_name, "SDS", d, "prompts", "points")
         d = paired_statistic_bootstrap(mauve_of(feats), mauve_of(ref_feats), len(groups),
                                        n_boot=max(50, n_boot // 5), seed=seed,
                                        point=table_mauve[name] - table_mauve[ref_name])
-        rows.append({"model": name, "reference": ref_name, "metric": "MAUVE", "difference": d.mean, "ci_low": d.ci_low,
-                     "ci_high": d.ci_high, "n": d.n, "over": "prompts (both rescored)", "p_value": float("nan"),
-                     "unit": "MAUVE"})
+        add(name, ref_name, "MAUVE", d, "prompts (both rescored)", "MAUVE")
+        if blind is not None and ref_blind is not None:
+            d = independent_bootstrap(ref_blind.correct, blind.correct, n_boot=n_boot, seed=seed)
+            add(name, ref_name, "blind test", d, "texts classified (cross-validated)", "points",
+                lambda x: 100 * x)
         for metric, mine, theirs, key in (
             ("MMLU", ev.mmlu, ref_ev.mmlu, "id"), ("HumanEval", ev.humaneval, ref_ev.humaneval, "task_id")
         ):
@@ -432,205 +583,66 @@ def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mau
             if len(a) < 2:
                 continue
             m = mcnemar(a, b, n_boot=n_boot, seed=seed)
-            rows.append({"model": name, "reference": ref_name, "metric": metric, "difference": 100 * m.difference.mean,
-                         "ci_low": 100 * m.difference.ci_low, "ci_high": 100 * m.difference.ci_high, "n": len(a),
-                         "over": "questions" if metric == "MMLU" else "problems", "p_value": m.p_value,
-                         "unit": "points", "mdd": 100 * minimum_detectable_difference(float(np.mean(b)), len(a))})
-        if ev.token_nll and ref_ev.token_nll:
-            diffs = {c: ev.token_nll[c] - ref_ev.token_nll[c] for c in ev.token_nll if c in ref_ev.token_nll}
+            add(name, ref_name, metric, m.difference, "questions" if metric == "MMLU" else "problems", "points",
+                lambda x: 100 * x, mdd=100 * minimum_detectable_difference(float(np.mean(b)), len(a)))
+            rows[-1]["p_value"] = m.p_value
+        percent = lambda x: 100 * np.expm1(x)  # noqa: E731  (nats/token -> % change of perplexity)
+        if IN_DOMAIN in ev.token_nll and IN_DOMAIN in ref_ev.token_nll:
+            diffs = {IN_DOMAIN: ev.token_nll[IN_DOMAIN] - ref_ev.token_nll[IN_DOMAIN]}
             d = paired_block_bootstrap(diffs, block=64, n_boot=n_boot, seed=seed)
-            rows.append({"model": name, "reference": ref_name, "metric": "perplexity", "difference": 100 * np.expm1(d.mean),
-                         "ci_low": 100 * np.expm1(d.ci_low), "ci_high": 100 * np.expm1(d.ci_high), "n": d.n,
-                         "over": "tokens (blocks of 64)", "p_value": float("nan"), "unit": "% change"})
+            add(name, ref_name, f"perplexity ({IN_DOMAIN})", d, "tokens (blocks of 64)", "% change", percent)
+        if ev.retention and ref_ev.retention:
+            for corpus, d_nll, d_top1, _n, units in paired_retention_draws(ev, ref_ev, n_boot, seed):
+                add(name, ref_name, f"perplexity ({corpus})", d_nll, units, "% change", percent)
+                add(name, ref_name, f"top-1 ({corpus})", d_top1, units, "points", lambda x: 100 * x)
     df = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
     return df
 
 
-def calibration_checks(calibration) -> dict[str, bool]:
-    """What the calibration rows must show before the metrics rank anything:
+def paired_retention_draws(ev: ModelEvaluation, ref: ModelEvaluation, n_boot: int, seed: int):
+    """``(corpus, NLL difference, top-1 difference, n, units)`` per retention corpus and for the HumanEval
+    solutions, each a :class:`~dftnb.measure.stats.PairedDifference` with its draws (nats/token; fraction)."""
+    out = []
+    for corpus in ev.retention:
+        a, b = ev.retention[corpus], ref.retention[corpus]
+        if a.tokens != b.tokens:
+            raise ValueError(f"{ev.name} and {ref.name} scored {a.tokens} and {b.tokens} tokens of {corpus!r}; "
+                             "evaluate both with the same retention_tokens.")
+        boot = dict(block=64, n_boot=n_boot, seed=seed)
+        out.append((corpus, paired_block_bootstrap({corpus: a.nll - b.nll}, **boot),
+                    paired_block_bootstrap({corpus: a.top1.astype(float) - b.top1}, **boot), a.tokens,
+                    "tokens (blocks of 64)"))
+    if ev.solutions is not None and ref.solutions is not None:
+        if list(ev.solutions["tokens"]) != list(ref.solutions["tokens"]):
+            raise ValueError(f"{ev.name} and {ref.name} scored different HumanEval solutions; use the same "
+                             "solution_problems for both.")
+        tokens = ev.solutions["tokens"].to_numpy(dtype=float)
 
-    * ``sds_ordered``: SDS strictly increases from greedy through T = 0.3, 0.7, 1.0, 1.3, with each 95% CI disjoint
-      from the next;
-    * ``human_halves_alike``: the blind test cannot tell the two halves of the human set apart (its CI contains
-      50%) and their MAUVE is above every model row's;
-    * ``hot_sampling_unlike``: at T = 2 the samples are less human-like than at T = 1 on both fidelity columns, the
-      blind-test CIs disjoint.
-    """
-    rows = calibration.set_index("row", drop=False)
-    temps = calibration.dropna(subset=["temperature"]).set_index("temperature")
-    ladder = [temps.loc[t] for t in CALIBRATION_TEMPERATURES if t in temps.index]
-    ordered = len(ladder) == len(CALIBRATION_TEMPERATURES) and all(
-        lo["sds"] < hi["sds"] and lo["sds_ci_high"] < hi["sds_ci_low"] for lo, hi in zip(ladder, ladder[1:])
-    )
-    half = rows.loc["human text (other half)"]
-    halves = bool(half["blind_low"] <= 50 <= half["blind_high"] and half["mauve"] > temps["mauve"].max())
-    hot = FIDELITY_CHECK_TEMPERATURE in temps.index and 1.0 in temps.index
-    if hot:
-        t1, t2 = temps.loc[1.0], temps.loc[FIDELITY_CHECK_TEMPERATURE]
-        hot = bool(t2["mauve"] < t1["mauve"] and t2["blind_low"] > t1["blind_high"])
-    return {"sds_ordered": bool(ordered), "human_halves_alike": halves, "hot_sampling_unlike": bool(hot)}
+        def pooled(df, column):  # the ratio of sums over the problems drawn (with repeats)
+            values = df[column].to_numpy(dtype=float)
+            return lambda idx: values[idx].sum() / tokens[idx].sum()
+
+        boot = dict(n_boot=n_boot, seed=seed)
+        out.append((SOLUTION_CORPUS,
+                    paired_statistic_bootstrap(pooled(ev.solutions, "nll_sum"), pooled(ref.solutions, "nll_sum"),
+                                               len(tokens), **boot),
+                    paired_statistic_bootstrap(pooled(ev.solutions, "top1_hits"), pooled(ref.solutions, "top1_hits"),
+                                               len(tokens), **boot), len(tokens), "problems"))
+    return out
 
 
-# ------------------------------------------------------------------------------------------------- the verdict
-CRITERIA = {
-    # metric: (claim, margin, higher_is_claimed): read by stats.verdict on the paired interval of DFT - reference
-    "SDS": ("style diversity gains >= {m:g} SDS points", 20.0, True),
-    "MAUVE": ("samples closer to human text (MAUVE gain > {m:g})", 0.0, True),
-    "MMLU": ("MMLU accuracy loss < {m:g} point", 1.0, False),
-    "HumanEval": ("HumanEval pass@1 loss < {m:g} point", 1.0, False),
-    "perplexity": ("lower perplexity on held-out text (change < {m:g}%)", 0.0, False),
+# Moved to their own modules (read as benchmark.<name> too): the checks and the verdict, display and storage.
+_MOVED = {
+    "benchmark_verdict": ("CRITERIA", "claim_verdict", "CANNOT_DECIDE", "verdict_text"),
+    "benchmark_display": ("training_cost_ratio", "display_table", "display_retention", "display_calibration",
+                          "display_paired", "save_tables"),
 }
 
 
-def claim_verdict(paired, reference: str = "SFT", criteria: dict = CRITERIA, prefix: str = "DFT") -> tuple[str, object]:
-    """``(text, table)``: the seed's claim read criterion by criterion from the paired intervals of every
-    ``prefix`` model against ``reference`` (:func:`paired_differences`).
+def __getattr__(name: str):
+    import importlib
 
-    Each criterion is *supported* when the whole 95% interval of ``model − reference`` lies on the claimed side of
-    its margin, *refuted* when it lies on the other side, *undetermined* when it contains the margin
-    (:func:`dftnb.measure.stats.verdict`). A model supports the claim when every criterion measured is supported, refutes it
-    when any is refuted; the claim is supported if some DFT model supports it, refuted if every DFT model refutes
-    it, and undetermined otherwise.
-    """
-    import pandas as pd
-
-    dft = paired[paired.model.astype(str).str.startswith(prefix)]
-    if dft.empty:
-        raise ValueError(f"no paired rows for '{prefix} ...' models against {reference!r}: evaluate both first.")
-    rows = []
-    for _, r in dft.iterrows():
-        if r.metric not in criteria:
-            continue
-        claim, margin, higher = criteria[r.metric]
-        if r.metric == "perplexity":  # lower is claimed: read the negated interval as "reference - model > margin"
-            outcome = verdict(-r.ci_high, -r.ci_low, margin, True)
-        else:
-            outcome = verdict(r.ci_low, r.ci_high, margin, higher)
-        note = ""
-        mdd = r.get("mdd", float("nan"))
-        if outcome == "supported" and r.ci_low == r.ci_high and mdd == mdd and mdd > margin:
-            # no discordant item at all (e.g. every model scores 0): the zero-width interval shows no power, not no loss
-            outcome, note = "undetermined", f"no power: detects only ±{mdd:.0f} points"
-        rows.append({"model": r.model, "criterion": claim.format(m=margin), "difference": r.difference,
-                     "ci_low": r.ci_low, "ci_high": r.ci_high, "verdict": outcome, "note": note})
-    table = pd.DataFrame(rows)
-    return verdict_text(table, reference), table
-
-
-CANNOT_DECIDE = "cannot decide at this size"
-
-
-def verdict_text(table, reference: str = "SFT", emphasis: str = "", extra: str = "") -> str:
-    """The verdict table read aloud: a model is *refuted* if any criterion is, *supported* if all are, else
-    :data:`CANNOT_DECIDE` if a criterion was marked so (its margin is out of reach of any model at this size), else
-    *undetermined*; the claim is supported if some model supports it, refuted if every model refutes it.
-    ``emphasis`` wraps the overall verdict (``"**"`` in Markdown), ``extra`` follows the first sentence."""
-    per_model = {}
-    for model, group in table.groupby("model", sort=False):
-        found = set(group.verdict)
-        per_model[model] = ("refuted" if "refuted" in found else "supported" if found == {"supported"}
-                            else CANNOT_DECIDE if CANNOT_DECIDE in found else "undetermined")
-    values = set(per_model.values())
-    overall = ("supported" if "supported" in values else "refuted" if values == {"refuted"}
-               else CANNOT_DECIDE if CANNOT_DECIDE in values else "undetermined")
-    lines = [f"Verdict on the claim (DFT: much more style diversity, no accuracy loss, no worse perplexity, vs "
-             f"{reference}), from paired 95% intervals: {emphasis}{overall.upper()}{emphasis}.{extra}"]
-    for model, outcome in per_model.items():
-        parts = [f"{r.criterion}: {r.verdict} ({r.difference:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
-                 f"{'; ' + r.note if r.note else ''})" for r in table[table.model == model].itertuples()]
-        lines.append(f"- {model}: {outcome.upper()}. " + "; ".join(parts) + ".")
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------ display and storage
-def training_cost_ratio(*candidates: str | Path):
-    """DFT/SFT step-time ratios from the first ``step_time.csv`` found (written by ``benchmarks/step_time.py``),
-    or ``None`` when none exists (run ``make bench``)."""
-    import pandas as pd
-
-    from ..records import portable_path
-
-    for path in map(Path, candidates):
-        if path.exists():
-            df = pd.read_csv(path)
-            keep = [c for c in ("divergence", "median_step_s", "ratio_vs_sft", "machine") if c in df.columns]
-            return df[keep].assign(source=portable_path(path))
-    return None
-
-
-def _fmt(x, spec=".1f"):
-    return "n/a" if x is None or x != x else format(x, spec)
-
-
-def _interval(x, lo, hi, spec=".1f"):
-    return "n/a" if x != x else f"{x:{spec}} [{lo:{spec}}, {hi:{spec}}]"
-
-
-def display_table(table):
-    """The table as a reader wants it: accuracy with its minimum detectable difference, SDS and the blind test with
-    their CIs, rounded."""
-    import pandas as pd
-
-    out = pd.DataFrame({"model": table["model"]})
-    for col, label in (("mmlu", "MMLU"), ("humaneval", "HumanEval pass@1")):
-        out[f"{label} % (n; MDD)"] = [
-            "n/a" if n == 0 else f"{a:.1f} ({n}; ±{m:.0f})"
-            for a, n, m in zip(table[col], table[f"{col}_n"], table[f"{col}_mdd"])
-        ]
-    out["SDS [95% CI]"] = [_interval(*v) for v in zip(table["sds"], table["sds_ci_low"], table["sds_ci_high"])]
-    for col in ("d", "s", "c", "v"):
-        out[col] = table[col].map(lambda x: _fmt(x, ".3f"))
-    out["MAUVE"] = table["mauve"].map(lambda x: _fmt(x, ".3f"))
-    out["blind test % [95% CI]"] = [_interval(*v, spec=".0f") for v in
-                                    zip(table["blind_test"], table["blind_low"], table["blind_high"])]
-    out["perplexity"] = table["perplexity"].map(lambda x: _fmt(x, ".2f"))
-    return out
-
-
-def display_calibration(calibration):
-    """Calibration rows: SDS with CI (where a row has samples grouped by prompt), MAUVE, blind test with CI."""
-    import pandas as pd
-
-    cal = calibration.reindex(columns=list(dict.fromkeys([*calibration.columns, "sds", "sds_ci_low", "sds_ci_high"])))
-    out = pd.DataFrame({"row": cal["row"]})
-    out["SDS [95% CI]"] = [_interval(*v) for v in zip(cal["sds"], cal["sds_ci_low"], cal["sds_ci_high"])]
-    out["MAUVE"] = calibration["mauve"].map(lambda x: _fmt(x, ".3f"))
-    out["blind test % [95% CI]"] = [_interval(*v, spec=".0f") for v in
-                                    zip(calibration["blind_test"], calibration["blind_low"], calibration["blind_high"])]
-    return out
-
-
-def display_paired(paired):
-    """Paired differences ``model − reference``: the point, the 95% interval, the units, McNemar's p."""
-    import pandas as pd
-
-    return pd.DataFrame({
-        "model": paired["model"], "metric": paired["metric"],
-        "difference [95% CI]": [_interval(*v, spec="+.2f") + f" {u}" for *v, u in
-                                zip(paired["difference"], paired["ci_low"], paired["ci_high"], paired["unit"])],
-        "paired over": [f"{n:,} {over}" for n, over in zip(paired["n"], paired["over"])],
-        "p (McNemar)": paired["p_value"].map(lambda x: "" if x != x else f"{x:.3f}"),
-        "detectable (±points)": paired["mdd"].map(lambda x: "" if x != x else f"{x:.0f}"),
-    })
-
-
-def save_tables(bench: Benchmark, out: str | Path, caption: str) -> dict[str, Path]:
-    """``<out>/tables/06_<name>.csv`` (numbers, with date) and ``.md`` (display table under ``caption``) for the
-    table, the calibration rows, the paired differences and the frontier."""
-    import datetime
-
-    from .plots import markdown_table
-
-    base = Path(out) / "tables"
-    base.mkdir(parents=True, exist_ok=True)
-    date = datetime.date.today().isoformat()
-    shown = {"benchmark_table": (bench.table, display_table), "calibration": (bench.calibration, display_calibration),
-             "paired": (bench.paired, display_paired), "frontier": (bench.frontier, None)}
-    paths = {}
-    for name, (df, show) in shown.items():
-        path = base / f"06_{name}.csv"
-        df.assign(date=date).to_csv(path, index=False)
-        if show is not None and len(df):
-            path.with_suffix(".md").write_text(f"{caption}\n\nDate: {date}\n\n{markdown_table(show(df))}\n")
-        paths[name] = path
-    return paths
+    for module, names in _MOVED.items():
+        if name in names:
+            return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -47,7 +47,14 @@ def calibration_takeaway(checks: dict[str, bool]) -> str:
     """One sentence from :func:`dftnb.lab.benchmark.calibration_checks`."""
     said = {"sds_ordered": "the SDS orders greedy < T=0.3 < ... < T=1.3 with disjoint intervals",
             "human_halves_alike": "the two human halves are alike (blind test CI contains 50%, highest MAUVE)",
-            "hot_sampling_unlike": "T=2 samples are less human-like than T=1 on both fidelity columns"}
+            "hot_sampling_unlike": "T=2 samples are less human-like than T=1 on both fidelity columns",
+            "blind_test_sized": "the blind test reads >= 200 texts per side and tells word-shuffled human text from "
+                                "human text at that size",
+            "mauve_sized": "MAUVE reads >= 1,000 texts per side (otherwise it is descriptive, out of the verdict)",
+            "retention_sees_shuffling": "top-1 accuracy on the retention corpora drops when their words are "
+                                        "shuffled (disjoint intervals)",
+            "humaneval_extracts": "fewer than 10% of the base model's HumanEval completions are empty or "
+                                  "unparsable"}
     passed = [said[k] for k, ok in checks.items() if ok]
     failed = [said[k] for k, ok in checks.items() if not ok]
     text = f"Calibration: {len(passed)} of {len(checks)} checks pass."

@@ -11,7 +11,9 @@ come from plays the training split never saw; dialogue and techdocs documents ar
 (source file + position, :func:`split_of`). Duplicates are removed across all splits (:func:`deduplicate`): one copy
 of each whitespace-normalised text is kept, in the earliest of train, validation, test, so no held-out text is also
 a training text. The built ``DatasetDict`` is cached with ``save_to_disk`` under
-``cache_dir()/corpora/<name>-v<CORPUS_VERSION>``.
+``cache_dir()/corpora/<name>-v<CORPUS_VERSION>``. Models fine-tune on Shakespeare only, so every split of the other
+two corpora is text no model trains on: :func:`retention_texts` (:data:`RETENTION_CORPORA`) for the retention
+measures of :mod:`dftnb.measure.retention`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ STYLE = {"shakespeare": "creative writing", "dialogue": "conversational dialogue
 SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 CORPUS_VERSION = 2  # 2: Shakespeare split by play; duplicates removed across splits
 MIN_WORDS = 8  # drop one-line fragments ("Exeunt", "Hi"); every kept document has at least this many words
+# Text no model trains on, for retention measures (dftnb.measure.retention): every chapter, config and study run
+# fine-tunes on Shakespeare only (chapter 01 builds kNN datastores from these corpora's train splits, which changes
+# no weights), so all three splits of these two corpora are held-out text.
+RETENTION_CORPORA = ("techdocs", "dialogue")
 
 _SPEAKER = re.compile(r"^\*\*(?P<speaker>[^*]+)\*\*\s*$")
 
@@ -204,6 +210,23 @@ def corpus_texts(name: str, split: str = "train", n: int | None = None, min_word
     ds = load_corpus(name)[split]
     texts = [t for t in ds["text"] if len(t.split()) >= min_words]
     return texts if n is None else texts[:n]
+
+
+def retention_texts(name: str, splits: tuple[str, ...] = tuple(SPLITS)) -> list[str]:
+    """The texts of corpus ``name`` (one of :data:`RETENTION_CORPORA`) that retention is measured on: the given
+    ``splits``, by default all three (train, validation, test), one after another, each in its deterministic order.
+
+    No model of the chapters or the study trains on these corpora, so every split is held out from the models;
+    ``splits`` narrows the text (e.g. ``("test",)``) should a model ever be fine-tuned on one of them. Shakespeare,
+    the training corpus, is refused: its held-out plays measure the style fine-tuning aims at, not retention.
+    """
+    if name not in RETENTION_CORPORA:
+        raise ValueError(f"{name!r} is not a retention corpus; choose one of {RETENTION_CORPORA} (models fine-tune "
+                         "on shakespeare, so its text measures the style learnt, not what was kept).")
+    if isinstance(splits, str) or not splits or any(s not in SPLITS for s in splits):
+        raise ValueError(f"splits must be a non-empty tuple of {tuple(SPLITS)}, got {splits!r}.")
+    dd = load_corpus(name)
+    return [t for split in splits for t in dd[split]["text"]]
 
 
 def style_prefix(name: str, n: int = 2, max_words: int = 60, split: str = "train") -> str:

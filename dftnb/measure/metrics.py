@@ -294,6 +294,12 @@ def mauve_score(p_features, q_features, num_buckets: int | str = "auto", seeds: 
     return float(np.mean(scores))
 
 
+# Sizes below which a fidelity score is descriptive only, never a verdict: the blind test's Wilson interval is
+# ±7 points at 200 texts per side; MAUVE's k-means histogram needs thousands (Pillutla et al. 2021 use 5,000).
+BLIND_TEST_MIN_PER_SIDE = 200
+MAUVE_MIN_PER_SIDE = 1000
+
+
 @dataclass
 class TwoSampleTest:
     """Cross-validated accuracy of a classifier telling two sets apart (0.5 = indistinguishable)."""
@@ -302,6 +308,16 @@ class TwoSampleTest:
     ci_low: float
     ci_high: float
     n: int  # texts classified (both sets, after balancing)
+    correct: np.ndarray | None = field(default=None, repr=False, compare=False)  # per text: classified right
+
+    @property
+    def per_side(self) -> int:
+        return self.n // 2
+
+    @property
+    def decisive(self) -> bool:
+        """Enough texts per side (:data:`BLIND_TEST_MIN_PER_SIDE`) for the accuracy to enter a verdict."""
+        return self.per_side >= BLIND_TEST_MIN_PER_SIDE
 
 
 def classifier_two_sample_test(p_features, q_features, folds: int = 5, seed: int = 0) -> TwoSampleTest:
@@ -326,7 +342,7 @@ def classifier_two_sample_test(p_features, q_features, folds: int = 5, seed: int
     pred = cross_val_predict(LogisticRegression(max_iter=2000), x, y, cv=cv)
     correct = int((pred == y).sum())
     lo, hi = wilson_interval(correct, 2 * n)
-    return TwoSampleTest(correct / (2 * n), lo, hi, 2 * n)
+    return TwoSampleTest(correct / (2 * n), lo, hi, 2 * n, pred == y)
 
 
 def shuffle_words(texts: Sequence[str], seed: int = 0) -> list[str]:
@@ -414,9 +430,14 @@ def _enough_texts(texts: Sequence[str], max_tokens: int) -> list[str]:
 
 @torch.no_grad()
 def _nll_at_temperatures(
-    model, tokenizer, texts, window, stride, temperatures, max_tokens, batch_size, separator="\n\n"
-) -> list[np.ndarray]:
-    """Per-token NLL at each temperature, in stream order (one forward pass per window serves them all)."""
+    model, tokenizer, texts, window, stride, temperatures, max_tokens, batch_size, separator="\n\n",
+    return_top1: bool = False,
+):
+    """Per-token NLL at each temperature, in stream order (one forward pass per window serves them all).
+
+    ``return_top1=True`` returns ``(nlls, top1)`` instead, ``top1`` the boolean array (same order) of "the argmax of
+    the logits is the next token" from the same forward passes; ties go to the lowest token id (``torch.argmax``).
+    """
     if isinstance(texts, str):
         texts = [texts]
     if not texts or not any(t.strip() for t in texts):
@@ -438,6 +459,7 @@ def _nll_at_temperatures(
     device = model_device(model)
     plan = _window_plan(ids.numel(), window, stride)
     pieces: list[list[tuple[int, torch.Tensor]]] = [[] for _ in temperatures]
+    hits: list[tuple[int, torch.Tensor]] = []
     # Windows of equal length are batched; only the last one can be shorter.
     groups: dict[int, list[tuple[int, int, int]]] = {}
     for w in plan:
@@ -453,7 +475,17 @@ def _nll_at_temperatures(
                 token_logp = target_logits / temperature - torch.logsumexp(logits / temperature, dim=-1)
                 for row, (begin, _end, score_from) in enumerate(chunk):
                     pieces[t_index].append((score_from, -token_logp[row, score_from - begin - 1 :].double().cpu()))
-    return [torch.cat([x for _, x in sorted(p, key=lambda item: item[0])]).numpy() for p in pieces]
+            if return_top1:
+                top1 = logits.argmax(dim=-1) == batch[:, 1:]
+                hits += [(score_from, top1[row, score_from - begin - 1 :].cpu())
+                         for row, (begin, _end, score_from) in enumerate(chunk)]
+    nlls = [_in_stream_order(p) for p in pieces]
+    return (nlls, _in_stream_order(hits)) if return_top1 else nlls
+
+
+def _in_stream_order(pieces: list[tuple[int, torch.Tensor]]) -> np.ndarray:
+    """The per-window pieces ``(first scored position, values)`` concatenated in stream order."""
+    return torch.cat([x for _, x in sorted(pieces, key=lambda item: item[0])]).numpy()
 
 
 def perplexity(

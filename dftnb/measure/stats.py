@@ -13,17 +13,20 @@ compared with the reference (SFT) on the differences of paired units:
   samples against human text): prompts are resampled, and both methods' statistics are recomputed on the same
   resampled prompts;
 * :func:`paired_block_bootstrap` - per-token differences (log-likelihoods of the same test tokens), resampled in
-  contiguous blocks because neighbouring tokens are correlated (moving-block bootstrap, Künsch 1989);
+  contiguous, non-overlapping blocks because neighbouring tokens are correlated (block bootstrap, Carlstein 1986);
 * :func:`minimum_detectable_difference` - the accuracy difference a benchmark of ``n`` items can detect at all;
 * :func:`verdict` - reads an interval against a margin: *supported*, *refuted* or *undetermined* (the interval
-  contains values on both sides of the margin).
+  contains values on both sides of the margin);
+* :func:`seed_floor`, :func:`holm`, :func:`benjamini_hochberg`, :func:`decide` - what a verdict table needs on
+  top: the difference two seeds of the *same* method already show (the floor a method effect must clear), and a
+  multiplicity correction over every verdict read from one table.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,6 +42,8 @@ class PairedDifference:
     ci_high: float
     n: int
     level: float = 0.95
+    p_value: float | None = None  # two-sided bootstrap p-value of "no difference" (see bootstrap_p_value)
+    draws: np.ndarray | None = field(default=None, repr=False, compare=False)  # the bootstrap differences
 
 
 def _paired_arrays(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -71,9 +76,7 @@ def paired_bootstrap(
     diff = a - b
     rng = np.random.default_rng(seed)
     boot = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(boot, [tail, 100 - tail])
-    return PairedDifference(float(diff.mean()), float(lo), float(hi), int(diff.size), level)
+    return _interval(boot, float(diff.mean()), int(diff.size), level)
 
 
 @dataclass
@@ -122,10 +125,22 @@ def verdict(ci_low: float, ci_high: float, margin: float = 0.0, higher_is_claime
     return "undetermined"
 
 
+def bootstrap_p_value(boot: Sequence[float], null: float = 0.0) -> float:
+    """Two-sided bootstrap p-value of "the difference is ``null``": twice the share of bootstrap draws on the far
+    side of ``null`` from the bulk, ``min(1, 2 (1 + #{draws on the smaller side}) / (1 + B))`` (the percentile
+    interval's dual: the 95% interval excludes ``null`` roughly when p < 0.05; Davison & Hinkley 1997, §4.4; the
+    ``+1`` keeps p > 0 with ``B`` draws)."""
+    boot = np.asarray(boot, dtype=np.float64)
+    if boot.ndim != 1 or boot.size < 1:
+        raise ValueError("bootstrap_p_value needs a 1-D array of bootstrap draws.")
+    side = min(int((boot <= null).sum()), int((boot >= null).sum()))
+    return float(min(1.0, 2 * (1 + side) / (1 + boot.size)))
+
+
 def _interval(boot: np.ndarray, point: float, n: int, level: float) -> PairedDifference:
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(boot, [tail, 100 - tail])
-    return PairedDifference(float(point), float(lo), float(hi), int(n), level)
+    return PairedDifference(float(point), float(lo), float(hi), int(n), level, bootstrap_p_value(boot), boot)
 
 
 def paired_statistic_bootstrap(
@@ -163,12 +178,14 @@ def paired_block_bootstrap(
     level: float = 0.95,
     seed: int = 0,
 ) -> PairedDifference:
-    """Mean over groups (corpora) of the mean per-token difference, with a moving-block bootstrap interval.
+    """Mean over groups (corpora) of the mean per-token difference, with a non-overlapping block bootstrap interval.
 
-    Each group's differences (in stream order) are cut into consecutive blocks of ``block`` tokens (the last, shorter
-    block dropped from the resampling but not from the point estimate); a round resamples each group's blocks with
-    replacement. For NLL differences ``nll_a − nll_b`` the statistic is the mean log perplexity ratio,
-    ``exp(mean) − 1`` the relative change of the (geometric-mean) perplexity.
+    Each group's differences (in stream order) are cut into consecutive, non-overlapping blocks of ``block`` tokens
+    (Carlstein 1986; the last, shorter block is dropped from the resampling but not from the point estimate); a round
+    resamples each group's blocks with replacement, so the correlation of neighbouring tokens stays inside a block.
+    For NLL differences ``nll_a − nll_b`` the statistic is the mean log perplexity ratio, ``exp(mean) − 1`` the
+    relative change of the perplexity. With several groups each group weighs the same, whatever its size: pass one
+    group at a time for a per-corpus answer pooled over that corpus's tokens (what a corpus-level claim needs).
     """
     groups = list(diffs_by_group.values()) if isinstance(diffs_by_group, dict) else list(diffs_by_group)
     arrays = [np.asarray(g, dtype=np.float64) for g in groups]
@@ -208,3 +225,107 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
     p, z2 = k / n, z * z
     centre, half = p + z2 / (2 * n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
     return max(0.0, (centre - half) / (1 + z2 / n)), min(1.0, (centre + half) / (1 + z2 / n))
+
+
+# ----------------------------------------------------------------------------------- many verdicts from one table
+def _p_array(p_values: Sequence[float]) -> np.ndarray:
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1 or not np.isfinite(p).all() or ((p < 0) | (p > 1)).any():
+        raise ValueError(f"p-values must be a 1-D sequence of numbers in [0, 1], got {p_values!r}.")
+    return p
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order: with ``p_(1) ≤ … ≤ p_(m)``,
+    ``p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) p_(j))``. Rejecting where ``p̃ < α`` controls the family-wise error
+    rate at ``α`` under any dependence between the tests."""
+    p = _p_array(p_values)
+    m, order = p.size, np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (1995), in the input order: ``p̃_(i) = min_{j ≥ i} min(1, m p_(j) / j)``.
+    Rejecting where ``p̃ < q`` controls the false discovery rate at ``q`` for independent or positively dependent
+    tests (less strict than :func:`holm`)."""
+    p = _p_array(p_values)
+    m, order = p.size, np.argsort(p, kind="stable")
+    ranked = m * p[order] / np.arange(1, m + 1)
+    adjusted = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
+
+
+def seed_floor(null_differences: Sequence[PairedDifference | float]) -> float:
+    """The seed-to-seed floor of a criterion: the largest ``|difference|`` between two runs of the *same* method that
+    differ only in their seeds (data order, sampling seed), e.g. SFT s1 − SFT s0 and SFT s2 − SFT s0, measured with
+    the same protocol as the method comparisons. A method effect smaller than this is indistinguishable from
+    re-running the baseline; :func:`decide` asks the whole interval to clear it."""
+    values = [d.mean if isinstance(d, PairedDifference) else float(d) for d in null_differences]
+    if not values or not np.isfinite(values).all():
+        raise ValueError("seed_floor needs at least one finite seed-to-seed difference (e.g. SFT s1 − SFT s0).")
+    return float(np.max(np.abs(values)))
+
+
+def claim_p_value(difference: PairedDifference, margin: float = 0.0, higher_is_claimed: bool = True) -> float:
+    """Two-sided p-value of "the difference equals the claim's threshold" (``margin``, or ``−margin`` for a "no
+    worse than" claim): the normal approximation with the bootstrap's standard error,
+    ``p = 2 Φ(−|d − threshold| / sd(draws))`` (Efron & Tibshirani 1993, ch. 12). It is the p-value :func:`holm`
+    adjusts across a verdict table: counting draws (:func:`bootstrap_p_value`) cannot go below ``2 / (B + 1)``,
+    and Holm multiplies the smallest p by the number of rows, so with dozens of rows a count-based p could never
+    pass. A zero-width bootstrap gives 0 (or 1 when the difference sits exactly on the threshold)."""
+    from statistics import NormalDist
+
+    if difference.draws is None:
+        raise ValueError("this PairedDifference carries no bootstrap draws; compute it with dftnb.measure.stats.")
+    gap = difference.mean - (margin if higher_is_claimed else -margin)
+    se = float(np.std(difference.draws, ddof=1))
+    if se == 0 or not np.isfinite(se):
+        return 1.0 if gap == 0 else 0.0
+    return float(2 * NormalDist().cdf(-abs(gap) / se))
+
+
+def decide(
+    difference: PairedDifference,
+    margin: float = 0.0,
+    higher_is_claimed: bool = True,
+    floor: float = 0.0,
+    adjusted_p: float | None = None,
+    alpha: float = 0.05,
+) -> str:
+    """:func:`verdict` with the two guards a table of many verdicts needs.
+
+    * the seed floor: the interval is widened by ``floor`` on both sides before it is read against the margin, so
+      *supported* "higher" needs ``ci_low > margin + floor`` (with margin 0: beyond 0 *and* beyond the floor) and
+      *refuted* needs ``ci_high < margin − floor``; a difference within the floor of the threshold is no more than
+      what re-running the baseline with other seeds produces;
+    * multiplicity: with ``adjusted_p`` (:func:`holm` over the table's :func:`claim_p_value` values) a verdict other
+      than *undetermined* also needs ``adjusted_p < alpha``.
+    """
+    if floor < 0 or not np.isfinite(floor):
+        raise ValueError(f"floor must be a finite |difference| >= 0 (seed_floor), got {floor}.")
+    raw = verdict(difference.ci_low - floor, difference.ci_high + floor, margin, higher_is_claimed)
+    if raw != "undetermined" and adjusted_p is not None and not adjusted_p < alpha:
+        return "undetermined"
+    return raw
+
+
+def independent_bootstrap(
+    a: Sequence[float], b: Sequence[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> PairedDifference:
+    """``mean(a) − mean(b)`` of two *independent* sets of per-unit scores (e.g. per-text correctness of two blind
+    tests, each model's own samples against the same human set) with a percentile bootstrap interval: each round
+    resamples ``a`` and ``b`` separately. ``n`` is the smaller set's size."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 1 or b.ndim != 1 or min(a.size, b.size) < 2:
+        raise ValueError(f"need two 1-D sets of at least 2 scores each, got shapes {a.shape} and {b.shape}.")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("scores contain NaN or Inf; drop or fix those units first.")
+    rng = np.random.default_rng(seed)
+    boot = (a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1)
+            - b[rng.integers(0, b.size, size=(n_boot, b.size))].mean(axis=1))
+    return _interval(boot, float(a.mean() - b.mean()), int(min(a.size, b.size)), level)
