@@ -281,8 +281,11 @@ def test_humaneval_scores_canonical_and_wrong_completions(monkeypatch):
         assert prompts == [p["prompt"] for p in problems]
         return canned[temperature]
 
-    monkeypatch.setattr(evals, "generate_completions", fake_generate)
-    res = evals.humaneval(None, None, problems, n_samples=4, k=(1, 2), temperature=0.8, timeout=1.0)
+    from dftnb.measure import humaneval as harness
+
+    monkeypatch.setattr(harness, "generate_completions", fake_generate)
+    res = evals.humaneval(None, None, problems, n_samples=4, k=(1, 2), temperature=0.8, timeout=1.0,
+                          prompt_style="completion")
     assert res.pass_at_1_greedy == pytest.approx(2 / 3)
     assert [r["passed"] for r in res.per_problem] == [True, False, True]
     assert [r["n_correct"] for r in res.per_problem] == [4, 0, 1]
@@ -290,14 +293,15 @@ def test_humaneval_scores_canonical_and_wrong_completions(monkeypatch):
         expected = sum(1 - math.comb(4 - c, k) / math.comb(4, k) for c in (4, 0, 1)) / 3
         assert res.pass_at_k[k] == pytest.approx(expected)
     with pytest.raises(ValueError, match="n_samples"):
-        evals.humaneval(None, None, problems, n_samples=1, k=(2,))
+        evals.humaneval(None, None, problems, n_samples=1, k=(2,), prompt_style="completion")
 
 
 def test_humaneval_runs_a_tiny_model_end_to_end(tiny):
     from dftnb.lab.data import load_humaneval
 
     model, tok = tiny
-    res = evals.humaneval(model, tok, load_humaneval(), limit=2, max_new_tokens=6, timeout=2.0)
+    res = evals.humaneval(model, tok, load_humaneval(), limit=2, max_new_tokens=6, timeout=2.0,
+                          prompt_style="completion")
     assert res.n_problems == 2 and len(res.per_problem) == 2
     greedy = evals.generate_completions(model, tok, [load_humaneval()[0]["prompt"]], max_new_tokens=6)
     assert res.per_problem[0]["completion"] == greedy[0][0]
