@@ -12,7 +12,6 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from dftnb.lab import benchmark_plots, benchmark_reading, plots  # noqa: E402
-from dftnb.lab.benchmark import CRITERIA  # noqa: E402
 
 MODELS = ["base", "SFT", "DFT (reverse KL)", "GEM"]
 
@@ -86,8 +85,11 @@ def test_figures_use_constrained_layout_method_colours_and_units(tmp_path):
     plt.close("all")
 
 
+ARTICLE_SDS = {"SDS": ("style diversity gains >= {m:g} SDS points", 20.0, True)}  # the seed's bar, out of reach
+
+
 def _verdict_table():
-    claim, margin, _ = CRITERIA["SDS"]
+    claim, margin, _ = ARTICLE_SDS["SDS"]
     return pd.DataFrame([
         {"model": "DFT (reverse KL)", "criterion": claim.format(m=margin), "difference": 1.0, "ci_low": -1.0,
          "ci_high": 3.0, "verdict": "refuted", "note": ""},
@@ -99,14 +101,14 @@ def _verdict_table():
 def test_verdict_cannot_decide_when_the_margin_is_out_of_reach():
     table, calibration = _table(sft_sds=58.0, human_sds=62.0), _calibration()
     assert benchmark_reading.reachable_sds_gain(table, calibration) == pytest.approx(65.0 - 59.0)  # SFT is row 1
-    text, out = benchmark_reading.verdict_at_size(_verdict_table(), table, calibration)
+    text, out = benchmark_reading.verdict_at_size(_verdict_table(), table, calibration, criteria=ARTICLE_SDS)
     assert out.verdict.tolist() == [benchmark_reading.CANNOT_DECIDE, "supported"]
     assert "CANNOT DECIDE AT THIS SIZE" in text and "+6.0" in text
 
 
 def test_verdict_keeps_refuted_when_the_margin_is_reachable():
     table, calibration = _table(sft_sds=30.0), _calibration(sds=(40.0, 50.0, 60.0, 80.0))
-    text, out = benchmark_reading.verdict_at_size(_verdict_table(), table, calibration)
+    text, out = benchmark_reading.verdict_at_size(_verdict_table(), table, calibration, criteria=ARTICLE_SDS)
     assert out.verdict.tolist() == ["refuted", "supported"]
     assert "**REFUTED**" in text
 

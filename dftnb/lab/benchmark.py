@@ -240,7 +240,7 @@ def evaluate_model(
     mmlu_results_path: str | Path | None = None,
     fidelity_prompts: Sequence[str] = (),
     fidelity_temperature: float = 1.0,
-    retention_tokens: int | None = None,
+    retention_tokens: int | None = 0,
     solution_problems: int | None = 0,
     humaneval_style: str = "auto",
     shuffled_retention: bool = False,
@@ -253,7 +253,7 @@ def evaluate_model(
     keeps each finished subject, see :func:`dftnb.measure.evals.mmlu`). ``batch_size``: prompts per ``generate`` call.
     ``fidelity_prompts``: more prompts sampled ``n_samples`` times at ``fidelity_temperature``, for a blind test
     with enough texts (``fidelity_samples``). Retention (:mod:`dftnb.measure.retention`): every token of the
-    retention corpora (the first ``retention_tokens`` of each; ``0`` skips) and the first ``solution_problems``
+    retention corpora (the first ``retention_tokens`` of each; ``None`` = all of them, ``0``, the default, skips) and the first ``solution_problems``
     HumanEval canonical solutions (``None`` = all 164, ``0`` skips), per-token NLL and top-1 kept for paired tests;
     ``shuffled_retention`` also scores the same corpora with their words shuffled (a calibration row).
     ``humaneval_style``: ``"chat"``, ``"completion"`` or ``"auto"`` (chat where the tokenizer has a template)

@@ -34,7 +34,7 @@ def verdict_at_size(verdict_table, table, calibration, reference: str = "SFT", c
     reach = reachable_sds_gain(table, calibration, reference)
     out = verdict_table.copy()
     if reach < margin:
-        hit = out.criterion == claim.format(m=margin)
+        hit = out.criterion == claim.format(m=margin, ref=reference)
         out.loc[hit, "verdict"] = CANNOT_DECIDE
         out.loc[hit, "note"] = (f"the calibration rows reach at most {reach:+.1f} SDS points over {reference}, "
                                 f"below the {margin:g}-point margin")
