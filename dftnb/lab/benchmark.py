@@ -97,11 +97,12 @@ CHAPTER_02_METHODS = ("sft", "dft_reverse_kl", "dft_forward_kl", "dft_sorted_w1"
 # from SFT is what re-running the baseline alone produces; a method effect must clear it (stats.decide).
 FLOOR_LABEL, FLOOR_RUN = "SFT, seed 1", "sft_seed1"
 # Table row label -> folder under <out>/models/ written by chapter 02 (None: the starting model itself).
-BENCHMARK_RUNS = {"base": None, **{label: m for m, label in method_labels(CHAPTER_02_METHODS).items()},
-                  FLOOR_LABEL: FLOOR_RUN}
+BENCHMARK_RUNS = {"base": None, **{label: m for m, label in method_labels(CHAPTER_02_METHODS).items()}}
+# What chapter 06 evaluates: those, and the seed floor's second SFT (a run of a registry method, not a method)
+CHAPTER_06_RUNS = {**BENCHMARK_RUNS, FLOOR_LABEL: FLOOR_RUN}
 
 
-def trained_model_dirs(out: str | Path, runs: dict[str, str | None] = BENCHMARK_RUNS,
+def trained_model_dirs(out: str | Path, runs: dict[str, str | None] = CHAPTER_06_RUNS,
                        optional: Sequence[str] = (FLOOR_LABEL,)) -> dict[str, Path | None]:
     """``{label: <out>/models/<run>}`` for the fine-tuned models of chapter 02; a clear error if any is missing,
     except the ``optional`` ones (the seed floor's second SFT, which chapter 02 runs of older versions did not

@@ -24,7 +24,10 @@ def _save(fig, name: str, out: str | Path | None):
 
 
 def _errorbar(ax, x, lo, hi, y, color, label=None, horizontal=True, fmt="o"):
-    err = [np.asarray(x) - np.asarray(lo), np.asarray(hi) - np.asarray(x)]
+    # a percentile interval need not contain its point estimate (MAUVE's point averages k-means seeds that a
+    # bootstrap round does not; the block bootstrap leaves out a corpus's last, partial block): the bar then ends
+    # at the point on that side instead of crossing it
+    err = [np.maximum(0, np.asarray(x) - np.asarray(lo)), np.maximum(0, np.asarray(hi) - np.asarray(x))]
     if horizontal:
         ax.errorbar(x, y, xerr=err, fmt=fmt, capsize=3, color=color, label=label)
     else:

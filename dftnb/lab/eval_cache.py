@@ -104,7 +104,7 @@ def evaluate_benchmark_models(profile: str, out: str | Path, model_name: str = "
                               verbose: bool = True, root: str | Path | None = None):
     """Chapter 06's evaluations: the base model (``model_name`` at ``profile``) and every run chapter 02 saved
     under ``<out>/models``, each through :func:`cached_evaluation`. Returns ``(evaluations, tokenizer, seconds)``:
-    the list in :data:`dftnb.lab.benchmark.BENCHMARK_RUNS` order, the base model's tokenizer (the unit of the SDS
+    the list in :data:`dftnb.lab.benchmark.CHAPTER_06_RUNS` order, the base model's tokenizer (the unit of the SDS
     length) and the wall seconds per row (a cached row takes about one)."""
     from . import models
     from .benchmark import FLOOR_LABEL, SIZES, diversity_prompts, trained_model_dirs

@@ -219,12 +219,14 @@ def minimum_detectable_difference(p: float, n: int, alpha: float = 0.05, power: 
 
 def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """Wilson score interval (Wilson, JASA 1927) of a binomial proportion ``k / n``, 95% by default:
-    ``(p + z²/2n ± z·sqrt(p(1 − p)/n + z²/4n²)) / (1 + z²/n)``, clipped to [0, 1] against rounding."""
+    ``(p + z²/2n ± z·sqrt(p(1 − p)/n + z²/4n²)) / (1 + z²/n)``, clipped to [0, 1] and to contain ``p`` against
+    rounding."""
     if n < 1 or not 0 <= k <= n:
         raise ValueError(f"need n >= 1 and 0 <= k <= n, got k={k}, n={n}.")
     p, z2 = k / n, z * z
     centre, half = p + z2 / (2 * n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, (centre - half) / (1 + z2 / n)), min(1.0, (centre + half) / (1 + z2 / n))
+    # the interval contains p by construction; clip so rounding at p = 0 or 1 cannot put it a hair outside
+    return max(0.0, min(p, (centre - half) / (1 + z2 / n))), min(1.0, max(p, (centre + half) / (1 + z2 / n)))
 
 
 # ----------------------------------------------------------------------------------- many verdicts from one table
