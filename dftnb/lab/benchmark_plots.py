@@ -103,10 +103,14 @@ def paired_figure(paired, reference: str = "SFT", out: str | Path | None = None)
     metrics = list(dict.fromkeys(shown.metric))
     if not metrics:
         return None, empty
-    fig, axes = plots.figure(len(metrics), width=3.3, height=0.45 * shown.model.nunique() + 1.6, sharey=True,
+    ncols = min(4, len(metrics))  # wrap into rows of four panels
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plots.figure(ncols, nrows, width=3.3, height=0.45 * shown.model.nunique() + 1.6, sharey=True,
                              squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        fig.delaxes(ax)
     order = list(dict.fromkeys(shown.model))
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes.flat, metrics):
         rows = shown[shown.metric == metric].set_index("model").reindex(order)
         for i, (name, r) in enumerate(rows.iterrows()):
             if r.difference == r.difference:
@@ -115,7 +119,7 @@ def paired_figure(paired, reference: str = "SFT", out: str | Path | None = None)
         unit = UNITS.get(str(rows.unit.dropna().iloc[0]), str(rows.unit.dropna().iloc[0]))
         ax.set(title=metric, xlabel=unit)
     fig.suptitle(f"model − {reference} on the same units, with its paired 95% interval")
-    axes[0][0].set(yticks=range(len(order)), yticklabels=order)
+    axes[0][0].set(yticks=range(len(order)), yticklabels=order)  # shared by every panel
     axes[0][0].invert_yaxis()
     return _save(fig, "06_paired", out), empty
 
