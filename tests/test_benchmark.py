@@ -95,6 +95,8 @@ def test_paired_differences_against_sft(bench):
     assert p.loc[ppl, "ci_low"] == pytest.approx(p.loc[ppl, "ci_high"])
     assert bench.table.set_index("model").loc["SFT", "perplexity"] == 9.0  # not the macro row's 7.0
     assert "HumanEval" not in p.index
+    # the blind test's accuracy drop (SFT's repeated text is easy to tell from human text, the DFT model's is not)
+    assert p.loc["blind test", "ci_low"] > 0 and p.loc["blind test", "unit"] == "points"
 
 
 def test_display_and_save(bench, tmp_path):
@@ -104,7 +106,7 @@ def test_display_and_save(bench, tmp_path):
     paths = benchmark.save_tables(bench, tmp_path, "Table.")
     assert set(paths) == {"benchmark_table", "calibration", "paired", "frontier"}
     paired_md = (tmp_path / "tables" / "06_paired.md").read_text()
-    assert paired_md.count("DFT (x)") == 4 and "100 questions" in paired_md and "6 prompts" in paired_md
+    assert paired_md.count("DFT (x)") == 5 and "100 questions" in paired_md and "6 prompts" in paired_md
     assert len(pd.read_csv(paths["benchmark_table"])) == 3
 
 

@@ -478,11 +478,10 @@ def benchmark(
                 frontier.append({"model": ev.name, "sampler": "temperature", "temperature": t, **row,
                                  "perplexity": ppl})
             if t == table_temperature:
-                blind = None
-                if ev.fidelity_samples:
-                    fid, blind = scorer.fidelity(
-                        np.vstack([feats, scorer.features(ev.fidelity_samples)]), with_test=True)
-                    row = {**row, **fid}
+                # the table row's fidelity reads every sample at this temperature (the SDS's and the extra ones)
+                every = np.vstack([feats, scorer.features(ev.fidelity_samples)]) if ev.fidelity_samples else feats
+                fid, blind = scorer.fidelity(every, with_test=True)
+                row = {**row, **fid}
                 kept[ev.name] = (groups, sds, feats, blind)
                 rows.append({
                     "model": ev.name,
