@@ -37,7 +37,7 @@ from ..measure.metrics import (
     text_length,
     truncate_text,
 )
-from ..measure.retention import SOLUTION_CORPUS, retention_by_corpus, solution_scores
+from ..measure.retention import retention_by_corpus, retention_differences, solution_scores
 from ..measure.stats import (
     independent_bootstrap,
     mcnemar,
@@ -600,35 +600,14 @@ def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mau
 
 
 def paired_retention_draws(ev: ModelEvaluation, ref: ModelEvaluation, n_boot: int, seed: int):
-    """``(corpus, NLL difference, top-1 difference, n, units)`` per retention corpus and for the HumanEval
-    solutions, each a :class:`~dftnb.measure.stats.PairedDifference` with its draws (nats/token; fraction)."""
-    out = []
-    for corpus in ev.retention:
-        a, b = ev.retention[corpus], ref.retention[corpus]
-        if a.tokens != b.tokens:
-            raise ValueError(f"{ev.name} and {ref.name} scored {a.tokens} and {b.tokens} tokens of {corpus!r}; "
-                             "evaluate both with the same retention_tokens.")
-        boot = dict(block=64, n_boot=n_boot, seed=seed)
-        out.append((corpus, paired_block_bootstrap({corpus: a.nll - b.nll}, **boot),
-                    paired_block_bootstrap({corpus: a.top1.astype(float) - b.top1}, **boot), a.tokens,
-                    "tokens (blocks of 64)"))
-    if ev.solutions is not None and ref.solutions is not None:
-        if list(ev.solutions["tokens"]) != list(ref.solutions["tokens"]):
-            raise ValueError(f"{ev.name} and {ref.name} scored different HumanEval solutions; use the same "
-                             "solution_problems for both.")
-        tokens = ev.solutions["tokens"].to_numpy(dtype=float)
-
-        def pooled(df, column):  # the ratio of sums over the problems drawn (with repeats)
-            values = df[column].to_numpy(dtype=float)
-            return lambda idx: values[idx].sum() / tokens[idx].sum()
-
-        boot = dict(n_boot=n_boot, seed=seed)
-        out.append((SOLUTION_CORPUS,
-                    paired_statistic_bootstrap(pooled(ev.solutions, "nll_sum"), pooled(ref.solutions, "nll_sum"),
-                                               len(tokens), **boot),
-                    paired_statistic_bootstrap(pooled(ev.solutions, "top1_hits"), pooled(ref.solutions, "top1_hits"),
-                                               len(tokens), **boot), len(tokens), "problems"))
-    return out
+    """``(corpus, NLL difference, top-1 difference, n, units)`` of ``ev`` − ``ref`` per retention corpus and for the
+    HumanEval solutions (:func:`dftnb.measure.retention.retention_differences`, blocks of 64 tokens)."""
+    if set(ev.retention) == set(ref.retention) and any(
+            ev.retention[c].tokens != ref.retention[c].tokens for c in ev.retention):
+        raise ValueError(f"{ev.name} and {ref.name} scored different token counts; evaluate both with the same "
+                         "retention_tokens.")
+    return retention_differences(ev.retention, ref.retention, ev.solutions, ref.solutions, block=64, n_boot=n_boot,
+                                 seed=seed)
 
 
 # Moved to their own modules (read as benchmark.<name> too): the checks and the verdict, display and storage.

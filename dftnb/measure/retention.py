@@ -226,6 +226,38 @@ def _rows(corpus: str, nll_a, nll_b, nll_diff, top1_a, top1_b, top1_diff, n: int
     ]
 
 
+def retention_differences(
+    a: dict[str, TokenScores], b: dict[str, TokenScores], solutions_a=None, solutions_b=None, block: int = 64,
+    n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+) -> list[tuple]:
+    """``(corpus, NLL difference, top-1 difference, n, units)`` per corpus of ``a``/``b`` and, with the solution
+    tables, for the HumanEval solutions: each difference a :class:`~dftnb.measure.stats.PairedDifference` of
+    A − B with its bootstrap draws (nats/token; fraction of tokens), as :func:`paired_retention` tabulates them."""
+    _check_same_tokens(a, b)
+    if (solutions_a is None) != (solutions_b is None):
+        raise ValueError("pass solution_scores tables for both models, or for neither.")
+    boot = {"n_boot": n_boot, "level": level, "seed": seed}
+    out = []
+    for name in a:
+        sa, sb = a[name], b[name]
+        nll = paired_block_bootstrap({name: sa.nll - sb.nll}, block=block, **boot)
+        top1 = paired_block_bootstrap({name: sa.top1.astype(np.float64) - sb.top1}, block=block, **boot)
+        out.append((name, nll, top1, sa.tokens, "tokens"))
+    if solutions_a is not None:
+        _check_same_problems(solutions_a, solutions_b)
+        tokens = solutions_a["tokens"].to_numpy(dtype=np.float64)
+        sums = {side: {c: df[c].to_numpy(dtype=np.float64) for c in ("nll_sum", "top1_hits")}
+                for side, df in (("a", solutions_a), ("b", solutions_b))}
+
+        def ratio(side: str, column: str):  # the pooled ratio of sums over the problems at idx (with repeats)
+            return lambda idx: sums[side][column][idx].sum() / tokens[idx].sum()
+
+        nll = paired_statistic_bootstrap(ratio("a", "nll_sum"), ratio("b", "nll_sum"), len(tokens), **boot)
+        top1 = paired_statistic_bootstrap(ratio("a", "top1_hits"), ratio("b", "top1_hits"), len(tokens), **boot)
+        out.append((SOLUTION_CORPUS, nll, top1, len(tokens), "problems"))
+    return out
+
+
 def paired_retention(
     a: dict[str, TokenScores], b: dict[str, TokenScores], solutions_a=None, solutions_b=None, block: int = 64,
     n_boot: int = 2000, seed: int = 0, level: float = 0.95,
@@ -244,29 +276,14 @@ def paired_retention(
     """
     import pandas as pd
 
-    _check_same_tokens(a, b)
-    if (solutions_a is None) != (solutions_b is None):
-        raise ValueError("pass solution_scores tables for both models, or for neither.")
-    boot = {"n_boot": n_boot, "level": level, "seed": seed}
     rows = []
-    for name in a:
-        sa, sb = a[name], b[name]
-        nll = paired_block_bootstrap({name: sa.nll - sb.nll}, block=block, **boot)
-        top1 = paired_block_bootstrap({name: sa.top1.astype(np.float64) - sb.top1}, block=block, **boot)
-        rows += _rows(name, sa.mean_nll, sb.mean_nll, nll, sa.top1_rate, sb.top1_rate, top1, sa.tokens, "tokens")
-    if solutions_a is not None:
-        _check_same_problems(solutions_a, solutions_b)
-        tokens = solutions_a["tokens"].to_numpy(dtype=np.float64)
-        sums = {side: {c: df[c].to_numpy(dtype=np.float64) for c in ("nll_sum", "top1_hits")}
-                for side, df in (("a", solutions_a), ("b", solutions_b))}
-
-        def ratio(side: str, column: str):  # the pooled ratio of sums over the problems at idx (with repeats)
-            return lambda idx: sums[side][column][idx].sum() / tokens[idx].sum()
-
-        nll = paired_statistic_bootstrap(ratio("a", "nll_sum"), ratio("b", "nll_sum"), len(tokens), **boot)
-        top1 = paired_statistic_bootstrap(ratio("a", "top1_hits"), ratio("b", "top1_hits"), len(tokens), **boot)
-        pa, pb = solution_summary(solutions_a), solution_summary(solutions_b)
-        rows += _rows(SOLUTION_CORPUS, pa["nll"], pb["nll"], nll, pa["top1"], pb["top1"], top1, len(tokens),
-                      "problems")
+    for corpus, nll, top1, n, units in retention_differences(a, b, solutions_a, solutions_b, block, n_boot, seed,
+                                                            level):
+        if corpus == SOLUTION_CORPUS:
+            pa, pb = solution_summary(solutions_a), solution_summary(solutions_b)
+            rows += _rows(corpus, pa["nll"], pb["nll"], nll, pa["top1"], pb["top1"], top1, n, units)
+        else:
+            sa, sb = a[corpus], b[corpus]
+            rows += _rows(corpus, sa.mean_nll, sb.mean_nll, nll, sa.top1_rate, sb.top1_rate, top1, n, units)
     columns = ["corpus", "metric", "a", "b", "difference", "ci_low", "ci_high", "p_value", "unit", "n", "units"]
     return pd.DataFrame(rows)[columns]
