@@ -12,11 +12,14 @@ The public API, importable from the package itself::
     trainer.train()
 
 * target format and builders: :class:`SparseTarget`, :func:`from_reference_model`, :func:`from_samples`,
-  :func:`from_corpus`, :func:`build_datastore`, the on-disk cache :func:`build_or_load` / :func:`target_metadata`;
+  :func:`from_corpus` (and :func:`from_corpus_grid`: several kNN weights and target temperatures in one pass),
+  :func:`build_datastore`, the on-disk cache :func:`build_or_load` / :func:`target_metadata`, and
+  :func:`target_statistics`: how far a target set sits from the model it will train (KL, entropies);
 * divergences (one function each, formula and paper in the docstring) and the chunked objective :func:`dft_loss`;
 * training: :class:`DFTConfig`, :class:`DFTTrainer` (a ``transformers.Trainer``), :func:`build_trainer`,
   :class:`SparseTargetCollator`, and the registry of methods :data:`METHOD_REGISTRY` (name -> :class:`Method`: the
-  divergence it trains with, its table label, whether it reads a target);
+  divergence it trains with, its table label, whether it reads a target); :func:`interpolate_weights` (WiSE-FT),
+  the cheapest way to fine-tune less;
 * inference: the ``LogitsProcessor`` samplers ``generate()`` lacks, :func:`sampler_kwargs`, and the block denoiser
   :func:`denoise_generate`.
 
@@ -29,7 +32,9 @@ __version__ = "0.1.0"
 
 _API = {
     "sparse_target": ["SparseTarget", "TAIL_MODES"],
-    "targets": ["from_reference_model", "from_samples", "from_corpus"],
+    "targets": ["from_reference_model", "from_samples", "from_corpus", "from_corpus_grid"],
+    "target_statistics": ["target_statistics"],
+    "weight_interpolation": ["interpolate_weights"],
     "datastore": ["build_datastore", "KNNDatastore"],
     "target_cache": ["build_or_load", "target_metadata"],
     "losses": ["forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd", "wasserstein_sorted", "sinkhorn", "ce",

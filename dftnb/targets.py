@@ -445,20 +445,77 @@ def from_corpus(
     if datastore is None:
         datastore = build_datastore(model, tokenizer, corpus_texts, max_datastore_tokens, block_size, progress=progress,
                                     index=index)
-    seqs = [s for s in (_encode(tokenizer, t, max_length) for t in as_text_list(query_texts)) if len(s) >= 2]
     rows = []
-    for batch in progress_bar(batches(seqs, batch_size), progress, "kNN-LM targets"):
-        ids, mask = pad_right(batch, pad_token_id(tokenizer), model.device)
-        logits, hidden = forward_with_hidden(model, ids, mask, want_hidden=True)
-        for b, s in enumerate(batch):
-            nbr_values, nbr_weights = knn_neighbours(hidden[b, : len(s)], datastore, k_neighbors, knn_temperature,
-                                                     distance)
-            q = knn_lm_mixture(logits[b, : len(s)], nbr_values, nbr_weights, lam)
-            target = (SparseTarget.sampled_from_probs(q.cpu(), n or k, k=k, generator=generator)
-                      if sampling == "sampled" else SparseTarget.from_probs(q, k))
-            rows.append(_row(s, s, target))
+    for s, logits, nbr_values, nbr_weights in _knn_queries(model, tokenizer, query_texts, datastore, k_neighbors,
+                                                           knn_temperature, max_length, distance, batch_size,
+                                                           progress):
+        q = knn_lm_mixture(logits, nbr_values, nbr_weights, lam)
+        target = (SparseTarget.sampled_from_probs(q.cpu(), n or k, k=k, generator=generator)
+                  if sampling == "sampled" else SparseTarget.from_probs(q, k))
+        rows.append(_row(s, s, target))
     info = {"source": "knn", "k_neighbors": k_neighbors, "lam": lam, "knn_temperature": knn_temperature,
             "distance": distance, "datastore_tokens": len(datastore), "max_length": max_length, "sampling": sampling,
             "datastore_index": type(datastore.index).__name__ if datastore.index is not None else "brute force",
             "n": (n or k) if sampling == "sampled" else None}
     return rows_to_dataset(rows, k, V, {**info, "tokenizer_hash": tokenizer_hash(tokenizer)})
+
+
+def _knn_queries(model, tokenizer, query_texts, datastore, k_neighbors, knn_temperature, max_length, distance,
+                 batch_size, progress):
+    """Per query sequence (at least 2 tokens): ``(ids, reference logits (T, V), neighbour values, weights)``."""
+    seqs = [s for s in (_encode(tokenizer, t, max_length) for t in as_text_list(query_texts)) if len(s) >= 2]
+    for batch in progress_bar(batches(seqs, batch_size), progress, "kNN-LM targets"):
+        ids, mask = pad_right(batch, pad_token_id(tokenizer), model.device)
+        logits, hidden = forward_with_hidden(model, ids, mask, want_hidden=True)
+        for b, s in enumerate(batch):
+            values, weights = knn_neighbours(hidden[b, : len(s)], datastore, k_neighbors, knn_temperature, distance)
+            yield s, logits[b, : len(s)], values, weights
+
+
+def from_corpus_grid(
+    model,
+    tokenizer,
+    query_texts,
+    datastore: KNNDatastore,
+    configs: Sequence[tuple[float, float]],
+    k_neighbors: int = 16,
+    knn_temperature: float = 100.0,
+    k: int = 64,
+    max_length: int = 128,
+    distance: str = "squared_l2",
+    batch_size: int = 4,
+    progress: bool = False,
+) -> dict[tuple[float, float], object]:
+    """:func:`from_corpus` top-k targets for several ``(lam, target_temperature)`` configurations at the cost of one:
+    the reference forward pass and the neighbour search are shared. For each configuration
+
+        q = lam p_kNN + (1 - lam) p_ref,     q_tau ∝ q^(1 / tau)   (tau = target_temperature)
+
+    and its top-``k`` with the exact tail mass. ``tau > 1`` flattens the target (the distillation temperature of
+    Hinton et al. 2015 applied to the target only); ``lam`` moves it from the reference (0) to the corpus's
+    neighbours alone (1; Khandelwal et al. 2020 use 0.25). Returns ``{(lam, tau): datasets.Dataset}`` in the order
+    of ``configs``, all on the same rows (:func:`dftnb.target_statistics.target_statistics` measures them in one
+    pass)."""
+    configs = [(float(lam), _check_temperature(tau)) for lam, tau in configs]
+    if not configs or len(set(configs)) != len(configs):
+        raise ValueError(f"configs must be distinct (lam, target_temperature) pairs, got {configs!r}.")
+    for lam, _ in configs:
+        if not 0 <= lam <= 1:
+            raise ValueError(f"lam must be in [0, 1] (0: the reference alone, 1: the neighbours alone), got {lam}.")
+    V = model_vocab_size(model, tokenizer)
+    rows = {c: [] for c in configs}
+    for s, logits, values, weights in _knn_queries(model, tokenizer, query_texts, datastore, k_neighbors,
+                                                   knn_temperature, max_length, distance, batch_size, progress):
+        for lam, tau in configs:
+            q = knn_lm_mixture(logits, values, weights, lam)
+            if tau != 1.0:
+                q = torch.softmax(q.double().clamp_min(1e-300).log() / tau, dim=-1)
+            rows[(lam, tau)].append(_row(s, s, SparseTarget.from_probs(q, k)))
+    out = {}
+    for (lam, tau), r in rows.items():
+        info = {"source": "knn", "k_neighbors": k_neighbors, "lam": lam, "target_temperature": tau,
+                "knn_temperature": knn_temperature, "distance": distance, "datastore_tokens": len(datastore),
+                "max_length": max_length, "sampling": "topk", "tokenizer_hash": tokenizer_hash(tokenizer),
+                "datastore_index": type(datastore.index).__name__ if datastore.index is not None else "brute force"}
+        out[(lam, tau)] = rows_to_dataset(r, k, V, info)
+    return out

@@ -407,6 +407,48 @@ def test_from_corpus_equals_brute_force_knn_lm(tiny):
             assert q[stored_ids].sum() > lam  # the kNN mass is on the support
 
 
+def test_from_corpus_grid_matches_from_corpus_and_its_temperature(tiny):
+    """The grid shares one forward pass and search: at target temperature 1 each configuration is from_corpus's
+    target; at tau the stored log-probabilities are those of q^(1/tau) renormalised (float64 reference from the
+    tau = 1 row's dense mixture), and a hotter target has more entropy."""
+    from dftnb.datastore import build_datastore
+
+    model, tok = tiny
+    k, kn, temp = 8, 5, 5.0
+    query = ["Thou art more lovely than the summer rain.", "Rough winds do shake the darling buds."]
+    store = build_datastore(model, tok, CORPUS, 40, 16)
+    grid = T.from_corpus_grid(model, tok, query, store, [(0.4, 1.0), (1.0, 1.0), (0.4, 2.0)], k_neighbors=kn,
+                              knn_temperature=temp, k=k)
+    assert list(grid) == [(0.4, 1.0), (1.0, 1.0), (0.4, 2.0)]
+    assert target_cache.target_info(grid[(0.4, 2.0)])["target_temperature"] == 2.0
+    for lam in (0.4, 1.0):
+        one = T.from_corpus(model, tok, None, query, k_neighbors=kn, lam=lam, knn_temperature=temp, k=k,
+                            datastore=store)
+        for a, b in zip(one, grid[(lam, 1.0)]):
+            assert a["input_ids"] == b["input_ids"]
+            np.testing.assert_allclose(np.exp(a["target_logprobs"]), np.exp(b["target_logprobs"]), atol=1e-6)
+    # tau = 2 against the dense mixture recomputed in float64 from the same model and neighbours
+    ids = torch.tensor([tok(query[0])["input_ids"]])
+    with torch.no_grad():
+        logits, hidden = T.forward_with_hidden(model, ids, torch.ones_like(ids), want_hidden=True)
+    values, weights = datastore.knn_neighbours(hidden[0], store, kn, temp)
+    q = T.knn_lm_mixture(logits[0].double(), values, weights.double(), 0.4).double()
+    hot = torch.softmax(q.log() / 2.0, -1)
+    row = grid[(0.4, 2.0)][0]
+    stored = torch.tensor(row["target_ids"]).long()
+    # stored in float16: half an ulp at |log q| in [8, 16) is 0.004
+    np.testing.assert_allclose(np.asarray(row["target_logprobs"]), hot.gather(-1, stored).log().numpy(), atol=4e-3)
+    assert not np.allclose(np.asarray(row["target_logprobs"]), np.asarray(grid[(0.4, 1.0)][0]["target_logprobs"]),
+                           atol=0.05)  # and tau = 2 is not the tau = 1 target
+    cold = SparseTarget.from_stored(grid[(0.4, 1.0)][0]["target_ids"], grid[(0.4, 1.0)][0]["target_logprobs"], V)
+    warm = SparseTarget.from_stored(row["target_ids"], row["target_logprobs"], V)
+    assert (warm.entropy() > cold.entropy()).all()
+    with pytest.raises(ValueError, match="distinct"):
+        T.from_corpus_grid(model, tok, query, store, [(0.4, 1.0), (0.4, 1.0)])
+    with pytest.raises(ValueError, match="lam must be in"):
+        T.from_corpus_grid(model, tok, query, store, [(1.5, 1.0)])
+
+
 def test_datastore_scaling_against_float64_brute_force(tiny):
     model, tok = tiny
     kn, lam, temp, sizes = 4, 0.4, 5.0, (8, 24, 40)
