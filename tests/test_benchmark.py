@@ -61,9 +61,21 @@ def bench():
         benchmark.ModelEvaluation("DFT (x)", dft, _ppl(), None, _mmlu([1] * 28 + [0] * 72), "",
                                   {"shakespeare": nll["shakespeare"] - 0.1}),
     ]
-    out = benchmark.benchmark(evs, HashedWords(), L=8, human=human, human_groups=dft[1.0], n_boot=250)
+    out = benchmark.benchmark(evs, HashedWords(), L=8, human=human, human_groups=dft[1.0], n_boot=250,
+                              mauve_pairs=True)
     out.dft_groups = dft[1.0]
+    out.inputs = (evs, human, dft[1.0])
     return out
+
+
+def test_no_paired_mauve_below_its_size_unless_asked(bench):
+    """24 texts per side: MAUVE cannot decide, so by default it gets no paired row (each bootstrap round would rerun
+    k-means for nothing); the table keeps it as a descriptive column."""
+    evs, human, groups = bench.inputs
+    out = benchmark.benchmark(evs, HashedWords(), L=8, human=human, human_groups=groups, n_boot=250)
+    assert "MAUVE" not in set(out.paired.metric) and {"SDS", "MMLU"} <= set(out.paired.metric)
+    assert out.table["mauve"].notna().all()
+    assert "MAUVE" in set(bench.paired.metric)  # asked for: the same inputs give the row
 
 
 def test_benchmark_rows_and_columns(bench):

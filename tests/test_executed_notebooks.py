@@ -58,8 +58,8 @@ def test_chapter_06_wrote_calibration_paired_and_fidelity_tables():
     assert models[["mauve", "blind_test", "mmlu", "mmlu_mdd", "perplexity"]].notna().all().all()
     paired = pd.read_csv(tables / "06_paired.csv")
     per_corpus = {f"{m} ({c})" for m in ("perplexity", "top-1") for c in ("techdocs", "dialogue", "humaneval solutions")}
-    assert set(paired.metric) == {"SDS", "MAUVE", "blind test", "MMLU", "HumanEval", "perplexity (shakespeare)",
-                                  *per_corpus}  # never a perplexity averaged over corpora
+    # never a perplexity averaged over corpora; no paired MAUVE under 1,000 texts per side (descriptive there)
+    assert set(paired.metric) == {"SDS", "blind test", "MMLU", "HumanEval", "perplexity (shakespeare)", *per_corpus}
     assert "SFT, seed 1" in set(paired.model)  # the seed floor's rows
     assert models[["top1_techdocs", "top1_dialogue", "top1_solutions", "blind_n"]].notna().all().all()
     assert "SFT" not in set(paired.model) and (paired.ci_low <= paired.ci_high).all()

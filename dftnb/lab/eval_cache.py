@@ -26,7 +26,7 @@ from ..target_cache import tokenizer_hash
 EVAL_CACHE_VERSION = 2  # bump when ModelEvaluation or evaluate_model changes what it returns
 PACKAGE = Path(__file__).resolve().parents[1]
 # The code an evaluation runs through: an edit of any of these files misses the cache (stale results never load).
-CODE_FILES = ("lab/benchmark.py", "lab/models.py", "lab/data.py", "sampling.py", "modeling.py", "measure")
+CODE_FILES = ("lab/evaluation.py", "lab/models.py", "lab/data.py", "sampling.py", "modeling.py", "measure")
 
 
 def code_hash(files=CODE_FILES, root: Path = PACKAGE) -> str:
@@ -42,7 +42,7 @@ def code_hash(files=CODE_FILES, root: Path = PACKAGE) -> str:
 
 def evaluation_key(model, tokenizer, name: str, settings: dict) -> str:
     """``sha256`` (first 20 hex digits) of the model's fingerprint, the tokenizer's hash, the row label, every
-    keyword of :func:`dftnb.lab.benchmark.evaluate_model` and the code version (:func:`code_hash`)."""
+    keyword of :func:`dftnb.lab.evaluation.evaluate_model` and the code version (:func:`code_hash`)."""
     from .. import __version__
 
     blob = json.dumps({"model": model_fingerprint(model), "tokenizer": tokenizer_hash(tokenizer), "name": name,
@@ -53,12 +53,12 @@ def evaluation_key(model, tokenizer, name: str, settings: dict) -> str:
 
 def cached_evaluation(name: str, model, tokenizer, prompts, root: str | Path | None = None, evaluate=None,
                       **settings):
-    """:func:`dftnb.lab.benchmark.evaluate_model` (or ``evaluate``) of ``model`` on ``prompts`` with ``settings``,
+    """:func:`dftnb.lab.evaluation.evaluate_model` (or ``evaluate``) of ``model`` on ``prompts`` with ``settings``,
     read from ``<root>/evaluations/<key>.pkl`` when that key was evaluated before (``root``: :func:`cache_dir`),
     else computed and written there (atomically: a crash never leaves half a file). Returns the evaluation and
     whether it came from the cache."""
     if evaluate is None:
-        from .benchmark import evaluate_model as evaluate
+        from .evaluation import evaluate_model as evaluate
     key = evaluation_key(model, tokenizer, name, {"prompts": list(prompts), **settings})
     path = Path(root or cache_dir()) / "evaluations" / f"{key}.pkl"
     if path.exists():
@@ -78,7 +78,7 @@ def chapter_settings(profile: str, calibration_temperatures, base: bool, mmlu_pa
     """The keywords chapter 06 passes to ``evaluate_model`` for one model at ``profile``'s sizes
     (:data:`dftnb.lab.benchmark.SIZES`); ``base`` rows also sample the calibration temperatures and score the
     word-shuffled retention text."""
-    from .benchmark import SIZES, fidelity_prompts
+    from .benchmark import IN_DOMAIN, SIZES, fidelity_prompts
 
     sizes = SIZES[profile]
     return dict(fidelity_prompts=fidelity_prompts(sizes["per_corpus"], sizes["fidelity_per_corpus"]),
@@ -88,7 +88,7 @@ def chapter_settings(profile: str, calibration_temperatures, base: bool, mmlu_pa
                 n_samples=sizes["n"], max_new_tokens=sizes["new_tokens"], humaneval_problems=sizes["he_problems"],
                 humaneval_tokens=sizes["he_tokens"], mmlu_path=str(mmlu_path), mmlu_limit=sizes["mmlu_limit"],
                 mmlu_subjects=sizes["mmlu_subjects"], ppl_window=sizes["window"], ppl_stride=sizes["stride"],
-                ppl_max_tokens=sizes["ppl_tokens"], seed=seed)
+                ppl_max_tokens=sizes["ppl_tokens"], ppl_corpora=(IN_DOMAIN,), seed=seed)
 
 
 def calibration_temperatures(profile: str, table_temperature: float = 1.0) -> list[float]:

@@ -295,7 +295,8 @@ def report(study: Study, readme: Path | None = REPO / "README.md") -> dict:
         same_seed = f"SFT s{seed}" in labels and not ev.name.startswith("SFT ")  # SFT seeds: against seed 0
         references[ev.name] = f"SFT s{seed}" if same_seed else "SFT s0"
     bench = benchmark(evaluations, load_embedder(), L, human=human, human_groups=human_groups, reference="SFT s0",
-                      references=references, extra_samples=extra, n_boot=S["n_boot"], seed=0, tokenizer=tokenizer)
+                      references=references, extra_samples=extra, n_boot=S["n_boot"], seed=0, tokenizer=tokenizer,
+                      mauve_pairs=True)  # the first edition's tables were made with its paired MAUVE rows
     checks = calibration_checks(bench.calibration)
     frontier = bench.frontier.assign(setting=[f"T={t:g}" if s == "temperature" else s
                                               for s, t in zip(bench.frontier.sampler, bench.frontier.temperature)])

@@ -14,7 +14,7 @@ study restarts where it stopped:
    before any run). SFT is tuned exactly like every DFT variant. The self-target control reuses reverse KL's rate.
 3. ``runs/<method>-s<seed>``: train (same rows, same token budget, AdamW at the tuned constant rate; checkpoints
    under ``.cache/study/train`` so an interrupted run resumes), then evaluate (samples, perplexity of the test
-   splits, MMLU stratified, HumanEval all 164; :func:`dftnb.lab.benchmark.evaluate_model`) and write the evaluation
+   splits, MMLU stratified, HumanEval all 164; :func:`dftnb.lab.evaluation.evaluate_model`) and write the evaluation
    and ``provenance.json`` (written last: a run with it is finished and skipped).
 4. ``mmlu-full/<run>``: all 14,042 MMLU questions for the base model, SFT and reverse-KL DFT (seed 0; chosen before
    any result: reverse KL is the seed article's objective), resumable per subject.

@@ -1,0 +1,246 @@
+"""The study, second edition: frontiers instead of points, and DFT targets that differ from the base model.
+
+    python -m dftnb.lab.frontier_study --list                    # the plan: which pieces are done
+    python -m dftnb.lab.frontier_study                           # run every unfinished piece (hours; resumable)
+    python -m dftnb.lab.frontier_study --profile smoke --results build/frontier-smoke   # the same code in a minute
+
+The first edition (:mod:`dftnb.lab.study`, ``results/study/``) trained every method once at one learning rate and
+compared single points; its DFT targets (a kNN-LM mixture with λ = 0.25) sat so close to the base model that the DFT
+runs barely left it. This edition asks whether *any* DFT configuration sits above SFT's diversity-fidelity frontier at
+matched learning and retention. Its pieces, each written under ``results/study-2/`` as it finishes (meant to be
+committed, so a later session resumes where this one stopped):
+
+1. ``targets``: the training rows (the first edition's: packed Shakespeare blocks from the first half of the train
+   split) with every target configuration of the sweep, built in one pass over the rows and cached under
+   ``.cache/targets``: kNN-LM targets ``q = λ p_kNN + (1 − λ) p_ref`` (:func:`dftnb.targets.from_corpus_grid`; keys
+   from the second half of the train split) for each λ and target temperature ``τ`` (``q_τ ∝ q^{1/τ}``), the
+   reference model reading a style prefix (context distillation; the exemplars come from the datastore's half, so
+   no training row is in its own prefix) and the base model's own targets (the self-target control). For each
+   configuration ``targets.csv`` holds ``KL(q ‖ p_base)``, ``H(q)``, ``H(p_base)``, the tail mass and ``−log q(y)``
+   over the training tokens (:func:`dftnb.target_statistics.target_statistics`): how far each target sits from the
+   model it trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .runner import REPO
+from .study_runs import provenance, write_json
+
+RESULTS = REPO / "results" / "study-2"
+
+
+@dataclass(frozen=True)
+class FrontierProfile:
+    """Sizes of one profile of the second edition (``study``: the real one; ``smoke``: the same code in a minute)."""
+
+    model: str
+    block_size: int
+    train_blocks: int
+    val_blocks: int
+    datastore_tokens: int
+    k_neighbors: int
+    lams: tuple[float, ...]
+    target_temperatures: tuple[float, ...]
+    k: int = 64
+    knn_temperature: float = 100.0
+    datastore_index: str = "ivfflat"
+    prefix_exemplars: int = 2
+    prefix_words: int = 40
+    batch_size: int = 8  # rows per forward pass while measuring the targets
+
+
+PROFILES = {
+    "smoke": FrontierProfile(model="tiny", block_size=32, train_blocks=8, val_blocks=2, datastore_tokens=2_000,
+                             k_neighbors=8, lams=(0.25, 1.0), target_temperatures=(1.0, 1.3),
+                             datastore_index="flat"),
+    # the first edition's rows and datastore (800 x 128 = 102,400 training tokens, 200,000 keys), and a sweep
+    # of what sets the target: the kNN weight (0.25 was the first edition's) and a target temperature
+    "study": FrontierProfile(model="embedded", block_size=128, train_blocks=800, val_blocks=16,
+                             datastore_tokens=200_000, k_neighbors=16, lams=(0.25, 0.5, 1.0),
+                             target_temperatures=(1.0, 1.3)),
+}
+
+
+def knn_config_name(lam: float, tau: float) -> str:
+    return f"knn-lam{lam:g}-tau{tau:g}"
+
+
+def target_configs(profile: FrontierProfile) -> list[str]:
+    """Every target configuration of the sweep, in the order of ``targets.csv``."""
+    return [*(knn_config_name(lam, tau) for lam in profile.lams for tau in profile.target_temperatures),
+            "prefix", "self"]
+
+
+def plan(profile: FrontierProfile) -> list[tuple[str, str]]:
+    """Every piece in the order it runs: ``(kind, name)``."""
+    return [("targets", "targets")]
+
+
+def piece_path(results: Path, kind: str, name: str) -> Path:
+    """The file whose existence marks a piece finished."""
+    return {"targets": results / "targets.json"}[kind]
+
+
+class FrontierStudy:
+    """The state shared by the pieces: profile, folders, the base model and the target sets."""
+
+    def __init__(self, profile: str = "study", results: str | Path = RESULTS):
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}.")
+        self.profile_name, self.profile = profile, PROFILES[profile]
+        self.results = Path(results)
+        self._model = None
+
+    def base_model(self):
+        from .models import load_model_for_profile
+
+        if self._model is None:
+            self._model = load_model_for_profile("smoke" if self.profile.model == "tiny" else "default",
+                                                 self.profile.model)
+        return self._model
+
+    def blocks(self) -> dict[str, list[list[int]]]:
+        """``{"train": rows, "validation": rows}``: packed blocks of the first half of the Shakespeare train split
+        and of its validation split (the first edition's rows)."""
+        from .data import corpus_texts, pack_texts
+
+        p = self.profile
+        _, tokenizer = self.base_model()
+        texts = corpus_texts("shakespeare", "train")
+        out = {"train": pack_texts(tokenizer, texts[: len(texts) // 2], p.block_size, p.train_blocks),
+               "validation": pack_texts(tokenizer, corpus_texts("shakespeare", "validation"), p.block_size,
+                                        p.val_blocks)}
+        for split, want in (("train", p.train_blocks), ("validation", p.val_blocks)):
+            if len(out[split]) < want:
+                raise ValueError(f"only {len(out[split])} blocks of {p.block_size} tokens in Shakespeare {split}, "
+                                 f"need {want}; lower train_blocks/val_blocks or block_size.")
+        return out
+
+    def style_prefix(self) -> str:
+        """``prefix_exemplars`` passages of the datastore's half of the train split, each cut to ``prefix_words``
+        words: the context-distillation prefix (never one of the training rows)."""
+        from .data import corpus_texts
+
+        p = self.profile
+        texts = corpus_texts("shakespeare", "train")
+        picked = [t for t in texts[len(texts) // 2:] if len(t.split()) >= 20][: p.prefix_exemplars]
+        return "\n\n".join(" ".join(t.split()[: p.prefix_words]) for t in picked) + "\n\n"
+
+    def targets(self, split: str = "train") -> dict[str, object]:
+        """``{config: dataset}`` for every configuration of :func:`target_configs` on ``split``, loaded from the
+        target cache or built (the kNN grid in one pass over the rows)."""
+        from .. import target_cache as TC
+        from .. import targets as T
+        from ..datastore import build_datastore
+        from .data import corpus_texts
+
+        p = self.profile
+        model, tokenizer = self.base_model()
+        rows = self.blocks()[split]
+        common = dict(model_name=p.model, blocks=len(rows), seq_len=p.block_size, split=split,
+                      edition="frontier", profile=self.profile_name)
+        prefix = self.style_prefix()
+        metas = {}
+        for lam in p.lams:
+            for tau in p.target_temperatures:
+                metas[knn_config_name(lam, tau)] = TC.target_metadata(
+                    model, tokenizer, source="knn", corpus="shakespeare/train-half1", k=p.k,
+                    datastore_tokens=p.datastore_tokens, k_neighbors=p.k_neighbors, lam=lam, target_temperature=tau,
+                    knn_temperature=p.knn_temperature, index=p.datastore_index, **common)
+        metas["prefix"] = TC.target_metadata(model, tokenizer, source="reference", corpus="shakespeare/train-half1",
+                                             k=p.k, prefix=prefix, **common)
+        metas["self"] = TC.target_metadata(model, tokenizer, source="reference", corpus="shakespeare/train-half1",
+                                           k=p.k, **common)
+        paths = {name: TC.target_cache_path(f"frontier-{self.profile_name}-{name}-{split}") for name in metas}
+        out = {name: TC.load_fresh(paths[name], TC.checked_metadata(metas[name])) for name in metas}
+        knn = [name for name in out if name.startswith("knn-") and out[name] is None]
+        if knn:
+            texts = corpus_texts("shakespeare", "train")
+            store = build_datastore(model, tokenizer, texts[len(texts) // 2:], p.datastore_tokens, p.block_size,
+                                    index=p.datastore_index)
+            grid = T.from_corpus_grid(model, tokenizer, rows, store, [(lam, tau) for lam in p.lams
+                                                                      for tau in p.target_temperatures],
+                                      k_neighbors=p.k_neighbors, knn_temperature=p.knn_temperature, k=p.k,
+                                      max_length=p.block_size)
+            for (lam, tau), ds in grid.items():
+                name = knn_config_name(lam, tau)
+                out[name] = TC.save_cache(paths[name], TC.checked_metadata(metas[name]), ds)
+        if out["prefix"] is None:
+            out["prefix"] = TC.save_cache(paths["prefix"], TC.checked_metadata(metas["prefix"]),
+                                          T.from_reference_model(model, tokenizer, rows, k=p.k,
+                                                                 max_length=p.block_size, prefix=prefix))
+        if out["self"] is None:
+            out["self"] = TC.save_cache(paths["self"], TC.checked_metadata(metas["self"]),
+                                        T.from_reference_model(model, tokenizer, rows, k=p.k, max_length=p.block_size))
+        return {name: out[name] for name in target_configs(p)}
+
+    # -- the pieces
+    def done(self, kind: str, name: str) -> bool:
+        return piece_path(self.results, kind, name).exists()
+
+    def run_piece(self, kind: str, name: str) -> None:
+        if kind == "targets":
+            self.targets_piece()
+
+    def targets_piece(self) -> None:
+        """Build (or load) every target set of the sweep and write ``targets.csv`` (the statistics of
+        :func:`dftnb.target_statistics.target_statistics` over the training tokens) and ``targets.json``
+        (provenance, written last)."""
+        from ..modeling import pad_token_id
+        from ..target_statistics import target_statistics
+
+        start = time.perf_counter()
+        sets = self.targets("train")
+        built = time.perf_counter() - start
+        model, tokenizer = self.base_model()
+        stats = target_statistics(model, sets, pad_token_id(tokenizer), batch_size=self.profile.batch_size)
+        stats.index.name = "config"
+        self.results.mkdir(parents=True, exist_ok=True)
+        stats.to_csv(self.results / "targets.csv", float_format="%.6g")
+        write_json(piece_path(self.results, "targets", "targets"),
+                   provenance(profile=self.profile_name, sizes=asdict(self.profile), prefix=self.style_prefix(),
+                              configs=target_configs(self.profile), build_s=round(built, 1),
+                              wall_s=round(time.perf_counter() - start, 1)))
+
+
+def run(profile: str = "study", results: str | Path = RESULTS, log=print) -> FrontierStudy:
+    """Run every unfinished piece in order; a finished piece is skipped."""
+    study = FrontierStudy(profile, results)
+    for kind, name in plan(study.profile):
+        if study.done(kind, name):
+            continue
+        log(f"[frontier] {kind} {name} ...")
+        start = time.perf_counter()
+        study.run_piece(kind, name)
+        log(f"[frontier] {kind} {name} done in {time.perf_counter() - start:.0f} s")
+    return study
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="study")
+    parser.add_argument("--results", default=str(RESULTS), help="folder of the stored rows (default results/study-2)")
+    parser.add_argument("--list", action="store_true", help="print the plan and which pieces are done")
+    args = parser.parse_args(argv)
+    import os
+
+    from .runner import HEADLESS_ENV, quiet
+
+    os.environ[HEADLESS_ENV] = "1"
+    quiet()
+    study = FrontierStudy(args.profile, args.results)
+    if args.list:
+        for kind, name in plan(study.profile):
+            print(f"{'done' if study.done(kind, name) else 'todo'}  {kind:9s} {name}")
+        return
+    run(args.profile, args.results, log=lambda line: print(line, flush=True))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
