@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .runner import REPO
-from .study_runs import provenance, write_json
+from .study_runs import provenance, run_pieces, write_json
 
 RESULTS = REPO / "results" / "study-2"
 
@@ -212,13 +212,7 @@ class FrontierStudy:
 def run(profile: str = "study", results: str | Path = RESULTS, log=print) -> FrontierStudy:
     """Run every unfinished piece in order; a finished piece is skipped."""
     study = FrontierStudy(profile, results)
-    for kind, name in plan(study.profile):
-        if study.done(kind, name):
-            continue
-        log(f"[frontier] {kind} {name} ...")
-        start = time.perf_counter()
-        study.run_piece(kind, name)
-        log(f"[frontier] {kind} {name} done in {time.perf_counter() - start:.0f} s")
+    run_pieces(study, plan(study.profile), log, "frontier")
     return study
 
 

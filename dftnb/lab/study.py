@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +65,7 @@ from .study_runs import (
     Study,
     plan,
     run_label,
+    run_pieces,
 )
 
 # Stored tables keep 5 significant digits and write values that are zero up to float64 rounding as 0: their 6th-7th
@@ -594,13 +594,7 @@ def run_study(profile: str = "study", results: str | Path = RESULTS, work: str |
     """Run every unfinished piece in order, then the report. A finished piece is skipped."""
     study = Study(profile, results, work)
     if not report_only:
-        for kind, name in plan(study.profile):
-            if study.done(kind, name):
-                continue
-            log(f"[study] {kind} {name} ...")
-            start = time.perf_counter()
-            study.run_piece(kind, name)
-            log(f"[study] {kind} {name} done in {time.perf_counter() - start:.0f} s")
+        run_pieces(study, plan(study.profile), log, "study")
     report(study, readme=REPO / "README.md" if study.results.resolve() == RESULTS.resolve() else None)
     return study
 

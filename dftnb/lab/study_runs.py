@@ -189,6 +189,18 @@ def write_json(path: Path, payload) -> None:
     tmp.replace(path)
 
 
+def run_pieces(study, pieces, log=print, tag: str = "study") -> None:
+    """Run each ``(kind, name)`` of ``pieces`` that ``study.done`` does not report finished, in order, through
+    ``study.run_piece``, logging its start and wall time: the resumable loop of both study editions."""
+    for kind, name in pieces:
+        if study.done(kind, name):
+            continue
+        log(f"[{tag}] {kind} {name} ...")
+        start = time.perf_counter()
+        study.run_piece(kind, name)
+        log(f"[{tag}] {kind} {name} done in {time.perf_counter() - start:.0f} s")
+
+
 # ---------------------------------------------------------------------------------------------------- pieces
 class Study:
     """The state shared by the pieces of one study: profile, folders, the tokenizer and the target rows."""
