@@ -19,6 +19,15 @@ committed, so a later session resumes where this one stopped):
    configuration ``targets.csv`` holds ``KL(q ‖ p_base)``, ``H(q)``, ``H(p_base)``, the tail mass and ``−log q(y)``
    over the training tokens (:func:`dftnb.target_statistics.target_statistics`): how far each target sits from the
    model it trains.
+2. ``proxy/<objective>-<config>``: a cheap proxy run per target configuration and objective (reverse KL ``rkl``,
+   forward KL ``fkl``, reverse KL mixed half-and-half with cross-entropy ``rkl+ce``; plus SFT and reverse KL to the
+   self-target), ``proxy_steps`` steps at the common learning rate from the base model, then
+   :func:`dftnb.measure.drift.model_drift` on the validation blocks: in-domain NLL (learning), ``KL(p_θ ‖ p_base)``
+   (how far it moved) and ``H(p_θ)``. Every method trains at the same rate, the first edition's tuned SFT rate
+   (AdamW makes the step size set by the rate, not by the loss's scale); the frontier's "how far" axis is the number
+   of steps (checkpoints) and, for SFT, weight interpolation. :func:`picked_configs` applies the rule fixed before
+   any proxy ran: among the DFT proxies that learn (validation NLL below the base model's) without sharpening
+   (``H(p_θ) ≥ H(p_base)``), the ``picks`` with the largest NLL gain; if fewer qualify, the rest by NLL gain.
 """
 
 from __future__ import annotations
@@ -53,12 +62,18 @@ class FrontierProfile:
     prefix_exemplars: int = 2
     prefix_words: int = 40
     batch_size: int = 8  # rows per forward pass while measuring the targets
+    batch: int = 8  # training rows per step
+    learning_rate: float = 1e-4  # every method's (the first edition's tuned SFT rate)
+    proxy_steps: int = 16
+    ce_mix: float = 0.5  # the CE weight of the "rkl+ce" objective
+    tail: str = "bucket"
+    picks: int = 3
 
 
 PROFILES = {
     "smoke": FrontierProfile(model="tiny", block_size=32, train_blocks=8, val_blocks=2, datastore_tokens=2_000,
                              k_neighbors=8, lams=(0.25, 1.0), target_temperatures=(1.0, 1.3),
-                             datastore_index="flat"),
+                             datastore_index="flat", batch=4, learning_rate=1e-3, proxy_steps=2, picks=2),
     # the first edition's rows and datastore (800 x 128 = 102,400 training tokens, 200,000 keys), and a sweep
     # of what sets the target: the kNN weight (0.25 was the first edition's) and a target temperature
     "study": FrontierProfile(model="embedded", block_size=128, train_blocks=800, val_blocks=16,
@@ -77,14 +92,67 @@ def target_configs(profile: FrontierProfile) -> list[str]:
             "prefix", "self"]
 
 
+# objective -> (registry method, CE weight); "rkl+ce" takes the profile's ce_mix
+OBJECTIVES = {"rkl": ("dft_reverse_kl", 0.0), "fkl": ("dft_forward_kl", 0.0), "rkl+ce": ("dft_reverse_kl", None)}
+
+
+def proxy_names(profile: FrontierProfile) -> list[str]:
+    """The proxy runs: SFT, the self-target control, and every (objective, target configuration) of the sweep."""
+    configs = [c for c in target_configs(profile) if c != "self"]
+    return ["sft", "rkl-self", *(f"{o}-{c}" for c in configs for o in OBJECTIVES)]
+
+
+def split_objective(name: str) -> tuple[str, str]:
+    """``"rkl+ce-knn-lam0.5-tau1"`` -> ``("rkl+ce", "knn-lam0.5-tau1")``; ``"sft"`` -> ``("sft", "self")``."""
+    if name == "sft":
+        return "sft", "self"
+    objective, config = name.split("-", 1)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r} in {name!r}; one of {sorted(OBJECTIVES)} or 'sft'.")
+    return objective, config
+
+
 def plan(profile: FrontierProfile) -> list[tuple[str, str]]:
     """Every piece in the order it runs: ``(kind, name)``."""
-    return [("targets", "targets")]
+    return [("targets", "targets"), *(("proxy", name) for name in proxy_names(profile))]
 
 
 def piece_path(results: Path, kind: str, name: str) -> Path:
     """The file whose existence marks a piece finished."""
-    return {"targets": results / "targets.json"}[kind]
+    return {"targets": results / "targets.json", "proxy": results / "proxy" / f"{name}.json"}[kind]
+
+
+def proxy_table(results: Path, profile: FrontierProfile):
+    """The finished proxy runs as a DataFrame indexed by name (``objective``, ``config``, the drift columns,
+    ``nll_gain = base_nll − nll``, ``entropy_gain = entropy − base_entropy``)."""
+    import json
+
+    import pandas as pd
+
+    rows = {}
+    for name in proxy_names(profile):
+        path = piece_path(results, "proxy", name)
+        if path.exists():
+            d = json.loads(path.read_text())
+            rows[name] = {"objective": d["objective"], "config": d["config"], **d["drift"]}
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    if not df.empty:
+        df["nll_gain"] = df["base_nll"] - df["nll"]
+        df["entropy_gain"] = df["entropy"] - df["base_entropy"]
+    return df
+
+
+def picked_configs(results: Path, profile: FrontierProfile) -> list[str]:
+    """The DFT proxies (``objective-config``) that get full runs, by the rule of the module docstring; refuses
+    until every proxy has run."""
+    df = proxy_table(results, profile)
+    missing = [n for n in proxy_names(profile) if n not in df.index]
+    if missing:
+        raise ValueError(f"proxy runs {missing[:3]}... have not run; run the study's proxy pieces first.")
+    dft = df[(df.objective != "sft") & (df.config != "self")].sort_values("nll_gain", ascending=False, kind="stable")
+    ok = dft[(dft.nll_gain > 0) & (dft.entropy_gain >= 0)]
+    order = [*ok.index, *(n for n in dft.index if n not in ok.index)]
+    return order[: profile.picks]
 
 
 class FrontierStudy:
@@ -187,6 +255,55 @@ class FrontierStudy:
     def run_piece(self, kind: str, name: str) -> None:
         if kind == "targets":
             self.targets_piece()
+        elif kind == "proxy":
+            self.proxy_piece(name)
+
+    def trainer(self, name: str, steps: int, seed: int, output_dir: Path, **training_args):
+        """The untrained trainer of ``objective-config`` (or ``sft``) from a fresh copy of the base model, its step
+        timer and tokenizer."""
+        from ..trainer import DFTConfig, method_trainer
+        from .models import load_model_for_profile
+
+        objective, config = split_objective(name)
+        method, ce = ("sft", 0.0) if objective == "sft" else OBJECTIVES[objective]
+        ce = self.profile.ce_mix if ce is None else ce
+        p = self.profile
+        model, tokenizer = load_model_for_profile("smoke" if p.model == "tiny" else "default", p.model,
+                                                  training=True)
+        rows = self.targets("train")[config]
+        trainer, timer = method_trainer(model, tokenizer, rows, method, output_dir,
+                                        dft_config=DFTConfig(tail=p.tail, ce_weight=ce), max_steps=steps,
+                                        per_device_train_batch_size=p.batch, learning_rate=p.learning_rate,
+                                        seed=seed, data_seed=seed, **training_args)
+        return trainer, timer, tokenizer
+
+    def proxy_piece(self, name: str) -> None:
+        """Train ``proxy_steps`` steps of ``name`` (seed 0), measure its drift from the base model on the validation
+        blocks, write ``proxy/<name>.json``."""
+        import shutil
+
+        from ..measure.drift import model_drift
+        from ..modeling import pad_token_id
+        from ..trainer import history_frame
+        from .models import cache_dir
+
+        start = time.perf_counter()
+        out = cache_dir() / "frontier-study" / self.profile_name / "proxy" / name
+        shutil.rmtree(out, ignore_errors=True)
+        trainer, timer, tokenizer = self.trainer(name, self.profile.proxy_steps, 0, out)
+        trainer.train()
+        train_s = time.perf_counter() - start
+        history = history_frame(trainer.state.log_history, name, timer)
+        base, _ = self.base_model()
+        drift = model_drift(trainer.model, base, self.blocks()["validation"], pad_token_id(tokenizer),
+                            batch_size=self.profile.batch_size)
+        shutil.rmtree(out, ignore_errors=True)
+        objective, config = split_objective(name)
+        write_json(piece_path(self.results, "proxy", name), provenance(
+            profile=self.profile_name, name=name, objective=objective, config=config, steps=self.profile.proxy_steps,
+            learning_rate=self.profile.learning_rate, batch=self.profile.batch, drift=drift,
+            losses=[round(float(x), 6) for x in history["loss"]], train_s=round(train_s, 1),
+            wall_s=round(time.perf_counter() - start, 1)))
 
     def targets_piece(self) -> None:
         """Build (or load) every target set of the sweep and write ``targets.csv`` (the statistics of
