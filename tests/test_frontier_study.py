@@ -1,5 +1,7 @@
-"""The second edition's targets piece (:mod:`dftnb.lab.frontier_study`) on the smoke profile: every configuration is
-built, measured and cached, the statistics order the known cases, and a finished piece is not run again."""
+"""The second edition (:mod:`dftnb.lab.frontier_study`) on the smoke profile: every target configuration is
+built, measured and cached, the statistics order the known cases, the proxies pick the DFT runs by the stated rule,
+every run and frontier point writes its files, a lost checkpoint is trained again and must reproduce the committed
+losses, and a finished piece is not run again."""
 
 import json
 
@@ -12,14 +14,14 @@ from dftnb.target_statistics import COLUMNS
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    results = tmp_path_factory.mktemp("frontier")
+    results, work = tmp_path_factory.mktemp("frontier"), tmp_path_factory.mktemp("frontier-work")
     logs = []
-    FS.run("smoke", results, log=logs.append)
-    return results, logs
+    FS.run("smoke", results, log=logs.append, work=work)
+    return results, logs, work
 
 
 def test_targets_piece_writes_every_configuration(smoke):
-    results, logs = smoke
+    results, logs, _ = smoke
     table = pd.read_csv(results / "targets.csv", index_col="config")
     profile = FS.PROFILES["smoke"]
     assert list(table.index) == FS.target_configs(profile)
@@ -31,7 +33,7 @@ def test_targets_piece_writes_every_configuration(smoke):
 
 
 def test_statistics_order_the_known_cases(smoke):
-    results, _ = smoke
+    results, _, _ = smoke
     t = pd.read_csv(results / "targets.csv", index_col="config")
     # the model's own top-64 targets: KL to the model ~0 (the bucket reading of its own distribution)
     assert t.loc["self", "kl_to_model"] == pytest.approx(0.0, abs=1e-4)
@@ -52,13 +54,72 @@ def test_the_prefix_never_holds_a_training_row():
 
 
 def test_a_finished_piece_is_skipped(smoke):
-    results, _ = smoke
+    results, _, work = smoke
     before = (results / "targets.csv").read_bytes()
     logs = []
-    FS.run("smoke", results, log=logs.append)
+    FS.run("smoke", results, log=logs.append, work=work)
     assert logs == [] and (results / "targets.csv").read_bytes() == before
 
 
 def test_unknown_profile_is_refused():
     with pytest.raises(ValueError, match="profile must be one of"):
         FS.FrontierStudy("huge")
+
+
+def test_proxies_and_the_pick_rule(smoke):
+    results, _, _ = smoke
+    profile = FS.PROFILES["smoke"]
+    table = FS.proxy_table(results, profile)
+    assert list(table.index) == FS.proxy_names(profile)
+    assert (table["tokens"] > 0).all() and (table["kl_to_base"] >= 0).all()
+    # the self-target control barely moves the model (its reverse KL gradient is ~0); SFT moves it
+    assert table.loc["rkl-self", "kl_to_base"] < table.loc["sft", "kl_to_base"]
+    picks = FS.picked_configs(results, profile)
+    assert len(picks) == profile.picks and "sft" not in picks and not any(p.endswith("-self") for p in picks)
+    ok = table[(table.nll_gain > 0) & (table.entropy_gain >= 0) & (table.objective != "sft")
+               & (table.config != "self")]
+    want = list(ok.sort_values("nll_gain", ascending=False, kind="stable").index[: profile.picks])
+    assert picks[: len(want)] == want
+
+
+def test_runs_and_points_follow_the_picks(smoke):
+    results, _, _ = smoke
+    profile = FS.PROFILES["smoke"]
+    picks = FS.picked_configs(results, profile)
+    runs = FS.run_names(profile, picks)
+    assert runs[0] == "sft-s0" and {f"{p}-s0" for p in picks} <= set(runs)
+    assert sum(r.startswith("sft-") for r in runs) == len(profile.sft_seeds)
+    for run in runs:
+        history = pd.read_csv(results / "runs" / run / "training.csv")
+        assert list(history["step"]) == list(range(1, profile.steps + 1))
+        for point in FS.point_names(profile, run):
+            folder = results / "points" / point
+            samples = json.loads((folder / "samples.json").read_text())
+            assert sorted(map(float, samples)) == sorted(profile.eval_temperatures)
+            assert all(len(groups) == 3 * profile.prompts_per_corpus and all(len(g) == profile.samples
+                                                                               for g in groups)
+                       for groups in samples.values())
+            import numpy as np
+
+            tokens = np.load(folder / "tokens.npz")
+            assert tokens["in_domain_nll"].size > 0 and tokens["techdocs_nll"].size == tokens["techdocs_top1"].size
+    assert any(p.endswith("@wise0.5") for p in FS.point_names(profile, "sft-s0"))
+    assert not any("wise" in p for p in FS.point_names(profile, f"{picks[0]}-s0"))
+
+
+def test_a_missing_checkpoint_is_retrained_and_must_reproduce_its_losses(smoke):
+    import shutil
+
+    results, _, work = smoke
+    study = FS.FrontierStudy("smoke", results, work)
+    shutil.rmtree(study.work() / "models" / "sft-s1", ignore_errors=True)
+    model, _, seed = study.point_model("sft-s1@2")  # trained again, losses checked against the committed curve
+    assert seed == 1 and (study.checkpoint_dir("sft-s1", 2) / "config.json").exists()
+    history = results / "runs" / "sft-s1" / "training.csv"
+    frame = pd.read_csv(history)
+    frame["loss"] *= 1.01
+    frame.to_csv(history, index=False)
+    shutil.rmtree(study.work() / "models" / "sft-s1")
+    with pytest.raises(ValueError, match="does not reproduce its committed losses"):
+        study.point_model("sft-s1@4")
+    assert not (study.work() / "models" / "sft-s1").exists()

@@ -28,11 +28,22 @@ committed, so a later session resumes where this one stopped):
    of steps (checkpoints) and, for SFT, weight interpolation. :func:`picked_configs` applies the rule fixed before
    any proxy ran: among the DFT proxies that learn (validation NLL below the base model's) without sharpening
    (``H(p_θ) ≥ H(p_base)``), the ``picks`` with the largest NLL gain; if fewer qualify, the rest by NLL gain.
+3. ``run/<name>-s<seed>``: SFT (``sft_seeds``) and every picked DFT configuration (``dft_seeds``) trained ``steps``
+   steps (one epoch of the training rows) at the common rate, the seed setting the initialisation of the data
+   order; the weights at each of ``checkpoints`` are kept under ``.cache/frontier-study`` (the frontier's points
+   along one training run), the loss history is committed (``runs/<run>/training.csv``). A missing checkpoint
+   (another machine) is trained again and must reproduce the committed losses.
+4. ``point/<model>``: one point of a frontier: the base model, a run at a checkpoint (``<run>@<step>``) or a
+   WiSE-FT interpolation of an SFT run's last checkpoint with the base model (``<run>@wise<α>``), evaluated with
+   :func:`dftnb.lab.evaluation.evaluate_model`: samples at every ``eval_temperatures`` (27 prompts x 8, the sampling
+   seed is the run's), the held-out Shakespeare test split's per-token NLL (learning), every retention corpus's
+   per-token NLL and top-1 and the HumanEval canonical solutions' (retention), MMLU one question per subject (floor).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -68,12 +79,33 @@ class FrontierProfile:
     ce_mix: float = 0.5  # the CE weight of the "rkl+ce" objective
     tail: str = "bucket"
     picks: int = 3
+    steps: int = 100
+    checkpoints: tuple[int, ...] = (25, 50, 100)
+    sft_seeds: tuple[int, ...] = (0, 1, 2)
+    dft_seeds: tuple[int, ...] = (0, 1)
+    wise_alphas: tuple[float, ...] = (0.25, 0.5, 0.75)
+    eval_temperatures: tuple[float, ...] = (0.7, 1.0, 1.3)
+    prompts_per_corpus: int = 9  # 27 prompts x 8 samples = 216 texts per temperature, the blind test's size
+    samples: int = 8
+    new_tokens: int = 32
+    in_domain_tokens: int | None = 16_384  # of the Shakespeare test split
+    retention_tokens: int | None = 8_192  # per retention corpus
+    solutions: int | None = None  # HumanEval canonical solutions scored (None = all 164)
+    mmlu_limit: int | None = 1  # questions per subject
+    mmlu_subjects: tuple[str, ...] | None = None
+    window: int = 256
+    stride: int = 128
+    sample_batch: int = 4
 
 
 PROFILES = {
     "smoke": FrontierProfile(model="tiny", block_size=32, train_blocks=8, val_blocks=2, datastore_tokens=2_000,
                              k_neighbors=8, lams=(0.25, 1.0), target_temperatures=(1.0, 1.3),
-                             datastore_index="flat", batch=4, learning_rate=1e-3, proxy_steps=2, picks=2),
+                             datastore_index="flat", batch=4, learning_rate=1e-3, proxy_steps=2, picks=2, steps=4,
+                             checkpoints=(2, 4), sft_seeds=(0, 1), dft_seeds=(0,), wise_alphas=(0.5,),
+                             eval_temperatures=(1.0, 1.3), prompts_per_corpus=2, samples=2, new_tokens=8,
+                             in_domain_tokens=256, retention_tokens=128, solutions=2,
+                             mmlu_subjects=("anatomy", "astronomy"), window=64, stride=32),
     # the first edition's rows and datastore (800 x 128 = 102,400 training tokens, 200,000 keys), and a sweep
     # of what sets the target: the kNN weight (0.25 was the first edition's) and a target temperature
     "study": FrontierProfile(model="embedded", block_size=128, train_blocks=800, val_blocks=16,
@@ -112,14 +144,39 @@ def split_objective(name: str) -> tuple[str, str]:
     return objective, config
 
 
-def plan(profile: FrontierProfile) -> list[tuple[str, str]]:
-    """Every piece in the order it runs: ``(kind, name)``."""
-    return [("targets", "targets"), *(("proxy", name) for name in proxy_names(profile))]
+def run_names(profile: FrontierProfile, picks: list[str]) -> list[str]:
+    """The training runs, seed by seed (every method's first seed before any second): ``sft-s0``, ``<pick>-s0``..."""
+    seeds = sorted({*profile.sft_seeds, *profile.dft_seeds})
+    return [f"{name}-s{seed}" for seed in seeds
+            for name, own in (("sft", profile.sft_seeds), *((p, profile.dft_seeds) for p in picks)) if seed in own]
+
+
+def point_names(profile: FrontierProfile, run: str) -> list[str]:
+    """The frontier points of one run: each checkpoint, and for SFT the WiSE-FT interpolations of its last one."""
+    names = [f"{run}@{step}" for step in profile.checkpoints]
+    if run.startswith("sft-"):
+        names += [f"{run}@wise{alpha:g}" for alpha in profile.wise_alphas]
+    return names
+
+
+def plan(profile: FrontierProfile, results: Path | None = None) -> list[tuple[str, str]]:
+    """Every piece in the order it runs: ``(kind, name)``. The DFT runs are known once every proxy has run
+    (``results`` holds them); until then the plan stops at SFT's runs."""
+    pieces = [("targets", "targets"), *(("proxy", name) for name in proxy_names(profile)), ("point", "base")]
+    try:
+        picks = picked_configs(results, profile) if results is not None else []
+    except ValueError:
+        picks = []
+    for run in run_names(profile, picks):
+        pieces += [("run", run), *(("point", point) for point in point_names(profile, run))]
+    return pieces
 
 
 def piece_path(results: Path, kind: str, name: str) -> Path:
     """The file whose existence marks a piece finished."""
-    return {"targets": results / "targets.json", "proxy": results / "proxy" / f"{name}.json"}[kind]
+    return {"targets": results / "targets.json", "proxy": results / "proxy" / f"{name}.json",
+            "run": results / "runs" / name / "provenance.json",
+            "point": results / "points" / name / "provenance.json"}[kind]
 
 
 def proxy_table(results: Path, profile: FrontierProfile):
@@ -158,11 +215,14 @@ def picked_configs(results: Path, profile: FrontierProfile) -> list[str]:
 class FrontierStudy:
     """The state shared by the pieces: profile, folders, the base model and the target sets."""
 
-    def __init__(self, profile: str = "study", results: str | Path = RESULTS):
+    def __init__(self, profile: str = "study", results: str | Path = RESULTS, work: str | Path | None = None):
+        from .models import cache_dir
+
         if profile not in PROFILES:
             raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}.")
         self.profile_name, self.profile = profile, PROFILES[profile]
         self.results = Path(results)
+        self._work = Path(work) if work is not None else cache_dir() / "frontier-study" / profile
         self._model = None
 
     def base_model(self):
@@ -257,6 +317,14 @@ class FrontierStudy:
             self.targets_piece()
         elif kind == "proxy":
             self.proxy_piece(name)
+        elif kind == "run":
+            self.train_run(name)
+        elif kind == "point":
+            self.point_piece(name)
+
+    def work(self) -> Path:
+        """The folder of the weights (checkpoints, proxy runs): not committed, rebuilt by training again."""
+        return self._work
 
     def trainer(self, name: str, steps: int, seed: int, output_dir: Path, **training_args):
         """The untrained trainer of ``objective-config`` (or ``sft``) from a fresh copy of the base model, its step
@@ -285,10 +353,9 @@ class FrontierStudy:
         from ..measure.drift import model_drift
         from ..modeling import pad_token_id
         from ..trainer import history_frame
-        from .models import cache_dir
 
         start = time.perf_counter()
-        out = cache_dir() / "frontier-study" / self.profile_name / "proxy" / name
+        out = self.work() / "proxy" / name
         shutil.rmtree(out, ignore_errors=True)
         trainer, timer, tokenizer = self.trainer(name, self.profile.proxy_steps, 0, out)
         trainer.train()
@@ -325,12 +392,131 @@ class FrontierStudy:
                               configs=target_configs(self.profile), build_s=round(built, 1),
                               wall_s=round(time.perf_counter() - start, 1)))
 
+    def checkpoint_dir(self, run: str, step: int) -> Path:
+        return self.work() / "models" / run / f"step-{step}"
 
-def run(profile: str = "study", results: str | Path = RESULTS, log=print) -> FrontierStudy:
-    """Run every unfinished piece in order; a finished piece is skipped."""
-    study = FrontierStudy(profile, results)
-    run_pieces(study, plan(study.profile), log, "frontier")
-    return study
+    def train_run(self, run: str, check: bool = False) -> None:
+        """Train ``run`` (``<name>-s<seed>``) for ``steps`` steps, resuming from its last complete Trainer checkpoint,
+        keeping the weights at every ``checkpoints`` step; write ``runs/<run>/training.csv`` and its provenance.
+        ``check``: the run is committed already and is trained again for its weights; its losses must match."""
+        import shutil
+
+        import pandas as pd
+        from transformers import TrainerCallback
+
+        from ..trainer import history_frame
+        from .train import _checkpoints, resolve_resume
+
+        p, study = self.profile, self
+
+        class KeepCheckpoints(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                if state.global_step in p.checkpoints:
+                    model.save_pretrained(study.checkpoint_dir(run, state.global_step))
+
+        name, seed = run.rsplit("-s", 1)
+        start = time.perf_counter()
+        out = self.work() / "train" / run
+        trainer, timer, tokenizer = self.trainer(name, p.steps, int(seed), out, save_strategy="steps",
+                                                 save_steps=min(p.checkpoints), save_total_limit=1,
+                                                 callbacks=[KeepCheckpoints()])
+        resume = resolve_resume(True, out, verbose=False) if _checkpoints(out) else None
+        trainer.train(resume_from_checkpoint=resume)
+        for step in p.checkpoints:
+            tokenizer.save_pretrained(self.checkpoint_dir(run, step))
+        history = history_frame(trainer.state.log_history, name, timer)
+        shutil.rmtree(out, ignore_errors=True)
+        dest = self.results / "runs" / run
+        if check:
+            committed = pd.read_csv(dest / "training.csv").set_index("step").loss
+            again = history.set_index("step").loss
+            worst = float(((committed - again).abs() / committed.abs()).max())
+            if not committed.index.equals(again.index) or worst > 1e-3:
+                shutil.rmtree(self.work() / "models" / run)
+                raise ValueError(f"run {run} trained again does not reproduce its committed losses (largest "
+                                 f"relative difference {worst:.2e}); delete {dest} and its points under "
+                                 f"{self.results / 'points'} and rerun the study.")
+            return
+        dest.mkdir(parents=True, exist_ok=True)
+        history.to_csv(dest / "training.csv", index=False, float_format="%.6g")
+        objective, config = split_objective(name)
+        write_json(piece_path(self.results, "run", run), provenance(
+            profile=self.profile_name, run=run, objective=objective, config=config, seed=int(seed),
+            steps=p.steps, batch=p.batch, block_size=p.block_size, learning_rate=p.learning_rate,
+            ce_weight=(p.ce_mix if objective == "rkl+ce" else 0.0), checkpoints=list(p.checkpoints),
+            resumed_from=None if resume is None else Path(resume).name,
+            train_s=round(time.perf_counter() - start, 1), step_seconds_median=_median_step(timer)))
+
+    def point_model(self, point: str):
+        """``(model, tokenizer, seed)`` of a frontier point (see :func:`point_names`)."""
+        from ..weight_interpolation import interpolate_weights
+        from .models import load_model
+
+        if point == "base":
+            model, tokenizer = self.base_model()
+            return model, tokenizer, 0
+        run, where = point.split("@")
+        seed = int(run.rsplit("-s", 1)[1])
+        step = max(self.profile.checkpoints) if where.startswith("wise") else int(where)
+        if not (self.checkpoint_dir(run, step) / "config.json").exists():
+            self.train_run(run, check=True)
+        model, tokenizer = load_model(str(self.checkpoint_dir(run, step)))
+        if where.startswith("wise"):
+            model = interpolate_weights(self.base_model()[0], model, float(where[len("wise"):]))
+        return model.eval(), tokenizer, seed
+
+    def point_piece(self, point: str) -> None:
+        """Evaluate one frontier point and write its files under ``points/<point>/`` (provenance last)."""
+        import numpy as np
+
+        from .benchmark import diversity_prompts
+        from .evaluation import evaluate_model
+
+        p = self.profile
+        start = time.perf_counter()
+        model, tokenizer, seed = self.point_model(point)
+        loaded = time.perf_counter() - start
+        ev = evaluate_model(
+            point, model, tokenizer, diversity_prompts(per_corpus=p.prompts_per_corpus),
+            temperatures=p.eval_temperatures, n_samples=p.samples, max_new_tokens=p.new_tokens, humaneval_problems=0,
+            mmlu_limit=p.mmlu_limit, mmlu_subjects=None if p.mmlu_subjects is None else list(p.mmlu_subjects),
+            ppl_window=p.window, ppl_stride=p.stride, ppl_max_tokens=p.in_domain_tokens, seed=seed,
+            batch_size=p.sample_batch, retention_tokens=p.retention_tokens, solution_problems=p.solutions,
+            ppl_corpora=("shakespeare",))
+        dest = self.results / "points" / point
+        dest.mkdir(parents=True, exist_ok=True)
+        write_json(dest / "samples.json", {f"{t:g}": groups for t, groups in ev.samples.items()})
+        arrays = {"in_domain_nll": ev.token_nll["shakespeare"]}
+        for corpus, scores in ev.retention.items():
+            arrays[f"{corpus}_nll"], arrays[f"{corpus}_top1"] = scores.nll, scores.top1
+        np.savez_compressed(dest / "tokens.npz", **{k: np.asarray(v, dtype=np.float32 if k.endswith("nll") else bool)
+                                                    for k, v in arrays.items()})
+        ev.solutions.to_csv(dest / "solutions.csv", index=False, float_format="%.6g")
+        ev.perplexity.to_csv(dest / "perplexity.csv", index=False, float_format="%.6g")
+        rows = [{k: r[k] for k in ("id", "subject", "answer", "logprobs")} for r in ev.mmlu.predictions]
+        (dest / "mmlu.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
+        write_json(piece_path(self.results, "point", point), provenance(
+            profile=self.profile_name, point=point, sampling_seed=seed, load_s=round(loaded, 1),
+            eval_parts_s=ev.seconds, wall_s=round(time.perf_counter() - start, 1)))
+
+
+def _median_step(timer) -> float | None:
+    """The median wall seconds of one optimiser step this process trained (``None`` if it trained none)."""
+    import numpy as np
+
+    ends = [timer.seconds[k] for k in sorted(timer.seconds)]
+    return round(float(np.median(np.diff([0.0, *ends]))), 2) if ends else None
+
+
+def run(profile: str = "study", results: str | Path = RESULTS, log=print, work: str | Path | None = None) -> FrontierStudy:
+    """Run every unfinished piece in order; a finished piece is skipped. The plan is read again after each piece
+    (the DFT runs join it once the proxies have run)."""
+    study = FrontierStudy(profile, results, work)
+    while True:
+        todo = [piece for piece in plan(study.profile, study.results) if not study.done(*piece)]
+        if not todo:
+            return study
+        run_pieces(study, todo[:1], log, "frontier")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -347,7 +533,7 @@ def main(argv: list[str] | None = None) -> None:
     quiet()
     study = FrontierStudy(args.profile, args.results)
     if args.list:
-        for kind, name in plan(study.profile):
+        for kind, name in plan(study.profile, study.results):
             print(f"{'done' if study.done(kind, name) else 'todo'}  {kind:9s} {name}")
         return
     run(args.profile, args.results, log=lambda line: print(line, flush=True))
