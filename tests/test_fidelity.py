@@ -54,3 +54,17 @@ def test_fidelity_inputs_are_checked():
         mauve_score(np.ones((1, 4)), np.ones((3, 4)))
     with pytest.raises(ValueError, match="folds"):
         classifier_two_sample_test(np.random.rand(3, 4), np.random.rand(3, 4))
+
+
+def test_two_sample_test_says_which_texts_it_classified():
+    rng = np.random.default_rng(0)
+    p, q = rng.normal(0, 1, (40, 3)), rng.normal(6, 1, (25, 3))  # unequal sizes: p is subsampled to 25
+    planted = np.arange(0, 40, 4)
+    p[planted] = rng.normal(6, 1, (len(planted), 3))  # these p texts look like q's: the classifier gets them wrong
+    test = classifier_two_sample_test(p, q, seed=1)
+    n = test.per_side
+    assert n == 25 and len(set(test.p_index)) == n and sorted(test.q_index) == list(range(25))
+    wrong = set(test.p_index[~test.correct[:n]])
+    kept = set(test.p_index) & set(planted)
+    assert kept and wrong == kept  # exactly the planted texts that were classified, located by p_index
+    assert test.correct[n:].mean() > 0.9

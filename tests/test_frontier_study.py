@@ -103,6 +103,13 @@ def test_runs_and_points_follow_the_picks(smoke):
 
             tokens = np.load(folder / "tokens.npz")
             assert tokens["in_domain_nll"].size > 0 and tokens["techdocs_nll"].size == tokens["techdocs_top1"].size
+            scores = json.loads((folder / "scores.json").read_text())
+            assert scores.keys() == samples.keys()
+            for s in scores.values():
+                assert len(s["sds_per_prompt"]) == 3 * profile.prompts_per_corpus
+                assert s["sds"] == pytest.approx(np.mean(s["sds_per_prompt"]), abs=1e-5)
+                outcomes = s["model_correct"] + s["human_correct"]
+                assert set(outcomes) <= {0, 1} and np.mean(outcomes) == pytest.approx(s["blind_test"])
     assert any(p.endswith("@wise0.5") for p in FS.point_names(profile, "sft-s0"))
     assert not any("wise" in p for p in FS.point_names(profile, f"{picks[0]}-s0"))
 

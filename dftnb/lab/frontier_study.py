@@ -38,6 +38,8 @@ committed, so a later session resumes where this one stopped):
    :func:`dftnb.lab.evaluation.evaluate_model`: samples at every ``eval_temperatures`` (27 prompts x 8, the sampling
    seed is the run's), the held-out Shakespeare test split's per-token NLL (learning), every retention corpus's
    per-token NLL and top-1 and the HumanEval canonical solutions' (retention), MMLU one question per subject (floor).
+5. ``score/<model>``: the point's samples scored (:mod:`dftnb.lab.frontier_scores`): SDS per prompt and the blind
+   test's per-text outcomes at every temperature, ``points/<model>/scores.json``.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class FrontierProfile:
     window: int = 256
     stride: int = 128
     sample_batch: int = 4
+    score_length: int = 28  # tokens every sample is cut to before scoring (32 generated; decoding can merge some)
 
 
 PROFILES = {
@@ -103,9 +106,9 @@ PROFILES = {
                              k_neighbors=8, lams=(0.25, 1.0), target_temperatures=(1.0, 1.3),
                              datastore_index="flat", batch=4, learning_rate=1e-3, proxy_steps=2, picks=2, steps=4,
                              checkpoints=(2, 4), sft_seeds=(0, 1), dft_seeds=(0,), wise_alphas=(0.5,),
-                             eval_temperatures=(1.0, 1.3), prompts_per_corpus=2, samples=2, new_tokens=8,
+                             eval_temperatures=(1.0, 1.3), prompts_per_corpus=2, samples=4, new_tokens=8,
                              in_domain_tokens=256, retention_tokens=128, solutions=2,
-                             mmlu_subjects=("anatomy", "astronomy"), window=64, stride=32),
+                             mmlu_subjects=("anatomy", "astronomy"), window=64, stride=32, score_length=6),
     # the first edition's rows and datastore (800 x 128 = 102,400 training tokens, 200,000 keys), and a sweep
     # of what sets the target: the kNN weight (0.25 was the first edition's) and a target temperature
     "study": FrontierProfile(model="embedded", block_size=128, train_blocks=800, val_blocks=16,
@@ -162,13 +165,14 @@ def point_names(profile: FrontierProfile, run: str) -> list[str]:
 def plan(profile: FrontierProfile, results: Path | None = None) -> list[tuple[str, str]]:
     """Every piece in the order it runs: ``(kind, name)``. The DFT runs are known once every proxy has run
     (``results`` holds them); until then the plan stops at SFT's runs."""
-    pieces = [("targets", "targets"), *(("proxy", name) for name in proxy_names(profile)), ("point", "base")]
+    pieces = [("targets", "targets"), *(("proxy", name) for name in proxy_names(profile)), ("point", "base"),
+              ("score", "base")]
     try:
         picks = picked_configs(results, profile) if results is not None else []
     except ValueError:
         picks = []
     for run in run_names(profile, picks):
-        pieces += [("run", run), *(("point", point) for point in point_names(profile, run))]
+        pieces += [("run", run), *((kind, point) for point in point_names(profile, run) for kind in ("point", "score"))]
     return pieces
 
 
@@ -176,7 +180,8 @@ def piece_path(results: Path, kind: str, name: str) -> Path:
     """The file whose existence marks a piece finished."""
     return {"targets": results / "targets.json", "proxy": results / "proxy" / f"{name}.json",
             "run": results / "runs" / name / "provenance.json",
-            "point": results / "points" / name / "provenance.json"}[kind]
+            "point": results / "points" / name / "provenance.json",
+            "score": results / "points" / name / "scores.json"}[kind]
 
 
 def proxy_table(results: Path, profile: FrontierProfile):
@@ -224,6 +229,7 @@ class FrontierStudy:
         self.results = Path(results)
         self._work = Path(work) if work is not None else cache_dir() / "frontier-study" / profile
         self._model = None
+        self._scorer = None
 
     def base_model(self):
         from .models import load_model_for_profile
@@ -321,6 +327,8 @@ class FrontierStudy:
             self.train_run(name)
         elif kind == "point":
             self.point_piece(name)
+        elif kind == "score":
+            self.score_piece(name)
 
     def work(self) -> Path:
         """The folder of the weights (checkpoints, proxy runs): not committed, rebuilt by training again."""
@@ -498,6 +506,16 @@ class FrontierStudy:
         write_json(piece_path(self.results, "point", point), provenance(
             profile=self.profile_name, point=point, sampling_seed=seed, load_s=round(loaded, 1),
             eval_parts_s=ev.seconds, wall_s=round(time.perf_counter() - start, 1)))
+
+    def score_piece(self, point: str) -> None:
+        """Score the stored samples of ``point`` and write ``points/<point>/scores.json``."""
+        from .frontier_scores import PointScorer, score_point
+
+        if self._scorer is None:
+            p = self.profile
+            self._scorer = PointScorer(self.base_model()[1], p.score_length, p.prompts_per_corpus * p.samples)
+        scores = score_point(self.results / "points" / point, self._scorer)
+        write_json(piece_path(self.results, "score", point), scores)
 
 
 def _median_step(timer) -> float | None:

@@ -309,6 +309,10 @@ class TwoSampleTest:
     ci_high: float
     n: int  # texts classified (both sets, after balancing)
     correct: np.ndarray | None = field(default=None, repr=False, compare=False)  # per text: classified right
+    # positions in the given p and q sets of the texts classified: correct[:n] belongs to p[p_index], the rest to
+    # q[q_index] (per-text outcomes for paired or per-prompt resampling)
+    p_index: np.ndarray | None = field(default=None, repr=False, compare=False)
+    q_index: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def per_side(self) -> int:
@@ -336,13 +340,14 @@ def classifier_two_sample_test(p_features, q_features, folds: int = 5, seed: int
     if n < folds:
         raise ValueError(f"need at least folds={folds} texts per set, got {len(p)} and {len(q)}.")
     rng = np.random.default_rng(seed)
-    p, q = p[rng.permutation(len(p))[:n]], q[rng.permutation(len(q))[:n]]
+    p_index, q_index = rng.permutation(len(p))[:n], rng.permutation(len(q))[:n]
+    p, q = p[p_index], q[q_index]
     x, y = np.vstack([p, q]), np.r_[np.zeros(n), np.ones(n)]
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     pred = cross_val_predict(LogisticRegression(max_iter=2000), x, y, cv=cv)
     correct = int((pred == y).sum())
     lo, hi = wilson_interval(correct, 2 * n)
-    return TwoSampleTest(correct / (2 * n), lo, hi, 2 * n, pred == y)
+    return TwoSampleTest(correct / (2 * n), lo, hi, 2 * n, pred == y, p_index, q_index)
 
 
 def shuffle_words(texts: Sequence[str], seed: int = 0) -> list[str]:
