@@ -137,6 +137,15 @@ def bootstrap_p_value(boot: Sequence[float], null: float = 0.0) -> float:
     return float(min(1.0, 2 * (1 + side) / (1 + boot.size)))
 
 
+def interval_from_draws(draws: Sequence[float], point: float, n: int, level: float = 0.95) -> PairedDifference:
+    """A :class:`PairedDifference` of ``point`` with the percentile interval and bootstrap p-value of ``draws``
+    (bootstrap differences computed by the caller, e.g. over several kinds of units resampled together)."""
+    draws = np.asarray(draws, dtype=np.float64)
+    if draws.ndim != 1 or draws.size < 2 or not np.isfinite(draws).all():
+        raise ValueError("interval_from_draws needs a 1-D array of at least 2 finite bootstrap draws.")
+    return _interval(draws, float(point), int(n), level)
+
+
 def _interval(boot: np.ndarray, point: float, n: int, level: float) -> PairedDifference:
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(boot, [tail, 100 - tail])
