@@ -501,7 +501,8 @@ class FrontierStudy:
                                                     for k, v in arrays.items()})
         ev.solutions.to_csv(dest / "solutions.csv", index=False, float_format="%.6g")
         ev.perplexity.to_csv(dest / "perplexity.csv", index=False, float_format="%.6g")
-        rows = [{k: r[k] for k in ("id", "subject", "answer", "logprobs")} for r in ev.mmlu.predictions]
+        rows = [{k: r[k] for k in ("id", "subject", "answer", "logprobs", "chars", "tokens", "shots", "prediction",
+                                   "correct")} for r in ev.mmlu.predictions]
         (dest / "mmlu.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
         write_json(piece_path(self.results, "point", point), provenance(
             profile=self.profile_name, point=point, sampling_seed=seed, load_s=round(loaded, 1),
