@@ -2,7 +2,7 @@
 #   make run    execute every numbered notebook (profile default) into outputs/
 #   make test   ruff + unit tests + papermill smoke run into build/ + nbval re-execution
 #   make publish  copy the outputs of `make run` into the committed chapters (make stale: which are out of date)
-#   make study  the study behind the README's results (hours; resumable into results/study/)
+#   make study  both editions of the study behind the README's results (hours; resumable into results/study*/)
 #   make test-lab   chapter 00 run through JupyterLab's UI in headless Chromium (installs Debian's chromium if missing)
 #
 # TORCH picks the torch build. The default is the CPU wheel 2.13.0 (on this project's machines it is served locally).
@@ -84,10 +84,12 @@ prepare: env
 	DFTNB_HEADLESS=1 $(BIN)/python -m dftnb.lab.eval_cache --profile $(PROFILE) --out $(OUT)
 	@du -sh .cache $(OUT) 2>/dev/null | sed 's/^/disk used: /'
 
-# The study (results/study/): resumable piece by piece; a finished piece is skipped, so this also regenerates the
-# tables from the committed rows. `python -m dftnb.lab.study --list` shows what is done.
+# The study (results/study/, then the second edition in results/study-2/): resumable piece by piece; a finished
+# piece is skipped, so this also regenerates the tables from the committed rows. `python -m dftnb.lab.study --list`
+# and `python -m dftnb.lab.frontier_study --list` show what is done.
 study: env
 	$(BIN)/python -m dftnb.lab.study --profile study
+	$(BIN)/python -m dftnb.lab.frontier_study
 
 lab: env
 	$(BIN)/jupyter lab notebooks/

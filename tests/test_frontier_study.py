@@ -130,3 +130,47 @@ def test_a_missing_checkpoint_is_retrained_and_must_reproduce_its_losses(smoke):
     with pytest.raises(ValueError, match="does not reproduce its committed losses"):
         study.point_model("sft-s1@4")
     assert not (study.work() / "models" / "sft-s1").exists()
+
+
+def test_the_report_is_written_from_the_stored_files_byte_for_byte(smoke, tmp_path):
+    from dftnb.lab import frontier_report as FR
+
+    results, _, work = smoke
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n\n{FR.README_BEGIN}\nold\n{FR.README_END}\n\nrest\n", encoding="utf-8")
+    FS.run("smoke", results, log=lambda line: None, work=work, readme=readme, report_only=True)
+    files = sorted(p for p in results.rglob("*") if p.is_file() and p.suffix in (".md", ".csv", ".png"))
+    first = {p: p.read_bytes() for p in files} | {readme: readme.read_bytes()}
+    verdicts = pd.read_csv(results / "tables" / "verdicts_full.csv")
+    assert set(verdicts["verdict"]) <= {"supported", "refuted", "undetermined"}
+    assert verdicts["comparison"].str.startswith("diversity at matched fidelity").any()
+    assert (results / "figures" / "frontiers.png").exists()
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("intro") and text.endswith("rest\n") and "old" not in text and "pieces of the" in text
+    FS.run("smoke", results, log=lambda line: None, work=work, readme=readme, report_only=True)
+    assert {p: p.read_bytes() for p in files} | {readme: readme.read_bytes()} == first
+    readme.write_text("no markers\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="markers"):
+        FS.run("smoke", results, log=lambda line: None, work=work, readme=readme, report_only=True)
+
+
+def test_the_committed_report_is_what_the_stored_files_give(tmp_path):
+    """``make study`` on a clone with the committed pieces rewrites results/study-2's tables, report and the
+    README section byte for byte."""
+    import shutil
+
+    from dftnb.lab import frontier_report as FR
+    from dftnb.lab.runner import REPO
+
+    committed = REPO / "results" / "study-2"
+    if not (committed / "README.md").exists():
+        pytest.skip("no second-edition report committed yet")
+    results = tmp_path / "study-2"
+    shutil.copytree(committed, results)
+    readme = tmp_path / "README.md"
+    shutil.copy(REPO / "README.md", readme)
+    FR.write_report(FS.FrontierStudy("study", results), readme)
+    for path in sorted(committed.rglob("*")):
+        if path.is_file() and (path.name == "README.md" or "tables" in path.parts or "figures" in path.parts):
+            assert (results / path.relative_to(committed)).read_bytes() == path.read_bytes(), path
+    assert readme.read_bytes() == (REPO / "README.md").read_bytes()

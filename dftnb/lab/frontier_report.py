@@ -57,6 +57,15 @@ def parse_point(name: str) -> tuple[str, int | None, str]:
     return method, int(seed), where
 
 
+def point_label(family: str, seed: int | None, position: str) -> str:
+    """The inverse of :func:`parse_point`."""
+    if family == "base":
+        return "base"
+    if family == "wise":
+        return f"sft-s{seed}@wise{position}"
+    return f"{family}-s{seed}@{position}"
+
+
 @dataclass
 class Units:
     """Per-configuration unit scores, averaged over seeds: the arrays every bootstrap draw indexes."""
@@ -303,3 +312,208 @@ def verdict_table(results: Path, n_boot: int = N_BOOT, seed: int = SEED):
     table["verdict"] = [decide(r.interval, r.margin, r.higher_is_claimed, 0.0 if np.isnan(r.seed_floor) else r.seed_floor,
                                r.p_holm) for r in table.itertuples()]
     return table.drop(columns="interval")
+
+
+# --------------------------------------------------------------------------------------------------- the report
+FLOAT, ZERO = "%.5g", 1e-12  # as the first edition's tables (stable digits across CPUs)
+README_BEGIN, README_END = "<!-- study-2:begin -->", "<!-- study-2:end -->"
+FAMILY_LABELS = {"base": "base model", "sft": "SFT (checkpoints)", "wise": "WiSE-FT of SFT"}
+
+
+def family_label(family: str) -> str:
+    """``"rkl+ce-knn-lam0.5-tau1.3"`` -> ``"DFT reverse KL + CE, kNN λ 0.5 τ 1.3"``."""
+    if family in FAMILY_LABELS:
+        return FAMILY_LABELS[family]
+    objective, target = family.split("-", 1)
+    what = {"rkl": "reverse KL", "fkl": "forward KL", "rkl+ce": "reverse KL + CE"}.get(objective, objective)
+    if target.startswith("knn-"):
+        lam, tau = target[len("knn-lam"):].split("-tau")
+        target = f"kNN λ {lam} τ {tau}"
+    elif target == "prefix":
+        target = "style prefix"
+    return f"DFT {what}, {target}"
+
+
+def _mmlu_accuracy(results: Path, family: str, position: str, seeds) -> tuple[float, int]:
+    """Accuracy (%) over every seed's questions, and the questions per seed."""
+    hits = []
+    for seed in seeds:
+        path = Path(results) / "points" / point_label(family, seed, position) / "mmlu.jsonl"
+        hits += [json.loads(line)["correct"] for line in path.read_text(encoding="utf-8").splitlines()]
+    return (100 * float(np.mean(hits)) if hits else float("nan")), len(hits) // max(len(seeds), 1)
+
+
+def configuration_table(results: Path, units: Units):
+    """One row per configuration (seeds averaged): learning, retention, the MMLU floor, and per temperature the
+    SDS and the blind-test accuracy."""
+    import pandas as pd
+
+    d = Draws(units, None)
+    sds, blind = d.sds(), d.blind()
+    rows = []
+    for i, (family, position) in enumerate(units.configs):
+        seeds = units.seeds[(family, position)]
+        row = {"family": family, "position": position, "seeds": len(seeds),
+               "in-domain NLL": d.block("in_domain nll")[i]}
+        for key in sorted(k for k in units.blocks if k != "in_domain nll"):
+            row[key.replace("top1", "top-1 %").replace("nll", "NLL")] = d.block(key)[i]
+        row["MMLU %"], row["MMLU questions"] = _mmlu_accuracy(results, family, position, seeds)
+        for j, t in enumerate(units.temperatures):
+            row[f"SDS T={t}"], row[f"blind % T={t}"] = sds[i, j], blind[i, j]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def frontier_figure(units: Units, path: Path, n_boot: int = 300, seed: int = SEED) -> None:
+    """Left: SDS against blind-test accuracy, every configuration at every temperature (lines join a family's
+    configurations at one temperature; bars: 95% bootstrap intervals); SFT's frontier as a step line. Right: the
+    out-of-domain top-1 of each retention corpus against in-domain NLL (a family's curve as it trains)."""
+    import matplotlib.pyplot as plt
+
+    from .plots import setup
+
+    setup()
+    rng = np.random.default_rng(seed)
+    draws = [Draws(units, rng) for _ in range(n_boot)]
+    point = Draws(units, None)
+    sds, blind = point.sds(), point.blind()
+    sds_b, blind_b = np.stack([d.sds() for d in draws]), np.stack([d.blind() for d in draws])
+    families = list(dict.fromkeys(f for f, _ in units.configs))
+    colors = dict(zip(families, plt.get_cmap("tab10").colors))
+    markers = dict(zip(units.temperatures, "os^Dv"))
+    retention = sorted(k for k in units.blocks if k.endswith("top1"))
+    cols = max(len(retention), 1)
+    fig = plt.figure(figsize=(4.6 * cols, 10))
+    grid_spec = fig.add_gridspec(2, cols, height_ratios=(1.5, 1))
+    axes = [fig.add_subplot(grid_spec[0, :]), *(fig.add_subplot(grid_spec[1, i]) for i in range(len(retention)))]
+    ax = axes[0]
+    for family in families:
+        idx = units.index(family)
+        for j, t in enumerate(units.temperatures):
+            x, y = blind[idx, j], sds[idx, j]
+            xerr = np.abs(np.percentile(blind_b[:, idx, j], [2.5, 97.5], axis=0) - x)
+            yerr = np.abs(np.percentile(sds_b[:, idx, j], [2.5, 97.5], axis=0) - y)
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, color=colors[family], marker=markers[t], lw=1, ms=5,
+                        capsize=0, alpha=0.85, label=family_label(family) if j == 0 else None)
+    ref = reference_configs(units)
+    xr, yr = blind[ref].ravel(), sds[ref].ravel()
+    grid = np.linspace(xr.min(), max(blind.max(), xr.max()), 200)
+    ax.plot(grid, _frontier_max(xr, yr, grid), color="black", lw=1.5, ls="--", drawstyle="steps-post",
+            label="SFT's frontier (base, SFT, WiSE-FT)")
+    for t, m in markers.items():
+        ax.scatter([], [], marker=m, color="gray", label=f"T = {t}")
+    ax.set_xlabel("blind-test accuracy, % (50 = indistinguishable from human text)")
+    ax.set_ylabel("SDS (0-100)")
+    ax.set_title("diversity vs fidelity")
+    learning = point.block("in_domain nll")
+    for ax, key in zip(axes[1:], retention):
+        values = point.block(key)
+        for family in families:
+            idx = units.index(family)
+            idx = sorted(idx, key=lambda i: -learning[i])
+            ax.plot(learning[idx], values[idx], marker="o", color=colors[family], lw=1)
+        ax.invert_xaxis()
+        ax.set_xlabel("held-out Shakespeare NLL (nats/token)")
+        ax.set_ylabel("top-1, %")
+        ax.set_title(f"retention on {key.split()[0]} as it learns (→)")
+    axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+
+
+def _save(df, name: str, caption: str, base: Path) -> str:
+    from .plots import markdown_table
+
+    base.mkdir(parents=True, exist_ok=True)
+    floats = df.select_dtypes("float").columns
+    df = df.assign(**{c: df[c].mask(df[c].abs() < ZERO, 0.0) for c in floats})
+    df.to_csv(base / f"{name}.csv", index=False, float_format=FLOAT)
+    md = markdown_table(df)
+    (base / f"{name}.md").write_text(f"{caption}\n\n{md}\n", encoding="utf-8")
+    return md
+
+
+def shown_verdicts(table):
+    """The verdict table as a reader sees it: family label, comparison, difference [interval], floor, Holm p."""
+    import pandas as pd
+
+    return pd.DataFrame({
+        "DFT configuration": [family_label(f) for f in table["family"]],
+        "comparison": table["comparison"],
+        "difference [95% CI]": [f"{r.difference:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" for r in table.itertuples()],
+        "configs": table["configurations"],
+        "seed floor": [f"{v:.2f}" for v in table["seed_floor"]],
+        "p (Holm)": [f"{v:.3g}" for v in table["p_holm"]],
+        "verdict": table["verdict"]})
+
+
+def write_report(study, readme: Path | None = None, n_boot: int = N_BOOT) -> dict:
+    """Write ``tables/`` (targets, proxies, configurations, verdicts), ``figures/frontiers.png``, the full report
+    ``<results>/README.md`` and, with ``readme``, its section between the study-2 markers, from the stored files
+    only (the same bytes on a rerun). Returns the Markdown of each table."""
+    import pandas as pd
+
+    from .frontier_study import picked_configs, plan, proxy_table
+
+    results, profile = study.results, study.profile
+    tables, base = {}, results / "tables"
+    pieces = plan(profile, results)
+    done = sum(study.done(kind, name) for kind, name in pieces)
+    if (results / "targets.csv").exists():
+        targets = pd.read_csv(results / "targets.csv")
+        tables["targets"] = _save(targets, "targets", "Each target configuration against the base model over the "
+                                  "training tokens (token means; H and −log q(y) read the tail as uniform, compare "
+                                  "rows with `self`).", base)
+    proxies = proxy_table(results, profile)
+    if len(proxies):
+        try:
+            picks = picked_configs(results, profile)
+        except ValueError:
+            picks = []
+        shown = proxies.reset_index(names="proxy").drop(columns=["tokens"])
+        shown["picked"] = shown["proxy"].isin(picks)
+        tables["proxies"] = _save(shown, "proxies", f"Proxy runs ({profile.proxy_steps} steps, learning rate "
+                                  f"{profile.learning_rate:g}), measured on the validation blocks against the base "
+                                  "model; `picked`: the rule's choice for full runs.", base)
+    figure = None
+    if list((results / "points").glob("*/scores.json")):
+        units = load_units(results)
+        tables["configurations"] = _save(configuration_table(results, units), "configurations",
+                                         "Every configuration, seeds averaged.", base)
+        verdicts = verdict_table(results, n_boot=n_boot)
+        if len(verdicts):
+            _save(verdicts, "verdicts_full", "Every comparison with its claim and p-values.", base)
+            tables["verdicts"] = _save(shown_verdicts(verdicts), "verdicts",
+                                       "The comparisons of the second edition, per DFT configuration.", base)
+        figure = results / "figures" / "frontiers.png"
+        frontier_figure(units, figure)
+    progress = (f"**{done} of {len(pieces)} pieces of the second edition's plan are finished** "
+                f"(`python -m dftnb.lab.frontier_study --list`).")
+    if not any(kind == "run" and not name.startswith("sft-") for kind, name in pieces):
+        progress += " The picked DFT runs join the plan once every proxy run has finished."
+    parts = ["# The study, second edition: frontiers", "", progress, ""]
+    for name, title in (("verdicts", "Verdicts"), ("configurations", "Configurations"),
+                        ("proxies", "Proxy runs"), ("targets", "Targets")):
+        if name in tables:
+            caption = (base / f"{name}.md").read_text(encoding="utf-8").split("\n\n", 1)[0]
+            parts += [f"## {title}", "", caption, "", tables[name], ""]
+    if figure is not None:
+        parts += ["![frontiers](figures/frontiers.png)", ""]
+    (results / "README.md").write_text("\n".join(parts), encoding="utf-8")
+    if readme is not None and readme.exists():
+        text = readme.read_text(encoding="utf-8")
+        if README_BEGIN not in text or README_END not in text:
+            raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} section; add the two markers where "
+                             "the second edition's results belong (or pass readme=None).")
+        section = [README_BEGIN, "", progress + " Full report: [`results/study-2/README.md`](results/study-2/README.md).",
+                   ""]
+        if "verdicts" in tables:
+            section += [tables["verdicts"], ""]
+        if figure is not None:
+            section += ["![frontiers](results/study-2/figures/frontiers.png)", ""]
+        section += [README_END]
+        start, end = text.index(README_BEGIN), text.index(README_END) + len(README_END)
+        readme.write_text(text[:start] + "\n".join(section) + text[end:], encoding="utf-8")
+    return tables

@@ -2,7 +2,8 @@
 
     python -m dftnb.lab.frontier_study --list                    # the plan: which pieces are done
     python -m dftnb.lab.frontier_study                           # run every unfinished piece (hours; resumable)
-    python -m dftnb.lab.frontier_study --profile smoke --results build/frontier-smoke   # the same code in a minute
+    python -m dftnb.lab.frontier_study --profile smoke --results build/frontier-smoke   # the same code in minutes
+    python -m dftnb.lab.frontier_study --report                  # only the tables, figure and README section
 
 The first edition (:mod:`dftnb.lab.study`, ``results/study/``) trained every method once at one learning rate and
 compared single points; its DFT targets (a kNN-LM mixture with λ = 0.25) sat so close to the base model that the DFT
@@ -527,15 +528,21 @@ def _median_step(timer) -> float | None:
     return round(float(np.median(np.diff([0.0, *ends]))), 2) if ends else None
 
 
-def run(profile: str = "study", results: str | Path = RESULTS, log=print, work: str | Path | None = None) -> FrontierStudy:
-    """Run every unfinished piece in order; a finished piece is skipped. The plan is read again after each piece
-    (the DFT runs join it once the proxies have run)."""
+def run(profile: str = "study", results: str | Path = RESULTS, log=print, work: str | Path | None = None,
+        readme: Path | None = None, report_only: bool = False) -> FrontierStudy:
+    """Run every unfinished piece in order (a finished piece is skipped; the plan is read again after each piece,
+    as the DFT runs join it once the proxies have run), then write the report
+    (:func:`dftnb.lab.frontier_report.write_report`; the README section only with ``readme``)."""
+    from .frontier_report import write_report
+
     study = FrontierStudy(profile, results, work)
-    while True:
+    while not report_only:
         todo = [piece for piece in plan(study.profile, study.results) if not study.done(*piece)]
         if not todo:
-            return study
+            break
         run_pieces(study, todo[:1], log, "frontier")
+    write_report(study, readme)
+    return study
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -543,6 +550,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="study")
     parser.add_argument("--results", default=str(RESULTS), help="folder of the stored rows (default results/study-2)")
     parser.add_argument("--list", action="store_true", help="print the plan and which pieces are done")
+    parser.add_argument("--report", action="store_true",
+                        help="only regenerate the tables, figure, report and README section from the stored files")
     args = parser.parse_args(argv)
     import os
 
@@ -555,7 +564,9 @@ def main(argv: list[str] | None = None) -> None:
         for kind, name in plan(study.profile, study.results):
             print(f"{'done' if study.done(kind, name) else 'todo'}  {kind:9s} {name}")
         return
-    run(args.profile, args.results, log=lambda line: print(line, flush=True))
+    readme = REPO / "README.md" if Path(args.results).resolve() == RESULTS.resolve() else None
+    run(args.profile, args.results, log=lambda line: print(line, flush=True), readme=readme,
+        report_only=args.report)
 
 
 if __name__ == "__main__":
