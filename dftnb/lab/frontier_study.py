@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -454,7 +455,10 @@ class FrontierStudy:
             steps=p.steps, batch=p.batch, block_size=p.block_size, learning_rate=p.learning_rate,
             ce_weight=(p.ce_mix if objective == "rkl+ce" else 0.0), checkpoints=list(p.checkpoints),
             resumed_from=None if resume is None else Path(resume).name,
-            train_s=round(time.perf_counter() - start, 1), step_seconds_median=_median_step(timer)))
+            train_s=round(time.perf_counter() - start, 1), step_seconds_median=_median_step(timer),
+            # 1-, 5- and 15-minute load averages when training ended: above the core count, other jobs shared the
+            # cores and the step time is not a clean measurement
+            load_average=[round(x, 2) for x in os.getloadavg()], cores=os.cpu_count()))
 
     def point_model(self, point: str):
         """``(model, tokenizer, seed)`` of a frontier point (see :func:`point_names`)."""
@@ -507,7 +511,8 @@ class FrontierStudy:
         (dest / "mmlu.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
         write_json(piece_path(self.results, "point", point), provenance(
             profile=self.profile_name, point=point, sampling_seed=seed, load_s=round(loaded, 1),
-            eval_parts_s=ev.seconds, wall_s=round(time.perf_counter() - start, 1)))
+            eval_parts_s=ev.seconds, wall_s=round(time.perf_counter() - start, 1),
+            load_average=[round(x, 2) for x in os.getloadavg()], cores=os.cpu_count()))
 
     def score_piece(self, point: str) -> None:
         """Score the stored samples of ``point`` and write ``points/<point>/scores.json``."""
@@ -553,8 +558,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true",
                         help="only regenerate the tables, figure, report and README section from the stored files")
     args = parser.parse_args(argv)
-    import os
-
     from .runner import HEADLESS_ENV, quiet
 
     os.environ[HEADLESS_ENV] = "1"
