@@ -423,6 +423,39 @@ def frontier_figure(units: Units, path: Path, n_boot: int = 300, seed: int = SEE
     plt.close(fig)
 
 
+def cost_table(results: Path):
+    """Training cost per objective (median over its runs: wall seconds of the run, seconds per optimiser step and
+    that step over SFT's), whether every run trained alone on the machine (15-minute load average at the end ≤ the
+    core count), and the kNN-LM targets' build time over one SFT run."""
+    import pandas as pd
+
+    runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((Path(results) / "runs").glob("*/provenance.json"))]
+    rows = []
+    by_objective: dict[str, list] = {}
+    for r in runs:
+        by_objective.setdefault(r["objective"] if r["objective"] == "sft" else f"{r['objective']}-{r['config']}",
+                                []).append(r)
+    sft_step = np.median([r["step_seconds_median"] for r in by_objective.get("sft", [])]) if "sft" in by_objective \
+        else float("nan")
+    sft_run = np.median([r["train_s"] for r in by_objective.get("sft", [])]) if "sft" in by_objective else float("nan")
+    for objective, rs in by_objective.items():
+        step, seconds = float(np.median([r["step_seconds_median"] for r in rs])), float(np.median([r["train_s"]
+                                                                                                  for r in rs]))
+        rows.append({"what": family_label(objective) if objective != "sft" else "SFT", "runs": len(rs),
+                     "seconds per run": seconds, "over one SFT run": seconds / sft_run, "seconds per step": step,
+                     "step over SFT's": step / sft_step,
+                     "alone on the cores": all(r.get("load_average", [np.inf] * 3)[2] <= r.get("cores", 0) for r in rs)})
+    targets = Path(results) / "targets.json"
+    if targets.exists():
+        t = json.loads(targets.read_text(encoding="utf-8"))
+        knn = sum(c.startswith("knn-") for c in t["configs"])
+        rows.append({"what": f"building {len(t['configs'])} target sets (the kNN grid's {knn} in one pass: "
+                             "datastore forward + training-token forward + search; style prefix; self)", "runs": 1,
+                     "seconds per run": t["build_s"], "over one SFT run": t["build_s"] / sft_run,
+                     "seconds per step": float("nan"), "step over SFT's": float("nan"), "alone on the cores": False})
+    return pd.DataFrame(rows)
+
+
 def _save(df, name: str, caption: str, base: Path) -> str:
     from .plots import markdown_table
 
@@ -489,13 +522,17 @@ def write_report(study, readme: Path | None = None, n_boot: int = N_BOOT) -> dic
                                        "The comparisons of the second edition, per DFT configuration.", base)
         figure = results / "figures" / "frontiers.png"
         frontier_figure(units, figure)
+    if list((results / "runs").glob("*/provenance.json")):
+        tables["cost"] = _save(cost_table(results), "cost", "Training cost (AMD EPYC or Intel Xeon, 2 cores; "
+                               "`alone on the cores` false: another job shared them, the time is an upper bound).",
+                               base)
     progress = (f"**{done} of {len(pieces)} pieces of the second edition's plan are finished** "
                 f"(`python -m dftnb.lab.frontier_study --list`).")
     if not any(kind == "run" and not name.startswith("sft-") for kind, name in pieces):
         progress += " The picked DFT runs join the plan once every proxy run has finished."
     parts = ["# The study, second edition: frontiers", "", progress, ""]
     for name, title in (("verdicts", "Verdicts"), ("configurations", "Configurations"),
-                        ("proxies", "Proxy runs"), ("targets", "Targets")):
+                        ("proxies", "Proxy runs"), ("targets", "Targets"), ("cost", "Cost")):
         if name in tables:
             caption = (base / f"{name}.md").read_text(encoding="utf-8").split("\n\n", 1)[0]
             parts += [f"## {title}", "", caption, "", tables[name], ""]
