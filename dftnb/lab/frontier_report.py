@@ -509,28 +509,24 @@ def shown_verdicts(table):
 
 
 def write_report(study, readme: Path | None = None, n_boot: int = N_BOOT) -> dict:
-    """Write ``tables/`` (targets, proxies, configurations, verdicts), ``figures/frontiers.png``, the full report
+    """For ``study`` (a :class:`dftnb.lab.frontier_study.FrontierStudy`: its folder, profile, plan, proxies and
+    picks), write ``tables/`` (targets, proxies, configurations, verdicts), ``figures/frontiers.png``, the full report
     ``<results>/README.md`` and, with ``readme``, its section between the study-2 markers, from the stored files
     only (the same bytes on a rerun). Returns the Markdown of each table."""
     import pandas as pd
 
-    from .frontier_study import picked_configs, plan, proxy_table
-
     results, profile = study.results, study.profile
     tables, base = {}, results / "tables"
-    pieces = plan(profile, results)
+    pieces = study.plan()
     done = sum(study.done(kind, name) for kind, name in pieces)
     if (results / "targets.csv").exists():
         targets = pd.read_csv(results / "targets.csv")
         tables["targets"] = _save(targets, "targets", "Each target configuration against the base model over the "
                                   "training tokens (token means; H and −log q(y) read the tail as uniform, compare "
                                   "rows with `self`).", base)
-    proxies = proxy_table(results, profile)
+    proxies = study.proxy_table()
     if len(proxies):
-        try:
-            picks = picked_configs(results, profile)
-        except ValueError:
-            picks = []
+        picks = study.picks()
         shown = proxies.reset_index(names="proxy").drop(columns=["tokens"])
         shown["picked"] = shown["proxy"].isin(picks)
         tables["proxies"] = _save(shown, "proxies", f"Proxy runs ({profile.proxy_steps} steps, learning rate "

@@ -316,6 +316,20 @@ class FrontierStudy:
                                         T.from_reference_model(model, tokenizer, rows, k=p.k, max_length=p.block_size))
         return {name: out[name] for name in target_configs(p)}
 
+    # -- the plan
+    def plan(self) -> list[tuple[str, str]]:
+        return plan(self.profile, self.results)
+
+    def proxy_table(self):
+        return proxy_table(self.results, self.profile)
+
+    def picks(self) -> list[str]:
+        """The picked DFT configurations, or none while a proxy run is missing."""
+        try:
+            return picked_configs(self.results, self.profile)
+        except ValueError:
+            return []
+
     # -- the pieces
     def done(self, kind: str, name: str) -> bool:
         return piece_path(self.results, kind, name).exists()
