@@ -1,31 +1,35 @@
 """The second edition's comparisons, read from the stored points only (``results/study-2/points``).
 
 A *configuration* is a family and a position on its curve: ``base``; ``sft`` at a checkpoint step; ``wise`` (WiSE-FT
-of SFT's last checkpoint) at a mixing weight α; a DFT family (``<objective>-<target>``) at a step. Seeds of a
-configuration are averaged unit by unit (prompts, human passages, token blocks are the same for every point), so
-every number below is a mean over seeds. SFT's frontier is built from ``base``, every ``sft`` and every ``wise``
-configuration at every sampling temperature: everything the baseline reaches by training less, interpolating, or
-sampling hotter or colder.
+of SFT's last checkpoint) at a mixing weight α; a DFT family (``<objective>-<target>``) at a step. Each configuration
+has one point per seed (the run's seed sets its data order and its sampling seed; the base model is sampled with each
+SFT seed). SFT's frontier is built from ``base``, every ``sft`` and every ``wise`` configuration at every sampling
+temperature: everything the baseline reaches by training less, interpolating, or sampling hotter or colder.
 
-The comparisons, per DFT family, each a mean over the family's configurations (temperatures) and a bootstrap that
-resamples prompts, human passages and token blocks together (paired: the same draws for every configuration):
+The comparisons, per DFT family, each a mean over the family's points (configuration x temperature):
 
-1. ``diversity at matched fidelity``: ``SDS_d − F(blind_d)``, ``F(x)`` = the highest SDS an SFT configuration
-   reaches with a blind-test accuracy ``≤ x`` (as human-like or more); positive = above SFT's frontier.
+1. ``beyond SFT's frontier at matched learning`` (points on both axes): for a DFT point ``d`` = (blind-test accuracy
+   ``x_d``, SDS ``y_d``), the reference is every SFT point that learned at least as much (held-out in-domain NLL
+   ``≤`` the DFT configuration's; if none did, the most-learned SFT configuration), reduced to its Pareto front
+   (low ``x``, high ``y``) joined by straight segments (mixing two settings reaches the points between them). The
+   gap is the additive ε-indicator ``−max_r min(y_r − y_d, x_d − x_r)``: positive = ``d`` would have to lose that many
+   points on both axes before a point of SFT's front matched it on both (it lies beyond the front), negative = some
+   point of SFT's front is better than ``d`` on both axes by that much. It is defined
+   for every point (a DFT point more human-like or more diverse than every SFT point still counts). The same over the
+   points sampled at T = 1.3 only is the "tolerates higher temperature" row.
 2. ``retention at matched learning`` (top-1, points): ``top1_d − R(nll_d)`` per out-of-domain corpus and for the
-   HumanEval canonical solutions, ``R`` the linear interpolation of SFT's curve (``base`` + ``sft`` checkpoints, and
-   separately ``wise``) at the DFT point's in-domain NLL; the article's "< 1% accuracy loss" is ``> −1`` point.
-3. ``fidelity at matched diversity, T = 1.3``: ``G(SDS_d) − blind_d``, ``G(y)`` = the lowest blind-test accuracy of
-   an SFT configuration with SDS ``≥ y``; positive = more human-like than SFT at the same diversity ("tolerates
-   higher temperature").
-4. ``likelihood at matched learning`` (NLL, nats/token): ``R(nll_d) − nll_d`` per corpus, positive = DFT predicts
-   the diverse text better at the same in-domain learning.
+   HumanEval canonical solutions (mean over problems), ``R`` the linear interpolation of SFT's training curve
+   (``base`` + ``sft`` checkpoints) or of WiSE-FT's (``base`` + ``wise`` + the last ``sft`` checkpoint, α = 1) at the
+   DFT configuration's in-domain NLL; configurations outside the curve's range are left out (the row says how many
+   entered). The article's "< 1% accuracy loss" is read as ``> −1`` point against SFT at the same learning.
+3. ``likelihood at matched learning`` (NLL, nats/token): ``R(nll_d) − nll_d`` per corpus, positive = DFT predicts the
+   text better at the same in-domain learning.
 
-A DFT configuration outside the range of SFT's curve (better fidelity than any SFT point, less in-domain learning
-than the base model...) has no matched SFT value and is left out of its mean (the row says how many entered).
-The seed floor of each comparison is the same statistic computed for one SFT seed's checkpoints against a frontier
-built from the other SFT seeds (re-running the baseline); the verdicts use :func:`dftnb.measure.stats.decide` with
-that floor and Holm's correction over every row.
+Intervals: a bootstrap that resamples, in each draw, the seeds of every family (its runs), the prompts, the human
+passages and the token blocks, the same draw for every configuration (paired). The seed floor of each comparison is
+the same statistic for one SFT seed's checkpoints against the other SFT seeds (re-running the baseline); the
+verdicts use :func:`dftnb.measure.stats.decide` with that floor (a comparison without a floor stays undetermined) and
+Holm's correction over every row, its p-values read against the claim's threshold moved out by the floor.
 """
 
 from __future__ import annotations
@@ -40,14 +44,15 @@ N_BOOT = 1000
 SEED = 0
 TOKEN_BLOCK = 128  # tokens per resampled block of the token-level scores (neighbouring tokens are correlated)
 TOLERANCE_TEMPERATURE = "1.3"
+FRONT_STEPS = 25  # points per segment of SFT's Pareto front joined by straight lines
 
 
-def parse_point(name: str) -> tuple[str, int | None, str]:
-    """``(family, seed, position)``: ``"base"`` -> ``("base", None, "0")``; ``"sft-s1@50"`` -> ``("sft", 1, "50")``;
-    ``"sft-s0@wise0.5"`` -> ``("wise", 0, "0.5")``; ``"rkl-knn-lam0.5-tau1-s0@25"`` -> ``("rkl-knn-lam0.5-tau1", 0,
-    "25")``."""
-    if name == "base":
-        return "base", None, "0"
+def parse_point(name: str) -> tuple[str, int, str]:
+    """``(family, seed, position)``: ``"base"`` -> ``("base", 0, "0")``, ``"base-s2"`` -> ``("base", 2, "0")``;
+    ``"sft-s1@50"`` -> ``("sft", 1, "50")``; ``"sft-s0@wise0.5"`` -> ``("wise", 0, "0.5")``;
+    ``"rkl-knn-lam0.5-tau1-s0@25"`` -> ``("rkl-knn-lam0.5-tau1", 0, "25")``."""
+    if name == "base" or name.startswith("base-s"):
+        return "base", 0 if name == "base" else int(name[len("base-s"):]), "0"
     run, where = name.split("@")
     method, seed = run.rsplit("-s", 1)
     if where.startswith("wise"):
@@ -57,29 +62,13 @@ def parse_point(name: str) -> tuple[str, int | None, str]:
     return method, int(seed), where
 
 
-def point_label(family: str, seed: int | None, position: str) -> str:
+def point_label(family: str, seed: int, position: str) -> str:
     """The inverse of :func:`parse_point`."""
     if family == "base":
-        return "base"
+        return "base" if not seed else f"base-s{seed}"
     if family == "wise":
         return f"sft-s{seed}@wise{position}"
     return f"{family}-s{seed}@{position}"
-
-
-@dataclass
-class Units:
-    """Per-configuration unit scores, averaged over seeds: the arrays every bootstrap draw indexes."""
-
-    configs: list[tuple[str, str]]  # (family, position)
-    temperatures: list[str]
-    sds: np.ndarray  # [config, T, prompt]
-    model_blind: np.ndarray  # [config, T, prompt]: share of the prompt's texts the classifier got right
-    human_blind: np.ndarray  # [config, T, passage]
-    blocks: dict[str, np.ndarray]  # name -> [config, block]: in-domain / retention NLL and top-1 per token block
-    seeds: dict[tuple[str, str], list[int | None]] = field(default_factory=dict)
-
-    def index(self, family: str) -> list[int]:
-        return [i for i, (f, _) in enumerate(self.configs) if f == family]
 
 
 def _block_means(values: np.ndarray, size: int = TOKEN_BLOCK) -> np.ndarray:
@@ -90,7 +79,9 @@ def _block_means(values: np.ndarray, size: int = TOKEN_BLOCK) -> np.ndarray:
 
 
 def point_units(folder: Path) -> dict:
-    """The unit scores of one stored point (``scores.json``, ``tokens.npz``, ``solutions.csv``)."""
+    """The unit scores of one stored point (``scores.json``, ``tokens.npz``, ``solutions.csv``): per temperature the
+    SDS per prompt, the blind test's share right per prompt and per human passage; per criterion the token-block
+    means (the HumanEval solutions per problem)."""
     import pandas as pd
 
     scores = json.loads((folder / "scores.json").read_text(encoding="utf-8"))
@@ -114,38 +105,59 @@ def point_units(folder: Path) -> dict:
     return out
 
 
+@dataclass
+class Units:
+    """Per-configuration unit scores, one row per seed: the arrays every bootstrap draw indexes."""
+
+    configs: list[tuple[str, str]]  # (family, position)
+    temperatures: list[str]
+    seeds: list[list[int]]  # per configuration, the seeds of its rows
+    sds: list[np.ndarray]  # per configuration [seed, T, prompt]
+    model_blind: list[np.ndarray]  # per configuration [seed, T, prompt]: share of the prompt's texts told apart
+    human_blind: list[np.ndarray]  # per configuration [seed, T, passage]
+    blocks: dict[str, list[np.ndarray]] = field(default_factory=dict)  # criterion -> per configuration [seed, block]
+
+    def index(self, family: str) -> list[int]:
+        return [i for i, (f, _) in enumerate(self.configs) if f == family]
+
+    def family_seeds(self, family: str) -> list[int]:
+        return sorted({s for i in self.index(family) for s in self.seeds[i]})
+
+
 def load_units(results: Path, relabel=None) -> Units:
-    """Every scored point under ``results/points``, grouped into configurations and averaged over seeds.
-    ``relabel(family, seed)`` may rename a point's family (or drop the point by returning ``None``)."""
+    """Every scored point under ``results/points``, grouped into configurations. ``relabel(family, seed)`` may rename
+    a point's family (or drop the point by returning ``None``)."""
     folders = sorted(p.parent for p in (Path(results) / "points").glob("*/scores.json"))
     if not folders:
         raise FileNotFoundError(f"no scored point under {Path(results) / 'points'}; run the study's point and "
                                 "score pieces first.")
-    grouped: dict[tuple[str, str], list] = {}
-    seeds: dict[tuple[str, str], list] = {}
+    grouped: dict[tuple[str, str], dict[int, dict]] = {}
     for folder in folders:
         family, seed, position = parse_point(folder.name)
         if relabel is not None:
             family = relabel(family, seed)
             if family is None:
                 continue
-        grouped.setdefault((family, position), []).append(point_units(folder))
-        seeds.setdefault((family, position), []).append(seed)
+        grouped.setdefault((family, position), {})[seed] = point_units(folder)
     configs = sorted(grouped, key=lambda c: (c[0] != "base", c[0] != "sft", c[0] != "wise", c[0], float(c[1])))
-    temperatures = sorted(grouped[configs[0]][0]["sds"], key=float)
+    first = next(iter(grouped[configs[0]].values()))
+    temperatures = sorted(first["sds"], key=float)
+    seeds = [sorted(grouped[c]) for c in configs]
 
-    def mean(kind, key):
-        return np.stack([np.nanmean([u[kind][key] for u in grouped[c]], axis=0) for c in configs])
+    def stack(c, kind, key=None):
+        rows = [grouped[c][s][kind] for s in sorted(grouped[c])]
+        if key is None:  # per temperature
+            return np.stack([np.stack([r[t] for t in temperatures]) for r in rows])
+        return np.stack([r[key] for r in rows])
 
-    return Units(configs, temperatures,
-                 np.stack([mean("sds", t) for t in temperatures], axis=1),
-                 np.stack([mean("model_blind", t) for t in temperatures], axis=1),
-                 np.stack([mean("human_blind", t) for t in temperatures], axis=1),
-                 {k: mean("blocks", k) for k in grouped[configs[0]][0]["blocks"]}, seeds)
+    return Units(configs, temperatures, seeds, [stack(c, "sds") for c in configs],
+                 [stack(c, "model_blind") for c in configs], [stack(c, "human_blind") for c in configs],
+                 {k: [stack(c, "blocks", k) for c in configs] for k in first["blocks"]})
 
 
 class Draws:
-    """Index vectors of one bootstrap draw (or the identity for the point estimate) and the statistics under them."""
+    """One bootstrap draw (or, with ``rng=None``, the point estimate): seeds resampled within each family, prompts,
+    human passages and token blocks resampled once for every configuration; the statistics under it."""
 
     def __init__(self, units: Units, rng: np.random.Generator | None):
         self.u = units
@@ -153,72 +165,97 @@ class Draws:
         def pick(n):
             return np.arange(n) if rng is None else rng.integers(0, n, size=n)
 
-        self.prompts = pick(units.sds.shape[-1])
-        self.human = pick(units.human_blind.shape[-1])
-        self.block_index = {k: pick(v.shape[-1]) for k, v in units.blocks.items()}
+        self.rows = []
+        chosen = {}
+        for family in dict.fromkeys(f for f, _ in units.configs):
+            pool = units.family_seeds(family)
+            chosen[family] = pool if rng is None else list(rng.choice(pool, size=len(pool)))
+        for i, (family, _) in enumerate(units.configs):
+            have = units.seeds[i]
+            rows = [have.index(s) for s in chosen[family] if s in have]
+            self.rows.append(rows or list(range(len(have))))  # a configuration missing the drawn seeds: its own
+        self.prompts = pick(units.sds[0].shape[-1])
+        self.human = pick(units.human_blind[0].shape[-1])
+        self.block_index = {k: pick(v[0].shape[-1]) for k, v in units.blocks.items()}
 
     def sds(self) -> np.ndarray:  # [config, T]
-        return self.u.sds[..., self.prompts].mean(-1)
+        return np.stack([a[r][..., self.prompts].mean(-1).mean(0) for a, r in zip(self.u.sds, self.rows)])
 
     def blind(self) -> np.ndarray:  # [config, T], percent
-        model = np.nanmean(self.u.model_blind[..., self.prompts], -1)
-        human = np.nanmean(self.u.human_blind[..., self.human], -1)
-        return 100 * (model + human) / 2
+        model = [np.nanmean(a[r][..., self.prompts], -1).mean(0) for a, r in zip(self.u.model_blind, self.rows)]
+        human = [np.nanmean(a[r][..., self.human], -1).mean(0) for a, r in zip(self.u.human_blind, self.rows)]
+        return 100 * (np.stack(model) + np.stack(human)) / 2
 
     def block(self, key: str) -> np.ndarray:  # [config]
-        v = self.u.blocks[key][:, self.block_index[key]].mean(-1)
+        idx = self.block_index[key]
+        v = np.asarray([a[r][:, idx].mean(-1).mean(0) for a, r in zip(self.u.blocks[key], self.rows)])
         return 100 * v if key.endswith("top1") else v
 
 
-def _frontier_max(x_ref, y_ref, x):
-    """``F(x) = max{y_ref : x_ref ≤ x}`` (NaN where no reference point is as good)."""
-    out = np.full(len(x), np.nan)
-    for i, xi in enumerate(x):
-        ok = x_ref <= xi
-        if ok.any():
-            out[i] = y_ref[ok].max()
-    return out
+def pareto_front(x: np.ndarray, y: np.ndarray, steps: int = FRONT_STEPS) -> tuple[np.ndarray, np.ndarray]:
+    """The points of ``(x, y)`` no other point beats on both axes (lower ``x``, higher ``y``), sorted by ``x`` and
+    joined by straight segments of ``steps`` points each."""
+    keep = [i for i in range(len(x)) if not np.any((x <= x[i]) & (y >= y[i]) & ((x < x[i]) | (y > y[i])))]
+    order = sorted(set(keep), key=lambda i: (x[i], y[i]))
+    fx, fy = x[order], y[order]
+    if len(fx) < 2:
+        return fx, fy
+    t = np.linspace(0, 1, steps, endpoint=False)
+    xs = np.concatenate([fx[i] + t * (fx[i + 1] - fx[i]) for i in range(len(fx) - 1)] + [fx[-1:]])
+    ys = np.concatenate([fy[i] + t * (fy[i + 1] - fy[i]) for i in range(len(fy) - 1)] + [fy[-1:]])
+    return xs, ys
 
 
-def _frontier_min(x_ref, y_ref, y):
-    """``G(y) = min{x_ref : y_ref ≥ y}`` (NaN where no reference point is as diverse)."""
-    out = np.full(len(y), np.nan)
-    for i, yi in enumerate(y):
-        ok = y_ref >= yi
-        if ok.any():
-            out[i] = x_ref[ok].min()
-    return out
+def beyond_front(x_d: float, y_d: float, front_x: np.ndarray, front_y: np.ndarray) -> float:
+    """The additive ε-indicator ``−max_r min(y_r − y_d, x_d − x_r)``: how far ``(x_d, y_d)`` lies beyond the front
+    (positive) or behind it (negative), in points on both axes."""
+    return float(-np.max(np.minimum(front_y - y_d, x_d - front_x)))
 
 
 def _interp(x_ref, y_ref, x):
-    """Linear interpolation of the curve ``(x_ref, y_ref)`` at ``x`` (NaN outside its range)."""
-    order = np.argsort(x_ref)
-    xs, ys = x_ref[order], y_ref[order]
+    """Linear interpolation of the curve ``(x_ref, y_ref)`` at ``x`` (NaN outside its range or without a curve)."""
+    ok = np.isfinite(x_ref) & np.isfinite(y_ref)
+    xs, ys = x_ref[ok], y_ref[ok]
+    if xs.size < 2:
+        return np.full(len(x), np.nan)
+    order = np.argsort(xs)
+    xs, ys = xs[order], ys[order]
     out = np.interp(x, xs, ys)
     out[(x < xs[0]) | (x > xs[-1])] = np.nan
     return out
 
 
+def _mean(values) -> tuple[float, int]:
+    values = np.asarray(values, dtype=float)
+    ok = np.isfinite(values)
+    return (float(values[ok].mean()) if ok.any() else float("nan")), int(ok.sum())
+
+
+DIVERSITY = "beyond SFT's frontier at matched learning (points)"
+TOLERANCE = f"beyond SFT's frontier at matched learning, T = {TOLERANCE_TEMPERATURE} (points)"
+
+
 def comparison_rows(units: Units, family: str, reference: list[int], draws: Draws) -> dict[str, tuple[float, int]]:
-    """``{comparison: (mean over the family's matched configurations, how many)}`` under one draw; ``reference`` =
-    the configurations of SFT's frontier (indices into ``units.configs``)."""
+    """``{comparison: (mean over the family's points, how many)}`` under one draw; ``reference`` = the configurations
+    of SFT's frontier (indices into ``units.configs``)."""
     fam = units.index(family)
     sds, blind = draws.sds(), draws.blind()
-    ref = np.asarray(reference)
-    out = {}
-    # 1. diversity at matched fidelity (every temperature)
-    x_ref, y_ref = blind[ref].ravel(), sds[ref].ravel()
-    gap = sds[fam].ravel() - _frontier_max(x_ref, y_ref, blind[fam].ravel())
-    out["diversity at matched fidelity (SDS points)"] = _mean(gap)
-    # 3. fidelity at matched diversity at T = 1.3
-    if TOLERANCE_TEMPERATURE in units.temperatures:
-        t = units.temperatures.index(TOLERANCE_TEMPERATURE)
-        gain = _frontier_min(x_ref, y_ref, sds[fam, t]) - blind[fam, t]
-        out[f"fidelity at matched diversity, T = {TOLERANCE_TEMPERATURE} (blind-test points)"] = _mean(gain)
-    # 2 and 4: retention and likelihood at matched in-domain learning, against SFT's training curve and WiSE-FT's
     learning = draws.block("in_domain nll")
+    ref = np.asarray(reference)
+    gaps = np.full((len(fam), len(units.temperatures)), np.nan)
+    for k, c in enumerate(fam):
+        matched = ref[learning[ref] <= learning[c]]
+        if matched.size == 0:  # learned more than every SFT configuration: the most-learned one
+            matched = ref[[np.argmin(learning[ref])]]
+        fx, fy = pareto_front(blind[matched].ravel(), sds[matched].ravel())
+        gaps[k] = [beyond_front(blind[c, j], sds[c, j], fx, fy) for j in range(len(units.temperatures))]
+    out = {DIVERSITY: _mean(gaps)}
+    if TOLERANCE_TEMPERATURE in units.temperatures:
+        out[TOLERANCE] = _mean(gaps[:, units.temperatures.index(TOLERANCE_TEMPERATURE)])
+    last = [i for i in ref if units.configs[i][0] == "sft"]
+    last = [i for i in last if float(units.configs[i][1]) == max(float(units.configs[j][1]) for j in last)]
     curves = {"SFT": [i for i in ref if units.configs[i][0] in ("base", "sft")],
-              "WiSE-FT": [i for i in ref if units.configs[i][0] in ("base", "wise")]}
+              "WiSE-FT": [i for i in ref if units.configs[i][0] in ("base", "wise")] + last}
     for key in sorted(k for k in units.blocks if k != "in_domain nll"):
         corpus, kind = key.rsplit(" ", 1)
         values = draws.block(key)
@@ -232,15 +269,8 @@ def comparison_rows(units: Units, family: str, reference: list[int], draws: Draw
     return out
 
 
-def _mean(values) -> tuple[float, int]:
-    values = np.asarray(values, dtype=float)
-    ok = np.isfinite(values)
-    return (float(values[ok].mean()) if ok.any() else float("nan")), int(ok.sum())
-
-
 CLAIMS = {  # comparison prefix -> (margin, higher_is_claimed): what the article implies
-    "diversity at matched fidelity": (0.0, True),
-    "fidelity at matched diversity": (0.0, True),
+    "beyond SFT's frontier": (0.0, True),
     "retention at matched learning": (1.0, False),  # "< 1% accuracy loss": no worse than -1 point
     "likelihood at matched learning": (0.0, True),
 }
@@ -257,8 +287,8 @@ def reference_configs(units: Units, exclude: str | None = None) -> list[int]:
 
 def comparisons(units: Units, family: str, reference: list[int], n_boot: int = N_BOOT, seed: int = SEED):
     """``{comparison: PairedDifference}`` for one family against the reference (point estimate, percentile interval
-    over ``n_boot`` joint draws of prompts, human passages and token blocks); comparisons without any matched
-    configuration are left out."""
+    over ``n_boot`` joint draws of seeds, prompts, human passages and token blocks); comparisons without any matched
+    point are left out."""
     from ..measure.stats import interval_from_draws
 
     point = comparison_rows(units, family, reference, Draws(units, None))
@@ -274,23 +304,33 @@ def comparisons(units: Units, family: str, reference: list[int], n_boot: int = N
 
 
 def seed_floor_units(results: Path, held_seed: int) -> Units:
-    """The units with SFT seed ``held_seed``'s checkpoints as a family of their own (``sft-held``) and its WiSE
-    points left out: the floor's "re-run of the baseline" against a frontier built from the other seeds."""
-    units = load_units(results, relabel=lambda fam, seed: ("sft-held" if fam == "sft" and seed == held_seed else
-                                                           None if fam == "wise" and seed == held_seed else fam))
-    return units
+    """The units with SFT seed ``held_seed``'s checkpoints as a family of their own (``sft-held``) and its WiSE and
+    base points left out: the floor's "re-run of the baseline" against a frontier built from the other seeds."""
+    return load_units(results, relabel=lambda fam, seed: ("sft-held" if fam == "sft" and seed == held_seed else
+                                                          None if fam in ("wise", "base") and seed == held_seed
+                                                          else fam))
+
+
+def floor_p_value(d, margin: float, higher: bool, floor: float) -> float:
+    """:func:`dftnb.measure.stats.claim_p_value` against the claim's threshold moved out by the seed floor, towards
+    the side the estimate lies on (the thresholds :func:`dftnb.measure.stats.decide` reads the interval against)."""
+    from ..measure.stats import claim_p_value
+
+    threshold = margin if higher else -margin
+    moved = threshold + floor if d.mean >= threshold else threshold - floor
+    return claim_p_value(d, moved if higher else -moved, higher)
 
 
 def verdict_table(results: Path, n_boot: int = N_BOOT, seed: int = SEED):
     """One row per (DFT family, comparison): the difference, its interval, the seed floor, Holm-adjusted p and the
-    verdict (:func:`dftnb.measure.stats.decide`)."""
+    verdict (:func:`dftnb.measure.stats.decide`; undetermined without a seed floor)."""
     import pandas as pd
 
-    from ..measure.stats import claim_p_value, decide, holm
+    from ..measure.stats import decide, holm
 
     units = load_units(results)
     reference = reference_configs(units)
-    sft_seeds = sorted({s for (f, _), seeds in units.seeds.items() if f == "sft" for s in seeds})
+    sft_seeds = units.family_seeds("sft") if units.index("sft") else []
     floors: dict[str, float] = {}
     for held in sft_seeds if len(sft_seeds) > 1 else []:
         held_units = seed_floor_units(results, held)
@@ -301,16 +341,19 @@ def verdict_table(results: Path, n_boot: int = N_BOOT, seed: int = SEED):
     for family in families:
         for name, d in comparisons(units, family, reference, n_boot, seed).items():
             margin, higher = claim_of(name)
+            floor = floors.get(name, float("nan"))
             rows.append({"family": family, "comparison": name, "difference": d.mean, "ci_low": d.ci_low,
-                         "ci_high": d.ci_high, "configurations": d.n, "seed_floor": floors.get(name, float("nan")),
-                         "margin": margin, "higher_is_claimed": higher,
-                         "p_value": claim_p_value(d, margin, higher), "interval": d})
+                         "ci_high": d.ci_high, "points": d.n, "seeds": len(units.family_seeds(family)),
+                         "seed_floor": floor, "margin": margin, "higher_is_claimed": higher,
+                         "p_value": floor_p_value(d, margin, higher, 0.0 if np.isnan(floor) else floor),
+                         "interval": d})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
     table["p_holm"] = holm(table["p_value"].to_numpy())
-    table["verdict"] = [decide(r.interval, r.margin, r.higher_is_claimed, 0.0 if np.isnan(r.seed_floor) else r.seed_floor,
-                               r.p_holm) for r in table.itertuples()]
+    table["verdict"] = ["undetermined" if np.isnan(r.seed_floor) else
+                        decide(r.interval, r.margin, r.higher_is_claimed, r.seed_floor, r.p_holm)
+                        for r in table.itertuples()]
     return table.drop(columns="interval")
 
 
@@ -352,7 +395,7 @@ def configuration_table(results: Path, units: Units):
     sds, blind = d.sds(), d.blind()
     rows = []
     for i, (family, position) in enumerate(units.configs):
-        seeds = units.seeds[(family, position)]
+        seeds = units.seeds[i]
         row = {"family": family, "position": position, "seeds": len(seeds),
                "in-domain NLL": d.block("in_domain nll")[i]}
         for key in sorted(k for k in units.blocks if k != "in_domain nll"):
@@ -367,7 +410,8 @@ def configuration_table(results: Path, units: Units):
 def frontier_figure(units: Units, path: Path, n_boot: int = 300, seed: int = SEED) -> None:
     """Left: SDS against blind-test accuracy, every configuration at every temperature (lines join a family's
     configurations at one temperature; bars: 95% bootstrap intervals); SFT's frontier as a step line. Right: the
-    out-of-domain top-1 of each retention corpus against in-domain NLL (a family's curve as it trains)."""
+    out-of-domain top-1 of each retention corpus against in-domain NLL (a family's curve as it trains). The
+    frontier drawn is SFT's over every learning; the comparisons use the part that learned at least as much."""
     import matplotlib.pyplot as plt
 
     from .plots import setup
@@ -396,10 +440,8 @@ def frontier_figure(units: Units, path: Path, n_boot: int = 300, seed: int = SEE
             ax.errorbar(x, y, xerr=xerr, yerr=yerr, color=colors[family], marker=markers[t], lw=1, ms=5,
                         capsize=0, alpha=0.85, label=family_label(family) if j == 0 else None)
     ref = reference_configs(units)
-    xr, yr = blind[ref].ravel(), sds[ref].ravel()
-    grid = np.linspace(xr.min(), max(blind.max(), xr.max()), 200)
-    ax.plot(grid, _frontier_max(xr, yr, grid), color="black", lw=1.5, ls="--", drawstyle="steps-post",
-            label="SFT's frontier (base, SFT, WiSE-FT)")
+    fx, fy = pareto_front(blind[ref].ravel(), sds[ref].ravel())
+    ax.plot(fx, fy, color="black", lw=1.5, ls="--", label="SFT's frontier (base, SFT, WiSE-FT; every learning)")
     for t, m in markers.items():
         ax.scatter([], [], marker=m, color="gray", label=f"T = {t}")
     ax.set_xlabel("blind-test accuracy, % (50 = indistinguishable from human text)")
@@ -502,7 +544,8 @@ def shown_verdicts(table):
         "DFT configuration": [family_label(f) for f in table["family"]],
         "comparison": table["comparison"],
         "difference [95% CI]": [f"{r.difference:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]" for r in table.itertuples()],
-        "configs": table["configurations"],
+        "points": table["points"],
+        "seeds": table["seeds"],
         "seed floor": [f"{v:.2f}" for v in table["seed_floor"]],
         "p (Holm)": [f"{v:.3g}" for v in table["p_holm"]],
         "verdict": table["verdict"]})

@@ -6,7 +6,9 @@ the model's tokenizer and scored, and every per-item outcome is kept so the comp
 * the SDS per prompt (:func:`dftnb.measure.metrics.style_diversity_score`; the point's SDS is their mean);
 * the blind test (:func:`dftnb.measure.metrics.classifier_two_sample_test`, MiniLM features, a cross-validated
   logistic regression against 216 held-out human passages of the same length, 72 per corpus like the prompts):
-  whether each model text and each human passage was classified right (50% = indistinguishable).
+  for each model text and each human passage, the share of ``BLIND_SEEDS`` fold assignments under which it was
+  classified right (50% = indistinguishable; averaging over fold seeds puts the classifier's own fitting noise in
+  the outcomes instead of one arbitrary split).
 
 Written to ``points/<point>/scores.json``; the human passages and their features are the same for every point.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 HUMAN_SEED = 0  # which held-out passages form the human side (fixed for the whole edition)
-BLIND_SEED = 0  # the classifier's folds
+BLIND_SEEDS = (0, 1, 2, 3, 4)  # the classifier's fold assignments, averaged
 
 
 class PointScorer:
@@ -42,24 +44,33 @@ class PointScorer:
         return self.embedder.encode(list(texts)).numpy()
 
     def score(self, groups) -> dict:
-        """``groups[prompt][sample]`` -> per-prompt SDS and components, per-text blind-test outcomes (model texts
-        in prompt-major order, human passages in reference order), and their means."""
+        """``groups[prompt][sample]`` -> per-prompt SDS and components, per-text blind-test outcomes averaged over
+        the fold seeds (model texts in prompt-major order, human passages in reference order), and their means."""
         from ..measure.metrics import classifier_two_sample_test, style_diversity_score
 
         sds = style_diversity_score(groups, self.embedder, length=self.length, n_boot=1, tokenizer=self.tokenizer)
         flat = [t for g in groups for t in g]
-        blind = classifier_two_sample_test(self.features(flat), self.human_features, seed=BLIND_SEED)
-        n = blind.per_side
-        model_correct = np.full(len(flat), -1, dtype=int)  # -1: not classified (more model texts than human)
-        model_correct[blind.p_index] = blind.correct[:n]
-        human_correct = np.full(len(self.human), -1, dtype=int)
-        human_correct[blind.q_index] = blind.correct[n:]
+        features = self.features(flat)
+        model_hits, model_n = np.zeros(len(flat)), np.zeros(len(flat))
+        human_hits, human_n = np.zeros(len(self.human)), np.zeros(len(self.human))
+        accuracies = []
+        for seed in BLIND_SEEDS:
+            blind = classifier_two_sample_test(features, self.human_features, seed=seed)
+            n = blind.per_side
+            model_hits[blind.p_index] += blind.correct[:n]
+            model_n[blind.p_index] += 1
+            human_hits[blind.q_index] += blind.correct[n:]
+            human_n[blind.q_index] += 1
+            accuracies.append(blind.accuracy)
+        # -1: never classified (more texts on one side than the other)
+        model_correct = np.where(model_n > 0, model_hits / np.maximum(model_n, 1), -1.0)
+        human_correct = np.where(human_n > 0, human_hits / np.maximum(human_n, 1), -1.0)
         return {"L": sds.L, "sds": sds.score, "sds_per_prompt": [round(p["sds"], 6) for p in sds.per_prompt],
                 "components": {"d": sds.distinct, "s": sds.self_bleu_diversity, "c": sds.compression,
                                "v": sds.vendi},
-                "blind_test": blind.accuracy, "blind_low": blind.ci_low, "blind_high": blind.ci_high,
-                "samples_per_prompt": len(groups[0]), "model_correct": model_correct.tolist(),
-                "human_correct": human_correct.tolist()}
+                "blind_test": float(np.mean(accuracies)), "blind_seeds": list(BLIND_SEEDS),
+                "blind_per_seed": [round(a, 6) for a in accuracies], "samples_per_prompt": len(groups[0]),
+                "model_correct": [round(x, 6) for x in model_correct], "human_correct": [round(x, 6) for x in human_correct]}
 
 
 def score_point(folder: Path, scorer: PointScorer) -> dict:

@@ -34,7 +34,7 @@ committed, so a later session resumes where this one stopped):
    order; the weights at each of ``checkpoints`` are kept under ``.cache/frontier-study`` (the frontier's points
    along one training run), the loss history is committed (``runs/<run>/training.csv``). A missing checkpoint
    (another machine) is trained again and must reproduce the committed losses.
-4. ``point/<model>``: one point of a frontier: the base model, a run at a checkpoint (``<run>@<step>``) or a
+4. ``point/<model>``: one point of a frontier: the base model (sampled with each SFT seed), a run at a checkpoint (``<run>@<step>``) or a
    WiSE-FT interpolation of an SFT run's last checkpoint with the base model (``<run>@wise<α>``), evaluated with
    :func:`dftnb.lab.evaluation.evaluate_model`: samples at every ``eval_temperatures`` (27 prompts x 8, the sampling
    seed is the run's), the held-out Shakespeare test split's per-token NLL (learning), every retention corpus's
@@ -164,11 +164,17 @@ def point_names(profile: FrontierProfile, run: str) -> list[str]:
     return names
 
 
+def base_point(seed: int) -> str:
+    """The base model's point sampled with ``seed``: ``"base"`` for seed 0, ``"base-s1"``... (one per SFT seed, so
+    the frontier's base points average as many sampling seeds as its SFT points)."""
+    return "base" if seed == 0 else f"base-s{seed}"
+
+
 def plan(profile: FrontierProfile, results: Path | None = None) -> list[tuple[str, str]]:
     """Every piece in the order it runs: ``(kind, name)``. The DFT runs are known once every proxy has run
     (``results`` holds them); until then the plan stops at SFT's runs."""
-    pieces = [("targets", "targets"), *(("proxy", name) for name in proxy_names(profile)), ("point", "base"),
-              ("score", "base")]
+    pieces = [("targets", "targets"), *(("proxy", name) for name in proxy_names(profile))]
+    pieces += [(kind, base_point(seed)) for seed in profile.sft_seeds for kind in ("point", "score")]
     try:
         picks = picked_configs(results, profile) if results is not None else []
     except ValueError:
@@ -479,9 +485,9 @@ class FrontierStudy:
         from ..weight_interpolation import interpolate_weights
         from .models import load_model
 
-        if point == "base":
+        if point == "base" or point.startswith("base-s"):
             model, tokenizer = self.base_model()
-            return model, tokenizer, 0
+            return model, tokenizer, 0 if point == "base" else int(point[len("base-s"):])
         run, where = point.split("@")
         seed = int(run.rsplit("-s", 1)[1])
         step = max(self.profile.checkpoints) if where.startswith("wise") else int(where)
