@@ -98,8 +98,8 @@ class FrontierProfile:
     mmlu_limit: int | None = 1  # questions per subject
     mmlu_subjects: tuple[str, ...] | None = None
     window: int = 256
-    stride: int = 128
-    sample_batch: int = 4
+    stride: int = 256  # disjoint windows: each token scored once (as retention), half the forward passes
+    sample_batch: int = 8  # prompts per generate call: 8 x 8 samples = 64 sequences
     score_length: int = 28  # tokens every sample is cut to before scoring (32 generated; decoding can merge some)
 
 
