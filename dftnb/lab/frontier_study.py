@@ -100,7 +100,8 @@ class FrontierProfile:
     window: int = 256
     stride: int = 256  # disjoint windows: each token scored once (as retention), half the forward passes
     sample_batch: int = 8  # prompts per generate call: 8 x 8 samples = 64 sequences
-    score_length: int = 28  # tokens every sample is cut to before scoring (32 generated; decoding can merge some)
+    score_length: int = 24  # tokens every sample is cut to before scoring (32 generated; decoding and re-encoding
+    # can shorten a sample: one of the base model's had 27)
 
 
 PROFILES = {
