@@ -465,10 +465,13 @@ def frontier_figure(units: Units, path: Path, n_boot: int = 300, seed: int = SEE
     plt.close(fig)
 
 
+ALONE_SLACK = 0.5  # a lone job on all cores keeps the load average near the core count (2.0-2.1 measured on 2)
+
+
 def cost_table(results: Path):
     """Training cost per objective (median over its runs: wall seconds of the run, seconds per optimiser step and
     that step over SFT's), whether every run trained alone on the machine (15-minute load average at the end ≤ the
-    core count), and the kNN-LM targets' build time over one SFT run."""
+    core count + :data:`ALONE_SLACK`), and the kNN-LM targets' build time over one SFT run."""
     import pandas as pd
 
     runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((Path(results) / "runs").glob("*/provenance.json"))]
@@ -486,7 +489,8 @@ def cost_table(results: Path):
         rows.append({"what": family_label(objective) if objective != "sft" else "SFT", "runs": len(rs),
                      "seconds per run": seconds, "over one SFT run": seconds / sft_run, "seconds per step": step,
                      "step over SFT's": step / sft_step,
-                     "alone on the cores": all(r.get("load_average", [np.inf] * 3)[2] <= r.get("cores", 0) for r in rs)})
+                     "alone on the cores": all(r.get("load_average", [np.inf] * 3)[2] <= r.get("cores", 0) + ALONE_SLACK
+                                               for r in rs)})
     targets = Path(results) / "targets.json"
     if targets.exists():
         t = json.loads(targets.read_text(encoding="utf-8"))
