@@ -358,7 +358,6 @@ def verdict_table(results: Path, n_boot: int = N_BOOT, seed: int = SEED):
 
 
 # --------------------------------------------------------------------------------------------------- the report
-FLOAT, ZERO = "%.5g", 1e-12  # as the first edition's tables (stable digits across CPUs)
 README_BEGIN, README_END = "<!-- study-2:begin -->", "<!-- study-2:end -->"
 FAMILY_LABELS = {"base": "base model", "sft": "SFT (checkpoints)", "wise": "WiSE-FT of SFT"}
 
@@ -529,15 +528,10 @@ DESIGN = (
 
 
 def _save(df, name: str, caption: str, base: Path) -> str:
-    from .plots import markdown_table
+    """The first edition's table writer (CSV with 5 significant digits, rounding zeros, and Markdown)."""
+    from .study import _save as save_table
 
-    base.mkdir(parents=True, exist_ok=True)
-    floats = df.select_dtypes("float").columns
-    df = df.assign(**{c: df[c].mask(df[c].abs() < ZERO, 0.0) for c in floats})
-    df.to_csv(base / f"{name}.csv", index=False, float_format=FLOAT)
-    md = markdown_table(df)
-    (base / f"{name}.md").write_text(f"{caption}\n\n{md}\n", encoding="utf-8")
-    return md
+    return save_table(df, None, name, caption, base)
 
 
 def shown_verdicts(table):
